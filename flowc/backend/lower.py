@@ -1,0 +1,161 @@
+"""Lower an annotated fx graph to a FlexCiM Program.
+
+Every static-weight GEMM (aten.linear) becomes a tile loop on the CiM macros with its N:M
+pattern; every other op becomes vector-unit instructions. Rules live in a table keyed by ATen
+op (`RULES`), so supporting a new op is one function with `@rule(op)`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.fx
+
+from flowc import isa
+from flowc.backend.image import Image, IOSpec, LayerInfo
+from flowc.errors import CompileError, UnsupportedOpError
+from flowc.frontend.load import Captured, module_path
+
+aten = torch.ops.aten
+Rule = Callable[["Lowering", torch.fx.Node], None]
+RULES: dict[object, Rule] = {}
+
+
+def rule(*targets: object) -> Callable[[Rule], Rule]:
+    def deco(fn: Rule) -> Rule:
+        for t in targets:
+            RULES[t] = fn
+        return fn
+
+    return deco
+
+
+def label(text: str) -> str:
+    """A report/tensor name valid in assembly: dotted identifier, never starting with a digit."""
+    text = re.sub(r"[^A-Za-z0-9_.]", "_", text).strip(".") or "_"
+    return text if re.match(r"[A-Za-z_]", text) else "_" + text
+
+
+class Lowering:
+    """State of one lowering: the instruction list, tensors and the buffer of every fx node."""
+
+    def __init__(self, cap: Captured, machine, keep_fp32: bool = True) -> None:
+        self.cap = cap
+        self.gm = cap.gm
+        self.machine = machine
+        self.keep_fp32 = keep_fp32
+        self.instrs: list = []
+        self.tensors: dict[str, np.ndarray] = {}
+        self.layers: dict[str, LayerInfo] = {}
+        self.bufs: dict[str, str] = {}  # fx node name -> buffer
+        self.quantised: dict[str, tuple[str, str]] = {}  # float buffer -> (int8 buffer, scales)
+        self.current: str | None = None
+
+    # -- helpers used by rules -------------------------------------------------------------
+    def emit(self, instr) -> None:
+        self.instrs.append(instr)
+
+    def enter(self, name: str, kind: str) -> None:
+        name = label(name)
+        if name != self.current:
+            self.emit(isa.Layer(name=name, kind=kind))
+            self.current = name
+            if name not in self.layers:
+                self.layers[name] = LayerInfo(name=name, kind=kind)
+
+    def buf(self, node: torch.fx.Node) -> str:
+        if node.op == "get_attr":
+            return self.const_buffer(node)
+        if node.name not in self.bufs:
+            raise CompileError(f"node {node.name} is used before it is computed")
+        return self.bufs[node.name]
+
+    def out(self, node: torch.fx.Node) -> str:
+        self.bufs[node.name] = label(node.name)
+        return self.bufs[node.name]
+
+    def alias(self, node: torch.fx.Node, src: torch.fx.Node) -> None:
+        self.bufs[node.name] = self.buf(src)
+
+    def param(self, node: torch.fx.Node) -> np.ndarray:
+        if node.op != "get_attr":
+            raise UnsupportedOpError(f"node {node.name}: expected a constant parameter, got {node.op}")
+        obj = self.gm
+        for part in str(node.target).split("."):
+            obj = getattr(obj, part)
+        return obj.detach().to(torch.float32).numpy()
+
+    def tensor(self, name: str, array: np.ndarray) -> str:
+        name = label(name)
+        if name in self.tensors and not np.array_equal(self.tensors[name], array):
+            raise CompileError(f"tensor name clash: {name}")
+        self.tensors[name] = np.ascontiguousarray(array)
+        return name
+
+    def const_buffer(self, node: torch.fx.Node) -> str:
+        if node.name not in self.bufs:
+            t = self.tensor(f"const.{node.target}", self.param(node).astype(np.float32))
+            dst = self.out(node)
+            self.emit(isa.VConst(dst=dst, t=t))
+        return self.bufs[node.name]
+
+    def layer_of(self, node: torch.fx.Node) -> str:
+        return (node.meta.get("flowc") or {}).get("layer") or module_path(node) or node.name
+
+    # -- driver ----------------------------------------------------------------------------
+    def run(self) -> Image:
+        inputs, outputs = [], []
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                val = node.meta.get("val")
+                idx = len(inputs)
+                ex = self.cap.example_inputs[idx]
+                shape = tuple(val.shape) if val is not None else tuple(ex.shape)
+                inputs.append(IOSpec(node.name, self.out(node), tuple(int(s) for s in shape),
+                                     str(ex.dtype).replace("torch.", "")))
+            elif node.op == "get_attr":
+                continue  # materialised on first use
+            elif node.op == "call_function":
+                fn = RULES.get(node.target)
+                if fn is None:
+                    raise UnsupportedOpError(
+                        f"unsupported op {node.target} at node '{node.name}'"
+                        f" (in {self.layer_of(node)}); flowc lowers: {supported_ops_summary()}"
+                    )
+                fn(self, node)
+            elif node.op == "output":
+                for i, arg in enumerate(_flatten(node.args[0])):
+                    if not isinstance(arg, torch.fx.Node):
+                        raise UnsupportedOpError(f"output {i} is a constant, not a tensor")
+                    val = arg.meta.get("val")
+                    name = self.cap.output_names[i] if i < len(self.cap.output_names) else f"out{i}"
+                    outputs.append(IOSpec(name, self.buf(arg), tuple(int(s) for s in val.shape),
+                                          "float32"))
+            else:
+                raise UnsupportedOpError(f"unsupported node kind {node.op} at node '{node.name}'")
+        self.emit(isa.Halt())
+        program = isa.Program(tuple(self.instrs))
+        return Image(program=program, tensors=dict(sorted(self.tensors.items())),
+                     inputs=tuple(inputs), outputs=tuple(outputs),
+                     layers=tuple(self.layers.values()), machine=self.machine.to_dict())
+
+
+def _flatten(x) -> list:
+    if isinstance(x, (list, tuple)):
+        return [y for item in x for y in _flatten(item)]
+    return [x]
+
+
+def supported_ops_summary() -> str:
+    names = sorted({str(t).replace("aten.", "").split(".")[0] for t in RULES})
+    return ", ".join(names)
+
+
+def lower(cap: Captured, machine, keep_fp32: bool = True) -> Image:
+    """Lower a captured, pruned and quantised graph to an Image for `machine`."""
+    import flowc.backend.rules  # noqa: F401  (registers the op rules)
+
+    return Lowering(cap, machine, keep_fp32).run()

@@ -1,0 +1,214 @@
+"""Lowering rules, one per ATen op (registered into flowc.backend.lower.RULES)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.fx
+
+from flowc import isa
+from flowc.backend.image import LayerInfo
+from flowc.backend.lower import Lowering, label, rule
+from flowc.backend.pack import geometry_for, pack
+from flowc.errors import CompileError, UnsupportedOpError
+
+aten = torch.ops.aten
+MACRO = 0  # logical macro; the cost model spreads tiles over the machine's physical macros
+
+
+def machine_geometry(machine) -> tuple[int, int, int]:
+    m = machine.macro
+    return m.subarrays, m.rows, m.cols
+
+
+@rule(aten.linear.default)
+def lower_linear(lw: Lowering, node: torch.fx.Node) -> None:
+    x, w_node = node.args[0], node.args[1]
+    b_node = node.args[2] if len(node.args) > 2 else None
+    meta = node.meta.get("flowc") or {}
+    name = label(lw.layer_of(node))
+    if "qweight" not in meta:
+        raise CompileError(f"{name}: not quantised (run the quantize pass before lowering)")
+    fp32 = lw.param(w_node)
+    P, R, C = machine_geometry(lw.machine)
+    asked = tuple(meta.get("pattern") or (P, P))
+    native = tuple(lw.machine.fit_pattern(*asked))
+    geo = geometry_for(native[0], native[1], P, R, C, fp32.shape)
+    fvalues, metadata, (values,) = pack(fp32, geo, name, (np.asarray(meta["qweight"]),))
+    scale = np.ones(geo.padded_out, dtype=np.float32)
+    scale[: fp32.shape[0]] = np.asarray(meta["wscale"], dtype=np.float32)
+    lw.tensor(f"{name}.values", values.astype(np.int8))
+    lw.tensor(f"{name}.meta", metadata)
+    lw.tensor(f"{name}.scale", scale)
+    if lw.keep_fp32:
+        lw.tensor(f"{name}.fvalues", fvalues.astype(np.float32))
+
+    lw.enter(name, "gemm")
+    lw.layers[name] = LayerInfo(name, "gemm", asked, native, fp32.shape[1], fp32.shape[0],
+                                int(np.count_nonzero(fp32)))
+    src = lw.buf(x)
+    if src not in lw.quantised:
+        lw.quantised[src] = (f"{src}.q", f"{src}.s")
+        lw.emit(isa.VQuant(dst=f"{src}.q", scale=f"{src}.s", src=src))
+    xq, xs = lw.quantised[src]
+    acc = f"{name}.acc"
+    lw.emit(isa.PsumClr(dst=acc, like=xq, cols=geo.padded_out))
+    lw.emit(isa.CfgNm(macro=MACRO, n=native[0], m=native[1]))
+    lw.emit(isa.LoopTiles(n_tiles=geo.n_tiles, k_tiles=geo.k_tiles))
+    lw.emit(isa.LdTile(macro=MACRO, w=name))
+    lw.emit(isa.LdAct(macro=MACRO, src=xq))
+    lw.emit(isa.Cim(macro=MACRO))
+    lw.emit(isa.Merge(macro=MACRO))
+    lw.emit(isa.Acc(macro=MACRO, dst=acc))
+    lw.emit(isa.LoopEnd())
+    out = lw.out(node)
+    if b_node is None:
+        lw.emit(isa.VDeq(dst=out, src=acc, ascale=xs, w=name, cols=fp32.shape[0]))
+    else:
+        bias = lw.tensor(f"{name}.bias", lw.param(b_node).astype(np.float32))
+        lw.emit(isa.VDeq(dst=f"{name}.y", src=acc, ascale=xs, w=name, cols=fp32.shape[0]))
+        lw.emit(isa.VBias(dst=out, src=f"{name}.y", b=bias))
+
+
+def _vector(lw: Lowering, node: torch.fx.Node) -> None:
+    lw.enter(lw.layer_of(node), "vector")
+
+
+@rule(aten.relu.default)
+def lower_relu(lw: Lowering, node: torch.fx.Node) -> None:
+    _vector(lw, node)
+    src = lw.buf(node.args[0])
+    lw.emit(isa.VRelu(dst=lw.out(node), src=src))
+
+
+@rule(aten.silu.default)
+def lower_silu(lw: Lowering, node: torch.fx.Node) -> None:
+    _vector(lw, node)
+    src = lw.buf(node.args[0])
+    lw.emit(isa.VSilu(dst=lw.out(node), src=src))
+
+
+@rule(aten.gelu.default)
+def lower_gelu(lw: Lowering, node: torch.fx.Node) -> None:
+    _vector(lw, node)
+    approx = node.kwargs.get("approximate", node.args[1] if len(node.args) > 1 else "none")
+    if approx not in ("none", "tanh"):
+        raise UnsupportedOpError(f"gelu approximate={approx!r} at node '{node.name}'")
+    src = lw.buf(node.args[0])
+    lw.emit(isa.VGelu(dst=lw.out(node), src=src, approx=int(approx == "tanh")))
+
+
+def _last_dim(node: torch.fx.Node, dim: int) -> None:
+    rank = len(node.args[0].meta["val"].shape)
+    if dim not in (-1, rank - 1):
+        raise UnsupportedOpError(f"{node.target} over dim {dim} at node '{node.name}' "
+                                 "(the vector unit reduces over the last dimension only)")
+
+
+@rule(aten.softmax.int, aten._softmax.default)
+def lower_softmax(lw: Lowering, node: torch.fx.Node) -> None:
+    _vector(lw, node)
+    _last_dim(node, int(node.args[1]))
+    src = lw.buf(node.args[0])
+    lw.emit(isa.VSoftmax(dst=lw.out(node), src=src))
+
+
+@rule(aten.layer_norm.default)
+def lower_layer_norm(lw: Lowering, node: torch.fx.Node) -> None:
+    _vector(lw, node)
+    x, shape = node.args[0], node.args[1]
+    if len(shape) != 1:
+        raise UnsupportedOpError(f"layer_norm over {len(shape)} dims at node '{node.name}'")
+    w = node.args[2] if len(node.args) > 2 else None
+    b = node.args[3] if len(node.args) > 3 else None
+    eps = float(node.args[4]) if len(node.args) > 4 else 1e-5
+    d = int(shape[0])
+    wt = lw.tensor(f"{lw.current}.{node.name}.w", lw.param(w) if w is not None else np.ones(d, np.float32))
+    bt = lw.tensor(f"{lw.current}.{node.name}.b", lw.param(b) if b is not None else np.zeros(d, np.float32))
+    src = lw.buf(x)
+    lw.emit(isa.VLayernorm(dst=lw.out(node), src=src, w=wt, b=bt, eps=_f32(eps)))
+
+
+@rule(aten.rms_norm.default)
+def lower_rms_norm(lw: Lowering, node: torch.fx.Node) -> None:
+    _vector(lw, node)
+    x, shape = node.args[0], node.args[1]
+    w = node.args[2] if len(node.args) > 2 else None
+    eps = node.args[3] if len(node.args) > 3 else None
+    if eps is None:
+        eps = float(torch.finfo(torch.float32).eps)
+    d = int(shape[-1])
+    wt = lw.tensor(f"{lw.current}.{node.name}.w", lw.param(w) if w is not None else np.ones(d, np.float32))
+    src = lw.buf(x)
+    lw.emit(isa.VRmsnorm(dst=lw.out(node), src=src, w=wt, eps=_f32(float(eps))))
+
+
+def _f32(x: float) -> float:
+    return float(np.float32(x))
+
+
+def _scalar_operand(lw: Lowering, node: torch.fx.Node, value: float) -> str:
+    t = lw.tensor(f"{lw.current}.{node.name}.c", np.asarray(value, dtype=np.float32))
+    dst = f"{label(node.name)}.c"
+    lw.emit(isa.VConst(dst=dst, t=t))
+    return dst
+
+
+@rule(aten.add.Tensor, aten.mul.Tensor, aten.sub.Tensor)
+def lower_binary(lw: Lowering, node: torch.fx.Node) -> None:
+    _vector(lw, node)
+    a, b = node.args[0], node.args[1]
+    alpha = node.kwargs.get("alpha", 1)
+    if alpha != 1:
+        raise UnsupportedOpError(f"{node.target} with alpha={alpha} at node '{node.name}'")
+    op = node.target
+    if op is aten.mul.Tensor and not isinstance(b, torch.fx.Node):
+        lw.emit(isa.VScale(dst=lw.out(node), src=lw.buf(a), s=_f32(float(b))))
+        return
+    if op is aten.mul.Tensor and not isinstance(a, torch.fx.Node):
+        lw.emit(isa.VScale(dst=lw.out(node), src=lw.buf(b), s=_f32(float(a))))
+        return
+    if op is aten.sub.Tensor:
+        if not isinstance(b, torch.fx.Node):
+            rb = _scalar_operand(lw, node, -float(b))
+        else:
+            rb = f"{label(node.name)}.neg"
+            lw.emit(isa.VScale(dst=rb, src=lw.buf(b), s=-1.0))
+        ra = lw.buf(a) if isinstance(a, torch.fx.Node) else _scalar_operand(lw, node, float(a))
+        lw.emit(isa.VAdd(dst=lw.out(node), a=ra, b=rb))
+        return
+    ra = lw.buf(a) if isinstance(a, torch.fx.Node) else _scalar_operand(lw, node, float(a))
+    rb = lw.buf(b) if isinstance(b, torch.fx.Node) else _scalar_operand(lw, node, float(b))
+    cls = isa.VAdd if op is aten.add.Tensor else isa.VMul
+    lw.emit(cls(dst=lw.out(node), a=ra, b=rb))
+
+
+@rule(aten.view.default, aten.reshape.default, aten._unsafe_view.default)
+def lower_view(lw: Lowering, node: torch.fx.Node) -> None:
+    _vector(lw, node)
+    shape = tuple(int(s) for s in node.meta["val"].shape)
+    lw.emit(isa.VReshape(dst=lw.out(node), src=lw.buf(node.args[0]), shape=shape))
+
+
+@rule(aten.permute.default)
+def lower_permute(lw: Lowering, node: torch.fx.Node) -> None:
+    _vector(lw, node)
+    dims = tuple(int(d) for d in node.args[1])
+    lw.emit(isa.VPermute(dst=lw.out(node), src=lw.buf(node.args[0]), dims=dims))
+
+
+@rule(aten.transpose.int)
+def lower_transpose(lw: Lowering, node: torch.fx.Node) -> None:
+    _vector(lw, node)
+    rank = len(node.args[0].meta["val"].shape)
+    d0, d1 = int(node.args[1]) % rank, int(node.args[2]) % rank
+    dims = list(range(rank))
+    dims[d0], dims[d1] = dims[d1], dims[d0]
+    lw.emit(isa.VPermute(dst=lw.out(node), src=lw.buf(node.args[0]), dims=tuple(dims)))
+
+
+@rule(aten.dropout.default, aten.clone.default, aten.contiguous.default, aten.alias.default,
+      aten.detach.default)
+def lower_identity(lw: Lowering, node: torch.fx.Node) -> None:
+    """Identity at inference: the output is the input buffer (no instruction, no cost)."""
+    lw.alias(node, node.args[0])

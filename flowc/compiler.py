@@ -1,0 +1,168 @@
+"""The compile driver: load -> passes -> lowering -> reference export -> Image.
+
+`compile_captured` is the library entry point (`import flowc`); the CLI only parses arguments
+and calls it. Progress goes through a callable so long steps are visible in a terminal.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from flowc.backend.image import Image
+from flowc.backend.lower import lower
+from flowc.errors import CompileError, UsageError
+from flowc.frontend.load import Captured, example_inputs_for
+
+
+def stderr_progress(msg: str) -> None:
+    print(f"[flowc] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class CompileOptions:
+    """Options of `flowc compile`; `pipeline` overrides the default pass list built from nm."""
+
+    nm: tuple[int, int] | None = None  # uniform N:M (kept, group); None = dense unless pipeline
+    score: str = "wanda"
+    pipeline: str | None = None
+    target: str = "flexcim"
+    machine_file: str | None = None
+    calib_batches: int = 4
+    reference: bool = True
+    keep_fp32: bool = True
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def parse_nm(text: str) -> tuple[int, int]:
+    try:
+        n, m = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise UsageError(f"--nm: expected N:M such as 2:4 (N kept per M), got {text!r}") from None
+    if not (1 <= n <= m):
+        raise UsageError(f"--nm {text}: need 1 <= N <= M (N = weights kept per group of M)")
+    return n, m
+
+
+def default_pipeline(opts: CompileOptions) -> str:
+    steps = []
+    if opts.nm is not None:
+        n, m = opts.nm
+        if opts.score == "wanda":
+            steps.append("calibrate")
+        steps.append(f"nm-prune{{n={n},m={m},score={opts.score}}}")
+        steps.append("verify-nm")
+    steps.append("quantize")
+    return ",".join(steps)
+
+
+def resolve_machine(opts: CompileOptions):
+    from flowc.machine import MachineConfig, load_machine
+
+    if opts.machine_file:
+        return MachineConfig.from_file(opts.machine_file)
+    return load_machine(opts.target)
+
+
+def calibration_inputs(cap: Captured, batches: int, seed: int) -> list[tuple[torch.Tensor, ...]]:
+    """Synthetic calibration batches (seeded normal inputs of the example shapes).
+
+    Models with real data (LLMs) pass their own calibration inputs instead.
+    """
+    shapes = [tuple(x.shape) for x in cap.example_inputs]
+    dtypes = [x.dtype for x in cap.example_inputs]
+    return [example_inputs_for(shapes, dtypes, seed=seed + 1 + i) for i in range(batches)]
+
+
+def run_passes(cap: Captured, pipeline: str, machine, calib, progress) -> dict:
+    from flowc.passes.base import CompileContext, PassManager, TimingInstrument
+    from flowc.passes.pipeline import parse_pipeline
+
+    passes = parse_pipeline(pipeline)
+    ctx = CompileContext(example_inputs=cap.example_inputs, calib_inputs=calib,
+                         machine=machine, progress=progress)
+    timing = TimingInstrument()
+    result = PassManager(passes, instruments=[timing, _ProgressInstrument(progress)]).run(cap.gm, ctx)
+    cap.gm = result.graph_module
+    return {"pipeline": pipeline, "reports": _jsonable(ctx.reports),
+            "pass_seconds": {n: round(t, 4) for n, t in timing.timings}}
+
+
+class _ProgressInstrument:
+    def __init__(self, progress: Callable[[str], None] | None) -> None:
+        self.progress = progress
+        self.t0 = 0.0
+
+    def before(self, pass_, gm, ctx) -> None:
+        self.t0 = time.perf_counter()
+        if self.progress:
+            self.progress(f"pass {pass_.name} ...")
+
+    def after(self, pass_, result, ctx) -> None:
+        if self.progress:
+            self.progress(f"pass {pass_.name} done in {time.perf_counter() - self.t0:.2f} s")
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist() if x.size <= 64 else f"<array {x.shape}>"
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, float):
+        return round(x, 8)
+    return x
+
+
+def export_reference(cap: Captured) -> bytes:
+    """ONNX of the pruned fp32 model (the graph after passes; weights are pruned in place)."""
+    buf = io.BytesIO()
+    names = [f"input_{i}" for i in range(len(cap.example_inputs))]
+    # ep.module() refuses train(); the exporter only toggles eval mode, which is a no-op here
+    cap.gm.train = lambda mode=True: cap.gm
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(cap.gm, cap.example_inputs, buf, dynamo=False, input_names=names,
+                              opset_version=17, do_constant_folding=True)
+        except Exception as exc:
+            raise CompileError(f"ONNX export of the reference model failed: {exc}") from exc
+        finally:
+            del cap.gm.train
+    return buf.getvalue()
+
+
+def compile_captured(cap: Captured, opts: CompileOptions,
+                     progress: Callable[[str], None] | None = stderr_progress,
+                     calib: list | None = None) -> Image:
+    """Run the pass pipeline on `cap` (in place) and lower it to an Image."""
+    torch.manual_seed(opts.seed)
+    machine = resolve_machine(opts)
+    pipeline = opts.pipeline or default_pipeline(opts)
+    if calib is None:
+        calib = calibration_inputs(cap, opts.calib_batches, opts.seed)
+    info = run_passes(cap, pipeline, machine, calib, progress)
+    if progress:
+        progress(f"lowering to {machine.name} ...")
+    image = lower(cap, machine, keep_fp32=opts.keep_fp32)
+    if opts.reference:
+        if progress:
+            progress("exporting the reference ONNX model ...")
+        image.reference_onnx = export_reference(cap)
+    image.samples = tuple(x.detach().numpy() for x in cap.example_inputs)
+    info["source"] = cap.source
+    info["target"] = machine.name
+    info.pop("pass_seconds")  # timings differ run to run; the .fcim must be byte-identical
+    image.compile_info = info
+    return image

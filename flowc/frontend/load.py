@@ -1,0 +1,200 @@
+"""Load a model file and capture it with torch.export into a torch.fx graph.
+
+Three file formats are accepted, detected from the archive's contents, never from the suffix:
+- a `torch.export` ExportedProgram (`torch.export.save`, .pt2/.pt): preferred and safe;
+- a TorchScript archive (`torch.jit.save`): converted to an ExportedProgram;
+- a pickled `nn.Module` (`torch.save(module)`): unpickling runs arbitrary code, so it is
+  loaded only when the caller passes `trust_pickle=True` (`--trust-pickle`).
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.fx
+
+from flowc.errors import ModelLoadError, UsageError
+
+LINEAR = torch.ops.aten.linear.default
+
+
+@dataclass
+class Captured:
+    """A model captured into an unlifted fx.GraphModule plus the inputs that drive it."""
+
+    gm: torch.fx.GraphModule
+    example_inputs: tuple[torch.Tensor, ...]
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    source: str
+    info: dict = field(default_factory=dict)
+
+
+def parse_input_shapes(text: str) -> list[tuple[int, ...]]:
+    """Parse `1x784` or `1x784,1x10` (one shape per model input) into tuples."""
+    shapes = []
+    for part in text.split(","):
+        part = part.strip()
+        if not re.fullmatch(r"\d+(x\d+)*", part):
+            raise UsageError(f"--input-shape: expected shapes like 1x784 or 2x16,2x8, got {text!r}")
+        shapes.append(tuple(int(d) for d in part.split("x")))
+    return shapes
+
+
+def archive_kind(path: Path) -> str:
+    """Return 'exported', 'torchscript' or 'pickle' from the members of a torch zip archive."""
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(
+            f"{path}: not a torch archive (expected torch.export.save, torch.jit.save or "
+            "torch.save output)"
+        )
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    tails = {n.split("/", 1)[1] if "/" in n else n for n in names}
+    if "archive_format" in tails or any(t.startswith("models/") for t in tails):
+        return "exported"
+    if any(t.startswith("code/") for t in tails):
+        return "torchscript"
+    if "data.pkl" in tails:
+        return "pickle"
+    raise ModelLoadError(f"{path}: unrecognised torch archive layout")
+
+
+def example_inputs_for(shapes: Sequence[Sequence[int]], dtypes: Sequence[torch.dtype] | None = None,
+                       seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Deterministic example inputs: standard normal floats, small non-negative integers."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i, shape in enumerate(shapes):
+        dtype = dtypes[i] if dtypes else torch.float32
+        if dtype.is_floating_point:
+            out.append(torch.randn(*shape, generator=gen, dtype=torch.float32).to(dtype))
+        else:
+            out.append(torch.randint(0, 100, tuple(shape), generator=gen, dtype=dtype))
+    return tuple(out)
+
+
+def _exported_input_specs(ep: torch.export.ExportedProgram) -> list[tuple[tuple[int, ...], torch.dtype]]:
+    by_name = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    specs = []
+    for name in ep.graph_signature.user_inputs:
+        val = by_name[name].meta.get("val")
+        if val is None or not hasattr(val, "shape"):
+            raise ModelLoadError(f"exported program input {name!r} has no recorded shape")
+        specs.append((tuple(int(d) for d in val.shape), val.dtype))
+    return specs
+
+
+def load_model(path: str | Path, input_shapes: str | None = None,
+               trust_pickle: bool = False) -> Captured:
+    """Load `path` and capture it; `input_shapes` (e.g. '1x784') overrides recorded shapes."""
+    path = Path(path)
+    kind = archive_kind(path)
+    shapes = parse_input_shapes(input_shapes) if input_shapes else None
+    if kind == "exported":
+        try:
+            ep = torch.export.load(str(path))
+        except Exception as exc:  # torch raises many types for a damaged archive
+            raise ModelLoadError(f"{path}: cannot load ExportedProgram: {exc}") from exc
+        specs = _exported_input_specs(ep)
+        if shapes is None:
+            inputs = example_inputs_for([s for s, _ in specs], [d for _, d in specs])
+            return _finish(ep, inputs, f"exported:{path.name}")
+        if len(shapes) != len(specs):
+            raise UsageError(f"--input-shape gives {len(shapes)} shapes, the model takes {len(specs)}")
+        module: torch.nn.Module = ep.module()
+        inputs = example_inputs_for(shapes, [d for _, d in specs])
+    elif kind == "torchscript":
+        if shapes is None:
+            raise UsageError(f"{path}: TorchScript archives record no input shapes; pass --input-shape")
+        module = torch.jit.load(str(path))
+        inputs = example_inputs_for(shapes)
+        ep = _torchscript_to_exported(module, inputs, path)
+        return _finish(ep, inputs, f"torchscript:{path.name}")
+    else:
+        if not trust_pickle:
+            raise ModelLoadError(
+                f"{path}: is a pickled nn.Module; unpickling runs arbitrary code, so flowc loads it "
+                "only with --trust-pickle (safer: save it with torch.export.save)"
+            )
+        module = torch.load(str(path), weights_only=False)
+        if not isinstance(module, torch.nn.Module):
+            raise ModelLoadError(f"{path}: the pickle holds a {type(module).__name__}, not an nn.Module")
+        if shapes is None:
+            raise UsageError(f"{path}: a pickled module records no input shapes; pass --input-shape")
+        inputs = example_inputs_for(shapes)
+    return capture(module, inputs, source=f"{kind}:{path.name}")
+
+
+def _torchscript_to_exported(module, inputs, path: Path) -> torch.export.ExportedProgram:
+    from torch._export.converter import TS2EPConverter
+
+    try:
+        return TS2EPConverter(module, inputs).convert()
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: cannot convert TorchScript to torch.export: {exc}") from exc
+
+
+def capture(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], source: str) -> Captured:
+    """torch.export (non-strict) of an eager module."""
+    module = module.eval()
+    try:
+        ep = torch.export.export(module, inputs, strict=False)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"torch.export failed for {type(module).__name__}: {type(exc).__name__}: {first}"
+        ) from exc
+    return _finish(ep, inputs, source)
+
+
+def _finish(ep: torch.export.ExportedProgram, inputs: tuple[torch.Tensor, ...], source: str) -> Captured:
+    gm = ep.module()
+    _drop_guards(gm)
+    annotate_layer_names(gm)
+    input_names = tuple(n.name for n in gm.graph.nodes if n.op == "placeholder")
+    output_names = tuple(ep.graph_signature.user_outputs)
+    return Captured(gm=gm, example_inputs=tuple(inputs), input_names=input_names,
+                    output_names=output_names, source=source)
+
+
+def _drop_guards(gm: torch.fx.GraphModule) -> None:
+    """Remove the input-guard call ep.module() inserts: it checks shapes we re-check ourselves."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn" and not node.users:
+            gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+
+
+def module_path(node: torch.fx.Node) -> str | None:
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    path = list(stack.values())[-1][0]
+    return _clean_path(path) or None
+
+
+def _clean_path(path: str) -> str:
+    # torch.export records paths like "L['self'].layers[0].mlp" (strict) or "layers.0.mlp"
+    path = re.sub(r"^L\['self'\]\.?", "", path)
+    return re.sub(r"\[(\d+)\]", r".\1", path).strip(".")
+
+
+def annotate_layer_names(gm: torch.fx.GraphModule) -> None:
+    """Give each Linear a report name = its module path (unique; node name appended if shared)."""
+    linears = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is LINEAR]
+    paths = [module_path(n) or n.name for n in linears]
+    seen: dict[str, int] = {}
+    for p in paths:
+        seen[p] = seen.get(p, 0) + 1
+    for node, p in zip(linears, paths, strict=True):
+        name = p if seen[p] == 1 else f"{p}.{node.name}"
+        node.meta.setdefault("flowc", {})["layer"] = name

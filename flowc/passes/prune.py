@@ -1,0 +1,199 @@
+"""N:M pruning: the mask rule, a per-layer helper and the `nm-prune` pass.
+
+N:M means N weights *kept* in every group of M consecutive input channels of one output row of
+`W[out, in]` (SPEC section 1). In each group the N highest scores survive; equal scores keep the
+lower input index (a stable tie-break: GGUF-dequantised weights have many exact ties, and the
+result must not depend on the sort implementation). Scores are |W| ("magnitude") or Wanda's
+|W_ij| * ||X_j||_2 ("wanda", needs `calibrate`). No weight update: the kept weights keep their
+values (SparseGPT-style updates would be a separate, clearly named pass).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from flowc.errors import CompileError
+from flowc.passes.base import CompileContext, Pass, PassResult
+from flowc.passes.graph import (
+    LinearRef,
+    flowc_meta,
+    get_param,
+    linear_nodes,
+    matches,
+    select_layers,
+    set_param,
+    untie_weight,
+)
+from flowc.passes.registry import register_pass
+
+_ROW_CHUNK = 4096  # rows sorted at once: bounds the float64/int64 temporaries of big matrices
+
+
+class PruneError(CompileError):
+    """Pruning cannot be done as asked (bad pattern, K not a multiple of M, missing stats)."""
+
+
+def check_pattern(keep_n: int, group_m: int, layer: str = "<array>") -> None:
+    """Reject patterns that are not 1 <= N <= M (with integer N and M)."""
+    ok = isinstance(keep_n, int | np.integer) and isinstance(group_m, int | np.integer)
+    if not ok or not 1 <= keep_n <= group_m:
+        raise PruneError(
+            f"layer {layer}: invalid N:M pattern {keep_n}:{group_m} (need 1 <= N <= M)"
+        )
+
+
+def nm_mask(
+    scores: np.ndarray, keep_n: int, group_m: int, layer: str = "<array>"
+) -> np.ndarray:
+    """Boolean mask [out, in]: True for the `keep_n` best scores of every group of `group_m`.
+
+    Stable: among equal scores the lower input index is kept. Vectorised per chunk of rows (a
+    stable argsort of the negated scores along each group), no Python loop per row or group.
+    """
+    s = np.asarray(scores)
+    if s.ndim != 2:
+        raise PruneError(f"layer {layer}: scores must be 2-D [out, in], got shape {s.shape}")
+    check_pattern(keep_n, group_m, layer)
+    rows, k = s.shape
+    if k % group_m:
+        raise PruneError(f"layer {layer}: in_features K={k} is not a multiple of M={group_m}")
+    if np.isnan(s).any():
+        raise PruneError(f"layer {layer}: scores contain NaN")
+    mask = np.zeros((rows, k // group_m, group_m), dtype=bool)
+    if keep_n == group_m:
+        mask[:] = True
+        return mask.reshape(rows, k)
+    for start in range(0, rows, _ROW_CHUNK):
+        g = s[start : start + _ROW_CHUNK].astype(np.float64).reshape(-1, k // group_m, group_m)
+        best = np.argsort(-g, axis=-1, kind="stable")[..., :keep_n]
+        np.put_along_axis(mask[start : start + _ROW_CHUNK], best, True, axis=-1)
+    return mask.reshape(rows, k)
+
+
+def wanda_scores(weight: np.ndarray, input_norm: np.ndarray, layer: str = "<array>") -> np.ndarray:
+    """Wanda score |W_ij| * ||X_j||_2 (float64), checking that the norm matches K."""
+    if input_norm.shape != (weight.shape[1],):
+        raise PruneError(
+            f"layer {layer}: input_norm has shape {input_norm.shape}, "
+            f"weight has K={weight.shape[1]}"
+        )
+    return np.abs(weight.astype(np.float64)) * input_norm.astype(np.float64)[None, :]
+
+
+def prune_layer(
+    weight: np.ndarray,
+    keep_n: int,
+    group_m: int,
+    scores: np.ndarray | None = None,
+    layer: str = "<array>",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(pruned weight, keep mask) for one `W[out, in]`; scores default to |W| (magnitude)."""
+    w = np.asarray(weight)
+    if scores is None:
+        scores = np.abs(w)
+    elif np.shape(scores) != w.shape:
+        raise PruneError(f"layer {layer}: scores shape {np.shape(scores)} != weight {w.shape}")
+    mask = nm_mask(scores, keep_n, group_m, layer)
+    return np.where(mask, w, np.zeros((), dtype=w.dtype)), mask
+
+
+@register_pass
+@dataclass(frozen=True)
+class NMPrune(Pass):
+    """Prune static-weight linears to N:M and write the pruned fp32 weights back.
+
+    With `n` and `m` set, every selected layer gets that pattern (uniform N:M). Without them,
+    each selected layer is pruned to the `meta["flowc"]["pattern"]` a selection pass set, and
+    layers without a pattern stay dense. `layers` / `skip` are fnmatch patterns over layer
+    names; skipped layers stay dense and lose any pattern annotation.
+    """
+
+    name = "nm-prune"
+    n: int | None = None
+    m: int | None = None
+    score: Literal["magnitude", "wanda"] = "wanda"
+    layers: tuple[str, ...] | None = None
+    skip: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.n is None) != (self.m is None):
+            raise PruneError("nm-prune: give both n and m (uniform N:M) or neither (annotations)")
+        if self.n is not None and self.m is not None:
+            check_pattern(self.n, self.m, "<nm-prune options>")
+        if self.score not in ("magnitude", "wanda"):
+            raise PruneError(f"nm-prune: unknown score '{self.score}' (magnitude, wanda)")
+
+    def required(self) -> tuple[str, ...]:
+        return ("calibrate",) if self.score == "wanda" else ()
+
+    def __call__(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
+        refs = linear_nodes(gm)
+        chosen, _ = select_layers(refs, self.layers, self.skip, what=self.name)
+        skipped = [r for r in refs if matches(r.name, self.skip)]
+        plan = [(r, p) for r in chosen if (p := self._pattern(r)) is not None]
+        for ref, (_, m) in plan:  # validate everything before touching anything
+            k = get_param(gm, ref.weight_target).shape[1]
+            if k % m:
+                raise PruneError(f"layer {ref.name}: in_features K={k} is not a multiple of M={m}")
+            if self.score == "wanda" and "input_norm" not in flowc_meta(ref.node):
+                raise PruneError(f"layer {ref.name}: no input_norm for wanda; run calibrate first")
+        for r in skipped:
+            flowc_meta(r.node).pop("pattern", None)
+        report: dict[str, Any] = {"score": self.score, "layers": {}}
+        for ref, (n, m) in plan:
+            report["layers"][ref.name] = self._prune_one(gm, ref, n, m)
+        report.update(_summary(gm, linear_nodes(gm), report["layers"]))  # refs after untie
+        ctx.reports[self.name] = report
+        return PassResult(gm, modified=bool(plan) or bool(skipped))
+
+    def _pattern(self, ref: LinearRef) -> tuple[int, int] | None:
+        if self.n is not None and self.m is not None:
+            return (self.n, self.m)
+        pattern = flowc_meta(ref.node).get("pattern")
+        if pattern is None:
+            return None
+        n, m = (int(v) for v in pattern)
+        check_pattern(n, m, ref.name)
+        return (n, m)
+
+    def _prune_one(self, gm: fx.GraphModule, ref: LinearRef, n: int, m: int) -> dict[str, Any]:
+        weight = get_param(gm, ref.weight_target).detach().to(torch.float32).cpu().numpy()
+        meta = flowc_meta(ref.node)
+        scores = None
+        if self.score == "wanda":
+            scores = wanda_scores(weight, meta["input_norm"], ref.name)
+        pruned, _ = prune_layer(weight, n, m, scores, ref.name)
+        ref = untie_weight(gm, ref)  # a tied/reused weight gets a private copy first
+        set_param(gm, ref.weight_target, torch.from_numpy(pruned))
+        sparsity = float(np.count_nonzero(pruned == 0)) / pruned.size
+        meta["pattern"] = (n, m)
+        meta["prune"] = {"method": self.score, "sparsity": sparsity}
+        return {"pattern": [n, m], "params": int(pruned.size), "sparsity": sparsity,
+                "nominal": 1.0 - n / m}
+
+
+def _summary(
+    gm: fx.GraphModule, refs: list[LinearRef], pruned: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Parameter-weighted sparsities: over the pruned layers, nominal, and over all linears."""
+    p_params = sum(v["params"] for v in pruned.values())
+    zeros_all = params_all = 0
+    for r in refs:
+        w = get_param(gm, r.weight_target)
+        zeros_all += int((w == 0).sum())
+        params_all += w.numel()
+    return {
+        "pruned_layers": len(pruned),
+        "dense_layers": sorted(r.name for r in refs if r.name not in pruned),
+        "sparsity": sum(v["sparsity"] * v["params"] for v in pruned.values()) / p_params
+        if p_params else 0.0,
+        "nominal_sparsity": sum(v["nominal"] * v["params"] for v in pruned.values()) / p_params
+        if p_params else 0.0,
+        "model_sparsity": zeros_all / params_all if params_all else 0.0,
+    }
+

@@ -1,0 +1,298 @@
+"""The interpreter: executes a Program exactly, one handler per opcode.
+
+CiM GEMMs compute int8 x int8 -> int32 exactly. A tile loop runs in one of two modes:
+- `reference`: the body runs tile by tile through the per-opcode handlers, which model the
+  macro (each sub-macro row picks its activation from its group by the metadata; columns sum
+  rows; the merging unit sums sub-macros). This is the executable specification.
+- `batched` (default): a loop whose body is the canonical GEMM sequence (ld.tile, ld.act, cim,
+  merge, acc on one macro) runs as a single matmul of the decompressed weight, which equals the
+  tile-by-tile sum exactly (integer arithmetic; float32 chunks of K <= 1024 hold every partial
+  sum exactly). Any other body falls back to the reference mode.
+Cost accounting is done by listeners (flowc.runtime.events); handlers never count cycles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flowc import isa
+from flowc.backend.image import Image
+from flowc.backend.pack import unpack
+from flowc.errors import ExecutionError, UsageError
+from flowc.runtime import vector
+from flowc.runtime.events import ExecEvent, Listener, LoopEvent
+
+CANONICAL_BODY = ("ld.tile", "ld.act", "cim", "merge", "acc")
+EXACT_CHUNK = 1024  # 1024 * 127 * 128 < 2**24: int8 dot products of this length are exact in fp32
+
+
+@dataclass
+class Loop:
+    instr: object
+    body: tuple
+
+
+@dataclass
+class MacroState:
+    keep_n: int = 0
+    group_m: int = 0
+    weight: str | None = None
+    src: str | None = None
+    tile: tuple[int, int] = (0, 0)
+    psum_sub: np.ndarray | None = None  # [T, P, C] per sub-macro
+    merged: np.ndarray | None = None  # [T, C]
+
+
+@dataclass
+class State:
+    bufs: dict[str, np.ndarray] = field(default_factory=dict)
+    layer: str = ""
+    macros: dict[int, MacroState] = field(default_factory=dict)
+
+    def macro(self, i: int) -> MacroState:
+        return self.macros.setdefault(i, MacroState())
+
+
+def structure(program: isa.Program) -> tuple:
+    """Group loop bodies: a tuple of instructions and Loop(instr, body) items."""
+    out, body, head = [], None, None
+    for ins in program.instructions:
+        if isinstance(ins, isa.LoopTiles):
+            head, body = ins, []
+        elif isinstance(ins, isa.LoopEnd):
+            out.append(Loop(head, tuple(body)))
+            body = None
+        elif body is not None:
+            body.append(ins)
+        else:
+            out.append(ins)
+    return tuple(out)
+
+
+class Interpreter:
+    def __init__(self, image: Image, numerics: str = "int8", mode: str = "batched",
+                 listeners: Sequence[Listener] = ()) -> None:
+        if numerics not in ("int8", "fp32"):
+            raise UsageError(f"numerics must be int8 or fp32, got {numerics!r}")
+        if mode not in ("batched", "reference"):
+            raise UsageError(f"mode must be batched or reference, got {mode!r}")
+        if numerics == "fp32" and not any(n.endswith(".fvalues") for n in image.tensors):
+            raise UsageError("this .fcim carries no fp32 weights (compiled with --no-fp32); "
+                             "fp32 numerics need them")
+        self.image = image
+        self.numerics = numerics
+        self.mode = mode
+        self.listeners = list(listeners)
+        self.geometry = image.machine["macro"]
+        self.steps = structure(image.program)
+        self._dense: dict[str, np.ndarray] = {}
+
+    # -- public ------------------------------------------------------------------------------
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        state = State()
+        self._bind_inputs(state, inputs)
+        for step in self.steps:
+            if isinstance(step, Loop):
+                self._loop(state, step)
+            else:
+                self._step(state, step)
+        return [state.bufs[o.buffer].astype(np.float32, copy=False) for o in self.image.outputs]
+
+    def _bind_inputs(self, state: State, inputs: Sequence[np.ndarray]) -> None:
+        for spec, arr in zip(self.image.inputs, check_inputs(self.image, inputs), strict=True):
+            state.bufs[spec.buffer] = arr
+
+    # -- dispatch ----------------------------------------------------------------------------
+    def _step(self, state: State, ins) -> None:
+        handler = HANDLERS.get(ins.mnemonic)
+        if handler is None:
+            raise ExecutionError(f"no handler for instruction {ins.mnemonic}")
+        try:
+            sizes = handler(self, state, ins) or {}
+        except KeyError as exc:
+            raise ExecutionError(f"{ins.mnemonic}: buffer or tensor {exc} not defined") from exc
+        if self.listeners:
+            ev = ExecEvent(ins, state.layer, **sizes)
+            for lis in self.listeners:
+                lis.on_instr(ev)
+
+    def _loop(self, state: State, loop: Loop) -> None:
+        n_tiles, k_tiles = loop.instr.n_tiles, loop.instr.k_tiles
+        names = tuple(i.mnemonic for i in loop.body)
+        macros = {i.macro for i in loop.body}
+        if self.mode == "batched" and names == CANONICAL_BODY and len(macros) == 1:
+            sizes = self._gemm_batched(state, loop.body)
+        else:
+            sizes = self._loop_reference(state, loop.body, n_tiles, k_tiles)
+        if self.listeners:
+            tiles = n_tiles * k_tiles
+            body = tuple(ExecEvent(i, state.layer, tiles=tiles, **sizes) for i in loop.body)
+            ev = LoopEvent(loop.instr, state.layer, n_tiles, k_tiles, body)
+            for lis in self.listeners:
+                lis.on_loop(ev)
+
+    def _loop_reference(self, state: State, body: tuple, n_tiles: int, k_tiles: int) -> dict:
+        for nt in range(n_tiles):
+            for kt in range(k_tiles):
+                for ins in body:
+                    state.macro(getattr(ins, "macro", 0)).tile = (nt, kt)
+                    HANDLERS[ins.mnemonic](self, state, ins)
+        mac = state.macro(body[0].macro)
+        return self._macro_sizes(state, mac)
+
+    def _macro_sizes(self, state: State, mac: MacroState) -> dict:
+        P, R = self.geometry["subarrays"], self.geometry["rows"]
+        tokens = int(np.prod(state.bufs[mac.src].shape[:-1])) if mac.src else 0
+        return {"tokens": tokens, "keep_n": mac.keep_n, "group_m": mac.group_m,
+                "k_pass": P * R * mac.group_m // max(mac.keep_n, 1)}
+
+    # -- batched GEMM --------------------------------------------------------------------------
+    def dense_weight(self, name: str, keep_n: int, group_m: int) -> np.ndarray:
+        """Decompressed W^T [K_pad, N_pad] as float32 (integer-valued in int8 numerics)."""
+        key = f"{name}/{self.numerics}/{keep_n}:{group_m}"
+        if key not in self._dense:
+            vals = self.image.tensors[f"{name}.{'fvalues' if self.numerics == 'fp32' else 'values'}"]
+            dense = unpack(vals, self.image.tensors[f"{name}.meta"], keep_n, group_m)
+            self._dense[key] = np.ascontiguousarray(dense.T.astype(np.float32))
+        return self._dense[key]
+
+    def _gemm_batched(self, state: State, body: tuple) -> dict:
+        ld_tile, ld_act, _, _, acc = body
+        mac = state.macro(ld_tile.macro)
+        if not mac.keep_n:
+            raise ExecutionError("ld.tile before cfg.nm: the macro has no N:M configuration")
+        mac.weight, mac.src = ld_tile.w, ld_act.src
+        x = state.bufs[ld_act.src]
+        wt = self.dense_weight(ld_tile.w, mac.keep_n, mac.group_m)
+        k = x.shape[-1]
+        if k > wt.shape[0]:
+            raise ExecutionError(f"ld.act: {ld_act.src} has {k} inputs, the tiles of {ld_tile.w} "
+                                 f"cover {wt.shape[0]}")
+        x2 = x.reshape(-1, k)
+        dst = state.bufs[acc.dst]
+        if self.numerics == "fp32":
+            y = x2.astype(np.float32) @ wt[:k]
+        else:
+            y = np.zeros((x2.shape[0], wt.shape[1]), dtype=np.int64)
+            for k0 in range(0, k, EXACT_CHUNK):
+                k1 = min(k0 + EXACT_CHUNK, k)
+                part = x2[:, k0:k1].astype(np.float32) @ wt[k0:k1]
+                y += part.astype(np.int64)
+            y = y.astype(np.int32)
+        dst += y.reshape(dst.shape).astype(dst.dtype, copy=False)
+        return self._macro_sizes(state, mac)
+
+
+def check_inputs(image: Image, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Inputs as arrays of the signature's shapes (floats as float32), or one clear error."""
+    specs = image.inputs
+    if len(inputs) != len(specs):
+        raise UsageError(f"the program takes {len(specs)} inputs, got {len(inputs)}")
+    out = []
+    for spec, arr in zip(specs, inputs, strict=True):
+        arr = np.asarray(arr)
+        if tuple(arr.shape) != spec.shape:
+            want, got = "x".join(map(str, spec.shape)), "x".join(map(str, arr.shape))
+            raise UsageError(f"input {spec.name}: expected shape {want}, got {got}")
+        out.append(arr.astype(np.float32) if np.issubdtype(arr.dtype, np.floating) else arr)
+    return out
+
+
+HANDLERS: dict = {}
+
+
+def handles(mnemonic: str):
+    def deco(fn):
+        HANDLERS[mnemonic] = fn
+        return fn
+
+    return deco
+
+
+# -- control -------------------------------------------------------------------------------------
+@handles("halt")
+def _halt(it: Interpreter, st: State, ins) -> None:
+    return None
+
+
+@handles("layer")
+def _layer(it: Interpreter, st: State, ins) -> None:
+    st.layer = ins.name
+
+
+# -- CiM macro (reference semantics, one tile per call) -------------------------------------------
+@handles("cfg.nm")
+def _cfg_nm(it: Interpreter, st: State, ins) -> dict:
+    mac = st.macro(ins.macro)
+    mac.keep_n, mac.group_m = ins.n, ins.m
+    return {"keep_n": ins.n, "group_m": ins.m}
+
+
+@handles("ld.tile")
+def _ld_tile(it: Interpreter, st: State, ins) -> None:
+    mac = st.macro(ins.macro)
+    if not mac.keep_n:
+        raise ExecutionError("ld.tile before cfg.nm: the macro has no N:M configuration")
+    mac.weight = ins.w
+
+
+@handles("ld.act")
+def _ld_act(it: Interpreter, st: State, ins) -> None:
+    st.macro(ins.macro).src = ins.src
+
+
+@handles("cim")
+def _cim(it: Interpreter, st: State, ins) -> None:
+    mac = st.macro(ins.macro)
+    nt, kt = mac.tile
+    kind = "fvalues" if it.numerics == "fp32" else "values"
+    vals = it.image.tensors[f"{mac.weight}.{kind}"][nt, kt]  # [P, R, C]
+    meta = it.image.tensors[f"{mac.weight}.meta"][nt, kt]
+    P, R, _ = vals.shape
+    n, m = mac.keep_n, mac.group_m
+    k_pass = P * R * m // n
+    x = st.bufs[mac.src]
+    x = x.reshape(-1, x.shape[-1])
+    tile = np.zeros((x.shape[0], k_pass), dtype=np.float64 if it.numerics == "fp32" else np.int64)
+    part = x[:, kt * k_pass:(kt + 1) * k_pass]
+    tile[:, : part.shape[1]] = part
+    q = (np.arange(P).reshape(P, 1, 1) // n) * R + np.arange(R).reshape(1, R, 1)
+    sel = tile[:, q * m + meta.astype(np.int64)]  # [T, P, R, C]: the activation each cell sees
+    mac.psum_sub = (sel * vals.astype(sel.dtype)).sum(axis=2)  # column adder trees: [T, P, C]
+    mac.merged = None
+
+
+@handles("merge")
+def _merge(it: Interpreter, st: State, ins) -> None:
+    mac = st.macro(ins.macro)
+    if mac.psum_sub is None:
+        raise ExecutionError("merge before cim")
+    mac.merged = mac.psum_sub.sum(axis=1)
+    mac.psum_sub = None
+
+
+@handles("acc")
+def _acc(it: Interpreter, st: State, ins) -> None:
+    mac = st.macro(ins.macro)
+    if mac.merged is None:
+        raise ExecutionError("acc before merge")
+    dst = st.bufs[ins.dst]
+    C = mac.merged.shape[1]
+    nt = mac.tile[0]
+    flat = dst.reshape(-1, dst.shape[-1])
+    flat[:, nt * C:(nt + 1) * C] += mac.merged.astype(dst.dtype)
+    mac.merged = None
+
+
+@handles("psum.clr")
+def _psum_clr(it: Interpreter, st: State, ins) -> dict:
+    like = st.bufs[ins.like]
+    dtype = np.float32 if it.numerics == "fp32" else np.int32
+    st.bufs[ins.dst] = np.zeros(like.shape[:-1] + (ins.cols,), dtype=dtype)
+    return {"elements": int(np.prod(like.shape[:-1])) * ins.cols}
+
+
+vector.register(handles)

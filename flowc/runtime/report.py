@@ -1,0 +1,156 @@
+"""Per-layer cycle/energy accounting (an interpreter listener) and the run report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from flowc.backend.image import LayerInfo
+from flowc.runtime.check import CheckResult
+from flowc.runtime.events import ExecEvent, LoopEvent
+
+
+@dataclass
+class LayerCost:
+    name: str
+    kind: str
+    cycles: int = 0
+    actions: dict[str, float] = field(default_factory=dict)
+    macs: int = 0  # dense-equivalent multiply-accumulates (tokens x in x out)
+    kept_macs: int = 0  # the ones the kept weights do
+    tokens: int = 0
+    energy_pj: float = 0.0
+    setup_cycles: int = 0  # paid once at program load (resident weights), not per inference
+    setup_actions: dict[str, float] = field(default_factory=dict)
+    setup_energy_pj: float = 0.0
+
+    def add(self, cost) -> None:
+        self.cycles += int(cost.cycles)
+        self.setup_cycles += int(cost.setup_cycles)
+        _merge(self.actions, cost.actions)
+        _merge(self.setup_actions, cost.setup_actions)
+
+
+def _merge(into: dict[str, float], more) -> None:
+    for k, v in more.items():
+        into[k] = into.get(k, 0.0) + v
+
+
+class CostListener:
+    """Turns interpreter events into per-layer cycles and energy actions via a cost model."""
+
+    def __init__(self, cost_model, layers: tuple[LayerInfo, ...]) -> None:
+        self.model = cost_model
+        self.info = {i.name: i for i in layers}
+        self.layers: dict[str, LayerCost] = {}
+
+    def _layer(self, name: str) -> LayerCost:
+        if name not in self.layers:
+            info = self.info.get(name)
+            self.layers[name] = LayerCost(name, info.kind if info else "vector")
+        return self.layers[name]
+
+    def on_instr(self, event: ExecEvent) -> None:
+        self._layer(event.layer).add(self.model.instr_cost(event))
+
+    def on_loop(self, event: LoopEvent) -> None:
+        lc = self._layer(event.layer)
+        lc.add(self.model.loop_cost(event))
+        info = self.info.get(event.layer)
+        tokens = event.body[0].tokens if event.body else 0
+        lc.tokens = tokens
+        if info is not None and info.kind == "gemm":
+            lc.macs += tokens * info.in_features * info.out_features
+            lc.kept_macs += tokens * info.nonzeros
+
+    def finish(self) -> list[LayerCost]:
+        for lc in self.layers.values():
+            lc.energy_pj = float(self.model.machine.energy_pj(lc.actions))
+            lc.setup_energy_pj = float(self.model.machine.energy_pj(lc.setup_actions))
+        return list(self.layers.values())
+
+
+def pattern_text(info: LayerInfo | None) -> str:
+    if info is None or info.kind != "gemm":
+        return "-"
+    asked = f"{info.pattern[0]}:{info.pattern[1]}"
+    native = f"{info.native[0]}:{info.native[1]}"
+    return asked if asked == native else f"{asked}->{native}"
+
+
+@dataclass
+class RunReport:
+    file: str
+    machine: str
+    clock_mhz: float
+    numerics: str
+    mode: str
+    layers: list[LayerCost]
+    infos: dict[str, LayerInfo]
+    check: CheckResult | None
+    wall_seconds: float
+    check_seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def total_cycles(self) -> int:
+        return sum(lc.cycles for lc in self.layers)
+
+    @property
+    def total_energy_pj(self) -> float:
+        return sum(lc.energy_pj for lc in self.layers)
+
+    def to_dict(self) -> dict:
+        cyc = self.total_cycles
+        return {
+            "file": self.file, "machine": self.machine, "numerics": self.numerics,
+            "mode": self.mode, "clock_mhz": self.clock_mhz,
+            "total_cycles": cyc, "total_energy_pj": self.total_energy_pj,
+            "latency_s": cyc / (self.clock_mhz * 1e6),
+            "total_macs": sum(lc.macs for lc in self.layers),
+            "layers": [{
+                "name": lc.name, "kind": lc.kind, "pattern": pattern_text(self.infos.get(lc.name)),
+                "cycles": lc.cycles, "energy_pj": lc.energy_pj, "macs": lc.macs,
+                "kept_macs": lc.kept_macs, "tokens": lc.tokens, "actions": lc.actions,
+            } for lc in self.layers],
+            "check": self.check.to_dict() if self.check else None,
+            "simulation_wall_s": self.wall_seconds, "check_wall_s": self.check_seconds,
+            **self.extra,
+        }
+
+    def render(self) -> str:
+        rows = [("layer", "N:M", "MACs", "cycles", "energy nJ", "cycles %")]
+        cyc = max(self.total_cycles, 1)
+        for lc in self.layers:
+            rows.append((lc.name, pattern_text(self.infos.get(lc.name)), _si(lc.macs),
+                         f"{lc.cycles:,}", f"{lc.energy_pj / 1e3:.3f}", f"{100 * lc.cycles / cyc:.1f}"))
+        rows.append(("total", "", _si(sum(lc.macs for lc in self.layers)), f"{self.total_cycles:,}",
+                     f"{self.total_energy_pj / 1e3:.3f}", "100.0"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = []
+        for j, r in enumerate(rows):
+            cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
+            cells += [c.rjust(w) for c, w in zip(r[2:], widths[2:], strict=True)]
+            lines.append("  ".join(cells))
+            if j == 0 or j == len(rows) - 2:
+                lines.append("  ".join("-" * w for w in widths))
+        latency_us = self.total_cycles / self.clock_mhz
+        lines.append(f"machine {self.machine} @ {self.clock_mhz:g} MHz: latency {latency_us:,.1f} us, "
+                     f"energy {self.total_energy_pj / 1e6:.4f} uJ, numerics {self.numerics}; "
+                     f"simulated in {self.wall_seconds:.3f} s")
+        if self.check is None:
+            lines.append("check: skipped (--no-check or no reference in the .fcim)")
+        else:
+            c = self.check.to_dict()
+            verdict = "PASSED" if c["passed"] else "FAILED"
+            lines.append(f"check vs onnxruntime: {verdict}  max_abs_error {c['max_abs_error']:.3g}, "
+                         f"cosine {c['cosine']:.6f}  [{c['criterion']}]")
+        for k, v in self.extra.get("notes", {}).items():
+            lines.append(f"{k}: {v}")
+        return "\n".join(lines)
+
+
+def _si(n: int) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)

@@ -1,0 +1,117 @@
+"""Vector-unit instruction handlers (float32, numpy/torch-vectorised).
+
+Each handler returns the sizes the cost model needs: elements written, elements read and the
+token count (product of leading dimensions).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+QMAX = 127
+
+
+def _sizes(out: np.ndarray, *ins: np.ndarray) -> dict:
+    return {"elements": int(out.size), "in_elements": int(sum(a.size for a in ins)),
+            "tokens": int(np.prod(out.shape[:-1])) if out.ndim else 1}
+
+
+def quantise_per_token(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per token: scale = max|x_t| / 127 (1 for an all-zero token)."""
+    amax = np.abs(x).max(axis=-1)
+    scale = np.where(amax > 0, amax / QMAX, 1.0).astype(np.float32)
+    q = np.clip(np.rint(x / scale[..., None]), -QMAX, QMAX).astype(np.int8)
+    return q, scale
+
+
+def register(handles) -> None:  # noqa: C901  (a flat table of small handlers)
+    @handles("v.quant")
+    def _quant(it, st, ins):
+        x = st.bufs[ins.src]
+        if it.numerics == "fp32":
+            q, s = x.astype(np.float32), np.ones(x.shape[:-1], np.float32)
+        else:
+            q, s = quantise_per_token(x)
+        st.bufs[ins.dst], st.bufs[ins.scale] = q, s
+        return _sizes(q, x)
+
+    @handles("v.deq")
+    def _deq(it, st, ins):
+        p = st.bufs[ins.src]
+        a = st.bufs[ins.ascale]
+        cols = ins.cols
+        if it.numerics == "fp32":
+            y = p[..., :cols].astype(np.float32)
+        else:
+            w = it.image.tensors[f"{ins.w}.scale"][:cols]
+            y = p[..., :cols].astype(np.float32) * a[..., None] * w
+        st.bufs[ins.dst] = y
+        return _sizes(y, p)
+
+    @handles("v.bias")
+    def _bias(it, st, ins):
+        x = st.bufs[ins.src]
+        y = x + it.image.tensors[ins.b]
+        st.bufs[ins.dst] = y
+        return _sizes(y, x)
+
+    def binary(fn):
+        def h(it, st, ins):
+            a, b = st.bufs[ins.a], st.bufs[ins.b]
+            y = fn(a, b).astype(np.float32, copy=False)
+            st.bufs[ins.dst] = y
+            return _sizes(y, a, b)
+
+        return h
+
+    handles("v.add")(binary(np.add))
+    handles("v.mul")(binary(np.multiply))
+
+    def unary(fn):
+        def h(it, st, ins):
+            x = st.bufs[ins.src]
+            y = fn(x, ins)
+            st.bufs[ins.dst] = y
+            return _sizes(y, x)
+
+        return h
+
+    handles("v.relu")(unary(lambda x, ins: np.maximum(x, np.float32(0))))
+    handles("v.silu")(unary(lambda x, ins: _torch(torch.nn.functional.silu, x)))
+    handles("v.gelu")(unary(lambda x, ins: _torch(
+        lambda t: torch.nn.functional.gelu(t, approximate="tanh" if ins.approx else "none"), x)))
+    handles("v.softmax")(unary(lambda x, ins: _torch(lambda t: torch.softmax(t, dim=-1), x)))
+    handles("v.mov")(unary(lambda x, ins: x.copy()))
+    handles("v.scale")(unary(lambda x, ins: (x * np.float32(ins.s)).astype(np.float32)))
+    handles("v.reshape")(unary(lambda x, ins: x.reshape(ins.shape)))
+    handles("v.permute")(unary(lambda x, ins: np.ascontiguousarray(x.transpose(ins.dims))))
+
+    @handles("v.layernorm")
+    def _layernorm(it, st, ins):
+        x = st.bufs[ins.src]
+        w, b = it.image.tensors[ins.w], it.image.tensors[ins.b]
+        y = _torch(lambda t: torch.nn.functional.layer_norm(
+            t, (t.shape[-1],), torch.from_numpy(w), torch.from_numpy(b), ins.eps), x)
+        st.bufs[ins.dst] = y
+        return _sizes(y, x)
+
+    @handles("v.rmsnorm")
+    def _rmsnorm(it, st, ins):
+        x = st.bufs[ins.src]
+        w = it.image.tensors[ins.w]
+        y = _torch(lambda t: torch.nn.functional.rms_norm(
+            t, (t.shape[-1],), torch.from_numpy(w), ins.eps), x)
+        st.bufs[ins.dst] = y
+        return _sizes(y, x)
+
+    @handles("v.const")
+    def _const(it, st, ins):
+        y = it.image.tensors[ins.t].astype(np.float32)
+        st.bufs[ins.dst] = y
+        return {"elements": int(y.size), "in_elements": 0, "tokens": 1}
+
+
+def _torch(fn, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return fn(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()

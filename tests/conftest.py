@@ -1,0 +1,26 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def compiled():
+    """compiled(name, nm, score) -> Image of a built-in example, cached for the session."""
+    from flowc.compiler import CompileOptions, compile_captured
+    from flowc.examples import build
+    from flowc.frontend.load import capture
+
+    cache = {}
+
+    def get(name="mlp", nm=(2, 4), score="magnitude", reference=True):
+        key = (name, nm, score, reference)
+        if key not in cache:
+            model, inputs = build(name)
+            cap = capture(model, inputs, source=f"example:{name}")
+            opts = CompileOptions(nm=nm, score=score, reference=reference)
+            cache[key] = compile_captured(cap, opts, progress=None)
+        return cache[key]
+
+    return get
