@@ -8,12 +8,18 @@ printed as one line (`flowc: error: ...`) with a documented exit code; traceback
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from flowc.errors import FlowcError, UsageError
+
+# Subcommands that live in their own modules (flowc/commands/*.py): each defines
+# `register(subparsers, add_debug)` that adds its parser and sets `func` to a handler taking
+# the parsed args and returning an exit code.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _add_debug(p: argparse.ArgumentParser) -> None:
@@ -147,6 +153,9 @@ def build_flowc_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _add_debug(p)
     p.set_defaults(func=cmd_example)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub, _add_debug)
 
     p = sub.add_parser("disasm", help="print the assembly of a .fcim or a binary program")
     p.add_argument("file")

@@ -286,14 +286,18 @@ def fold_constants(gm: fx.GraphModule) -> int:
             args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda a: values[a])
             values[node] = node.target(*args, **kwargs)
     removed = 0
+    folded: list[tuple[str, torch.Tensor]] = []  # equal constants (per-layer RoPE) share one
     calls = [n for n in reversed(gm.graph.nodes) if n.op == "call_function"]
     for i, node in enumerate(calls):
         if node not in values:
             continue
         live = [u for u in node.users if u not in values]
-        if live and isinstance(values[node], torch.Tensor):
-            name = f"_folded_{i}"
-            gm.register_buffer(name, values[node].detach().clone())
+        value = values[node]
+        if live and isinstance(value, torch.Tensor):
+            name = next((k for k, t in folded if _same(t, value)), f"_folded_{i}")
+            if not hasattr(gm, name):
+                gm.register_buffer(name, value.detach().clone())
+                folded.append((name, value))
             with gm.graph.inserting_before(node):
                 node.replace_all_uses_with(gm.graph.get_attr(name))
         if not node.users:
@@ -302,6 +306,10 @@ def fold_constants(gm: fx.GraphModule) -> int:
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return removed
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
 
 
 def _fetch_attr(gm: fx.GraphModule, target: str) -> object:

@@ -1,7 +1,8 @@
 """The typed machine description: one frozen object that drives compiler, cost model and reports.
 
-Field defaults are the FlexCiM values of SPEC.md section 3 (structure only: the energy table has
-no defaults). Construct machines with `MachineConfig.from_dict`, `from_file` or `load_machine`,
+Field defaults are the FlexCiM values of SPEC.md section 3 and equal the shipped
+`flowc/machines/flexcim.toml` (a test checks it), except the energy table, which has no
+defaults. Construct machines with `MachineConfig.from_dict`, `from_file` or `load_machine`,
 which validate every field and name its path in the error.
 """
 
@@ -80,9 +81,9 @@ class MachineConfig:
     dense: bool = True  # also runs dense layers as n = m = P
     metadata: bool = True  # False: dense DCiM, no metadata bit, distribution or merge unit
     pair_select: str = "per-column"
-    residency: str = "resident"
-    load_overlap: bool = False
-    macros: int = 64  # macros computing in parallel
+    residency: str = "streamed"  # "resident": one macro per weight tile (paper), one wave
+    load_overlap: bool = True
+    macros: int = 16  # macros computing in parallel (streamed; a lower bound when resident)
     clock_mhz: float = 500.0
     vector: VectorConfig = field(default_factory=VectorConfig)
     energy: EnergyTable = field(default_factory=EnergyTable)

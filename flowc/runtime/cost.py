@@ -37,7 +37,11 @@ class CostError(ValueError):
 
 @dataclass(frozen=True)
 class Cost:
-    """Cycles and energy-action counts; `setup_*` is paid once at program load (resident)."""
+    """Cycles and energy-action counts; `setup_*` is paid once at program load (resident).
+
+    A resident weight tensor's setup is the same every time its loop runs: a report must count
+    it once per weight tensor (CostListener keys it by the `w` operand of `ld.tile`).
+    """
 
     cycles: int = 0
     actions: Mapping[str, float] = field(default_factory=dict)
@@ -204,9 +208,17 @@ class CostModel:
             arr = np.ones(tiles, dtype=np.int64)
         return arr
 
+    def macros_for(self, tiles: int) -> int:
+        """Macros a loop of `tiles` tiles runs on: resident gives every tile its own macro (the
+        paper's all-on-chip assumption: one wave; `macros` is only a lower bound), streamed
+        deals the tiles to the machine's `macros` in waves."""
+        if self.machine.residency == "resident":
+            return max(self.machine.macros, tiles)
+        return self.machine.macros
+
     def _wave_cycles(self, n: int, m: int, tokens: int, pp: np.ndarray) -> np.ndarray:
         """Compute cycles of each wave: its tiles run in parallel, the slowest decides."""
-        macros = self.machine.macros
+        macros = self.macros_for(pp.size)
         waves = -(-pp.size // macros)
         padded = np.zeros(waves * macros, dtype=np.int64)
         padded[: pp.size] = pp
@@ -238,7 +250,7 @@ class CostModel:
 
     def _waves(self, ev: ExecEvent) -> int:
         self._check_pattern(ev.keep_n, ev.group_m, ev.k_pass)
-        return -(-ev.tiles // self.machine.macros)
+        return -(-ev.tiles // self.macros_for(ev.tiles))
 
     def _ld_tile(self, ev: ExecEvent, _: float | None) -> Cost:
         mc, mach = self.machine.macro, self.machine
@@ -248,7 +260,7 @@ class CostModel:
         acts = {"weight_write": ev.tiles * mc.cells * (mc.weight_bits + mc.meta_bits
                                                        * mach.metadata),
                 "dram_read": ev.tiles * mc.cells * (mc.weight_bits + index_bits)}
-        if mach.residency == "resident":
+        if mach.residency == "resident":  # one wave: every macro writes its tile at once
             return Cost(0, {}, waves * mc.cols, _add(acts, {}))
         return Cost(waves * mc.cols, _add(acts, {}))
 

@@ -13,6 +13,7 @@ Cost accounting is done by listeners (flowc.runtime.events); handlers never coun
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -145,7 +146,7 @@ class Interpreter:
 
     def _macro_sizes(self, state: State, mac: MacroState) -> dict:
         P, R = self.geometry["subarrays"], self.geometry["rows"]
-        tokens = int(np.prod(state.bufs[mac.src].shape[:-1])) if mac.src else 0
+        tokens = math.prod(state.bufs[mac.src].shape[:-1]) if mac.src else 0
         return {"tokens": tokens, "keep_n": mac.keep_n, "group_m": mac.group_m,
                 "k_pass": P * R * mac.group_m // max(mac.keep_n, 1)}
 
@@ -175,6 +176,8 @@ class Interpreter:
         dst = state.bufs[acc.dst]
         if self.numerics == "fp32":
             y = x2.astype(np.float32) @ wt[:k]
+        elif k <= EXACT_CHUNK:
+            y = (x2.astype(np.float32) @ wt[:k]).astype(np.int32)
         else:
             y = np.zeros((x2.shape[0], wt.shape[1]), dtype=np.int64)
             for k0 in range(0, k, EXACT_CHUNK):
@@ -292,7 +295,7 @@ def _psum_clr(it: Interpreter, st: State, ins) -> dict:
     like = st.bufs[ins.like]
     dtype = np.float32 if it.numerics == "fp32" else np.int32
     st.bufs[ins.dst] = np.zeros(like.shape[:-1] + (ins.cols,), dtype=dtype)
-    return {"elements": int(np.prod(like.shape[:-1])) * ins.cols}
+    return {"elements": math.prod(like.shape[:-1]) * ins.cols}
 
 
 vector.register(handles)

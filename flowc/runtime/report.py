@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from flowc.backend.image import LayerInfo
 from flowc.runtime.check import CheckResult
+from flowc.runtime.cost import mnemonic, pair_passes
 from flowc.runtime.events import ExecEvent, LoopEvent
 
 
@@ -36,12 +40,22 @@ def _merge(into: dict[str, float], more) -> None:
 
 
 class CostListener:
-    """Turns interpreter events into per-layer cycles and energy actions via a cost model."""
+    """Turns interpreter events into per-layer cycles and energy actions via a cost model.
 
-    def __init__(self, cost_model, layers: tuple[LayerInfo, ...]) -> None:
+    Setup (resident weight loads) is counted once per weight tensor, keyed by the `w` operand
+    of the loop's `ld.tile`: running a layer twice (or twice the same weight) loads it once.
+    With `tensors` (the image's tensors) and `pair_select = "row-shared"`, each loop gets
+    exact per-tile pair passes from `<w>.meta` instead of the reachable-pair bound.
+    """
+
+    def __init__(self, cost_model, layers: tuple[LayerInfo, ...],
+                 tensors: Mapping[str, np.ndarray] | None = None) -> None:
         self.model = cost_model
         self.info = {i.name: i for i in layers}
+        self.tensors = tensors
         self.layers: dict[str, LayerCost] = {}
+        self.loaded: set[str] = set()  # weight tensors whose setup is already counted
+        self._passes: dict[tuple[str, int], np.ndarray] = {}
 
     def _layer(self, name: str) -> LayerCost:
         if name not in self.layers:
@@ -54,7 +68,13 @@ class CostListener:
 
     def on_loop(self, event: LoopEvent) -> None:
         lc = self._layer(event.layer)
-        lc.add(self.model.loop_cost(event))
+        weight = _loop_weight(event)
+        cost = self.model.loop_cost(event, self.pair_passes(event, weight))
+        if weight is not None and weight in self.loaded:
+            cost = replace(cost, setup_cycles=0, setup_actions={})
+        if weight is not None:
+            self.loaded.add(weight)
+        lc.add(cost)
         info = self.info.get(event.layer)
         tokens = event.body[0].tokens if event.body else 0
         lc.tokens = tokens
@@ -62,11 +82,33 @@ class CostListener:
             lc.macs += tokens * info.in_features * info.out_features
             lc.kept_macs += tokens * info.nonzeros
 
+    def pair_passes(self, event: LoopEvent, weight: str | None) -> np.ndarray | None:
+        """Exact row-shared passes per tile (loop order) from `<w>.meta`, else None."""
+        if (self.tensors is None or weight is None
+                or self.model.machine.pair_select != "row-shared"):
+            return None
+        meta = self.tensors.get(f"{weight}.meta")
+        group_m = max((b.group_m for b in event.body), default=0)
+        if meta is None or not group_m:
+            return None
+        key = (weight, group_m)
+        if key not in self._passes:
+            self._passes[key] = pair_passes(meta.reshape((-1,) + meta.shape[-3:]), group_m)
+        return self._passes[key]
+
     def finish(self) -> list[LayerCost]:
         for lc in self.layers.values():
             lc.energy_pj = float(self.model.machine.energy_pj(lc.actions))
             lc.setup_energy_pj = float(self.model.machine.energy_pj(lc.setup_actions))
         return list(self.layers.values())
+
+
+def _loop_weight(event: LoopEvent) -> str | None:
+    """The weight tensor a loop loads (the `w` operand of its ld.tile), or None."""
+    for b in event.body:
+        if mnemonic(b.instr) == "ld.tile":
+            return getattr(b.instr, "w", None)
+    return None
 
 
 def pattern_text(info: LayerInfo | None) -> str:
@@ -99,6 +141,15 @@ class RunReport:
     def total_energy_pj(self) -> float:
         return sum(lc.energy_pj for lc in self.layers)
 
+    @property
+    def setup_cycles(self) -> int:
+        """Program-load cycles (resident weight loads), not part of an inference."""
+        return sum(lc.setup_cycles for lc in self.layers)
+
+    @property
+    def setup_energy_pj(self) -> float:
+        return sum(lc.setup_energy_pj for lc in self.layers)
+
     def to_dict(self) -> dict:
         cyc = self.total_cycles
         return {
@@ -107,10 +158,12 @@ class RunReport:
             "total_cycles": cyc, "total_energy_pj": self.total_energy_pj,
             "latency_s": cyc / (self.clock_mhz * 1e6),
             "total_macs": sum(lc.macs for lc in self.layers),
+            "setup_cycles": self.setup_cycles, "setup_energy_pj": self.setup_energy_pj,
             "layers": [{
                 "name": lc.name, "kind": lc.kind, "pattern": pattern_text(self.infos.get(lc.name)),
                 "cycles": lc.cycles, "energy_pj": lc.energy_pj, "macs": lc.macs,
                 "kept_macs": lc.kept_macs, "tokens": lc.tokens, "actions": lc.actions,
+                "setup_cycles": lc.setup_cycles, "setup_energy_pj": lc.setup_energy_pj,
             } for lc in self.layers],
             "check": self.check.to_dict() if self.check else None,
             "simulation_wall_s": self.wall_seconds, "check_wall_s": self.check_seconds,
@@ -137,6 +190,9 @@ class RunReport:
         lines.append(f"machine {self.machine} @ {self.clock_mhz:g} MHz: latency {latency_us:,.1f} us, "
                      f"energy {self.total_energy_pj / 1e6:.4f} uJ, numerics {self.numerics}; "
                      f"simulated in {self.wall_seconds:.3f} s")
+        if self.setup_cycles:
+            lines.append(f"setup (program load, once, not in the totals above): "
+                         f"{self.setup_cycles:,} cycles, {self.setup_energy_pj / 1e6:.4f} uJ")
         if self.check is None:
             lines.append("check: skipped (--no-check or no reference in the .fcim)")
         else:

@@ -6,6 +6,8 @@ token count (product of leading dimensions).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -13,8 +15,8 @@ QMAX = 127
 
 
 def _sizes(out: np.ndarray, *ins: np.ndarray) -> dict:
-    return {"elements": int(out.size), "in_elements": int(sum(a.size for a in ins)),
-            "tokens": int(np.prod(out.shape[:-1])) if out.ndim else 1}
+    return {"elements": out.size, "in_elements": sum(a.size for a in ins),
+            "tokens": math.prod(out.shape[:-1])}
 
 
 def quantise_per_token(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

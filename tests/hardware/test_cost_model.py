@@ -18,8 +18,8 @@ from flowc.runtime.events import ExecEvent, LoopEvent
 
 
 def paper_flexcim():
-    """FlexCiM in the paper's setting (resident weights, no load overlap, 64 macros): the
-    timing identities below are written for it; the shipped default streams weights."""
+    """FlexCiM in the paper's setting (resident weights: one macro per tile, so every loop is
+    one wave; `macros = 64` matters only once `residency` is switched to streamed below)."""
     return replace(load_machine("flexcim"), residency="resident", load_overlap=False, macros=64)
 
 
@@ -63,11 +63,13 @@ def test_feed_bound_when_bandwidth_is_low():
 def test_waves_and_residency():
     flex = paper_flexcim()
     tile = CostModel(flex).tile_timing(2, 4).cycles(16)
-    ev = loop(flex, 2, 4, 16, n_tiles=10, k_tiles=13)  # 130 tiles -> 3 waves of 64
+    ev = loop(flex, 2, 4, 16, n_tiles=10, k_tiles=13)  # 130 tiles -> 3 waves of 64 streamed
     res = CostModel(flex).loop_cost(ev)
-    assert res.cycles == 3 * tile and res.setup_cycles == 3 * 32
+    # resident: every tile has its own macro (macros is a lower bound), so ONE wave
+    assert res.cycles == tile and res.setup_cycles == 32
     assert res.setup_actions["weight_write"] == 130 * 4096 * 9
-    assert "weight_write" not in res.actions
+    assert "weight_write" not in res.actions and "dram_read" not in res.actions
+    assert CostModel(flex).macros_for(130) == 130 and CostModel(flex).macros_for(5) == 64
     st = CostModel(replace(flex, residency="streamed")).loop_cost(ev)
     assert st.cycles == 3 * (32 + tile) and st.setup_cycles == 0
     assert st.actions["dram_read"] == 130 * 4096 * (8 + 2)  # value + in-group index bits
@@ -155,3 +157,17 @@ def test_choices_are_reported():
     cm = CostModel(paper_flexcim())
     assert cm.choices()["pair_select"] == "per-column"
     assert cm.choices()["residency"] == "resident"
+
+
+def test_resident_loop_is_one_wave_for_any_size():
+    """Resident = all weights on chip: a loop of any size is one wave and its instr costs
+    agree (ld.tile: C setup cycles; cim: one wave of compute)."""
+    flex = paper_flexcim()
+    cm = CostModel(flex)
+    for tiles in (1, 63, 64, 65, 1000):
+        ev = loop(flex, 1, 8, 3, n_tiles=tiles)
+        c = cm.loop_cost(ev)
+        assert c.cycles == cm.tile_timing(1, 8).cycles(3)
+        assert c.setup_cycles == 32
+        assert cm.instr_cost(ev.body[0]).setup_cycles == 32
+        assert cm.instr_cost(ev.body[2]).cycles == 32 + 3 * 8 + 5 + 1

@@ -1,7 +1,7 @@
 """Machine description: built-ins, round trips and one-line errors that name the field path."""
 
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 
@@ -30,6 +30,14 @@ def test_flexcim_defaults_match_spec():
     assert (m.pair_select, m.residency, m.load_overlap, m.macros) == (
         "per-column", "streamed", True, 16)
     assert m.clock_mhz == 500.0 and m.macro.act_bw_bits == 1024
+
+
+def test_dataclass_defaults_equal_shipped_flexcim():
+    """One source of truth: MachineConfig() and flexcim.toml agree on every structural field."""
+    shipped, default = load_machine("flexcim"), MachineConfig()
+    for f in fields(MachineConfig):
+        if f.name not in ("name", "description", "energy"):
+            assert getattr(default, f.name) == getattr(shipped, f.name), f.name
 
 
 def test_baselines_structure():

@@ -32,7 +32,7 @@ class TooLarge(SolverError):
 class IntegerView:
     """The problem's sparsity constraint in integers: sparsity = S / total."""
 
-    steps: list[list[int]]  # per free layer, per candidate
+    steps: list[list[int]]  # per free layer, per candidate; -1 = candidate unusable
     start: int  # contribution of the fixed layers
     total: int
     lo: int  # smallest S inside the window
@@ -50,7 +50,9 @@ def integer_view(prob: Problem) -> IntegerView:
 
     total = sum(prob.params.values()) // g * unit
     start = sum(step(prob.params[k], p) for k, p in prob.fixed.items())
-    steps = [[step(layer.params, c) for c in prob.cands] for layer in prob.free]
+    steps = [[-1 if math.isinf(cost) else step(layer.params, c)
+              for c, cost in zip(prob.cands, row, strict=True)]
+             for layer, row in zip(prob.free, prob.costs, strict=True)]
     lo = max(math.ceil(prob.lo * total), 0)
     hi = math.floor(prob.hi * total)
     return IntegerView(steps, start, total, lo, hi)
@@ -69,7 +71,7 @@ def achievable_sums(view: IntegerView) -> np.ndarray:
     reach[view.start] = True
     for row in view.steps:
         nxt = np.zeros_like(reach)
-        for s in set(row):
+        for s in set(row) - {-1}:
             nxt[s:] |= reach[:size - s]
         reach = nxt
     return reach
@@ -106,7 +108,7 @@ def solve_dp(prob: Problem) -> Selection:
         nxt = np.full(size, np.inf)
         pick = np.full(size, -1, dtype=np.int16)
         for j, (s, c) in enumerate(zip(row, crow, strict=True)):
-            if s >= size:
+            if s < 0 or s >= size:
                 continue
             cand = cost[:size - s] + c
             better = cand < nxt[s:]

@@ -12,6 +12,8 @@ of waiting for branch and bound to prove a subset-sum problem infeasible.
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 
@@ -40,7 +42,9 @@ EPS = 1e-9
 
 def _make_solver(solver: str, time_limit: float):
     if solver == "cbc":
-        return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit)
+        with warnings.catch_warnings():  # PuLP 3.3 deprecates its bundled CBC; still the default
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit)
     if solver == "highs":
         highs = pulp.HiGHS(msg=False, timeLimit=time_limit)
         if not highs.available():
@@ -55,25 +59,32 @@ def _build(prob: Problem, sense, objective: str):
     Returns (model, z, sparsity expression without the fixed share, fixed share).
     """
     model = pulp.LpProblem("flow_nm", sense)
-    z = {(i, j): pulp.LpVariable(f"z_{i}_{j}", cat="Binary")
-         for i in range(len(prob.free)) for j in range(len(prob.cands))}
+    z = {(i, j): model.add_variable(f"z_{i}_{j}", 0, 1, cat="Binary")
+         for i, row in enumerate(prob.costs) for j, c in enumerate(row) if not math.isinf(c)}
     total = sum(prob.params.values())
     fixed_share = float(sum((prob.params[k] * sparsity_of(p) for k, p in prob.fixed.items()),
                             Fraction(0)) / total)
-    spars = pulp.lpSum((layer.params / total) * float(sparsity_of(c)) * z[i, j]
-                       for i, layer in enumerate(prob.free) for j, c in enumerate(prob.cands))
+    spars = pulp.lpSum((prob.free[i].params / total) * float(sparsity_of(prob.cands[j])) * var
+                       for (i, j), var in z.items())
     if objective == "cost":
         model += pulp.lpSum(prob.costs[i][j] * z[i, j] for i, j in z)
     else:
         model += spars
+    rows: dict[int, list] = {}
+    for (i, _), var in z.items():
+        rows.setdefault(i, []).append(var)
     for i in range(len(prob.free)):
-        model += pulp.lpSum(z[i, j] for j in range(len(prob.cands))) == 1
+        model += pulp.lpSum(rows[i]) == 1
     return model, z, spars, fixed_share
 
 
 def _choice(prob: Problem, z) -> list[int]:
-    return [max(range(len(prob.cands)), key=lambda j: z[i, j].value() or 0.0)
-            for i in range(len(prob.free))]
+    best: dict[int, tuple[float, int]] = {}
+    for (i, j), var in z.items():
+        value = var.value() or 0.0
+        if i not in best or value > best[i][0]:
+            best[i] = (value, j)
+    return [best[i][1] for i in range(len(prob.free))]
 
 
 def _probe_nearest(prob: Problem, solver: str, time_limit: float) -> tuple[float | None, ...]:

@@ -19,6 +19,7 @@ enters the ILP exactly as its code uses it (see ilp.py, ``direction``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ class RawOutliers:
     n_outliers: int
     distance: float | None  # exact: mean L1 on normalised coords; repo: mean flat distance
     locality: str = "exact"
+    in_features: int | None = None  # K (gcd of members' K for a block): which M divide it
 
     @property
     def ratio(self) -> float:
@@ -58,12 +60,16 @@ class LayerOutliers:
     distance: float | None  # raw distance (None: fewer than two outliers)
     nd: float  # ND_l in [0, 1], high = scattered
     locality: str = "exact"
+    in_features: int | None = None
 
 
 def wanda_scores(weight: np.ndarray, input_norm: np.ndarray) -> np.ndarray:
-    """Wanda importance |W_ij| * ||X_j||_2 for a weight [out, in] and input norms [in]."""
-    weight = np.asarray(weight)
-    input_norm = np.asarray(input_norm)
+    """Wanda importance |W_ij| * ||X_j||_2 for a weight [out, in] and input norms [in].
+
+    float64, like the `nm-prune` pass, so outlier counts and pruning ranks see the same scores.
+    """
+    weight = np.asarray(weight, dtype=np.float64)
+    input_norm = np.asarray(input_norm, dtype=np.float64)
     if weight.ndim != 2 or input_norm.shape != (weight.shape[1],):
         raise UsageError(
             f"wanda_scores: weight {weight.shape} needs input_norm of shape "
@@ -185,7 +191,7 @@ def measure_scores(name: str, scores: np.ndarray, tau: float = 5.0,
         flat = np.flatnonzero(mask)
         dist = repo_mean_distance(flat)
         count = flat.size
-    return RawOutliers(name, int(scores.size), int(count), dist, locality)
+    return RawOutliers(name, int(scores.size), int(count), dist, locality, int(scores.shape[1]))
 
 
 def measure_layer(name: str, weight: np.ndarray, input_norm: np.ndarray, tau: float = 5.0,
@@ -209,8 +215,11 @@ def merge_blocks(raw: Sequence[RawOutliers], block_of: Callable[[str], str]) -> 
         known = [(m.n_outliers, m.distance) for m in members if m.distance is not None]
         weight = sum(n for n, _ in known)
         dist = sum(n * d for n, d in known) / weight if weight else None
+        ks = [m.in_features for m in members]
+        k = math.gcd(*ks) if all(v is not None for v in ks) else None
         merged.append(RawOutliers(block, sum(m.params for m in members),
-                                  sum(m.n_outliers for m in members), dist, members[0].locality))
+                                  sum(m.n_outliers for m in members), dist, members[0].locality,
+                                  k))
     return merged
 
 
@@ -230,7 +239,7 @@ def normalise_layers(raw: Sequence[RawOutliers]) -> list[LayerOutliers]:
         nd = [1.0 - v for v in normalise_minmax(loc)]
     return [
         LayerOutliers(r.name, r.params, r.n_outliers, r.ratio, o_hat[i], r.distance, nd[i],
-                      r.locality)
+                      r.locality, r.in_features)
         for i, r in enumerate(raw)
     ]
 

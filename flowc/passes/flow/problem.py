@@ -16,6 +16,7 @@ within target +- tolerance (bounds taken exactly from the float target and toler
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -112,6 +113,17 @@ def resolve_candidates(spec: str | Sequence | None,
     return cands
 
 
+def fits_layer(layer: object, pattern: Pattern) -> bool:
+    """A pattern is usable if it is dense or M divides the layer's K (when K is known)."""
+    n, m = pattern
+    k = getattr(layer, "in_features", None)
+    return n == m or k is None or k % m == 0
+
+
+def _by_name(layers: Sequence[SelectLayer], name: str) -> SelectLayer:
+    return next(layer for layer in layers if layer.name == name)
+
+
 def pattern_cost(layer: SelectLayer, pattern: Pattern, alpha: float, beta: float,
                  n_max: int, m_max: int, direction: str) -> float:
     """alpha * |n - N_max * O^_l| + beta * |m - M_target_l| (see module docstring)."""
@@ -122,7 +134,10 @@ def pattern_cost(layer: SelectLayer, pattern: Pattern, alpha: float, beta: float
 
 @dataclass(frozen=True)
 class Problem:
-    """A validated instance: free layers with their cost rows, fixed layers, the window."""
+    """A validated instance: free layers with their cost rows, fixed layers, the window.
+
+    A cost of math.inf marks a candidate the layer cannot use (M does not divide its K).
+    """
 
     free: list[SelectLayer]
     costs: list[list[float]]
@@ -157,9 +172,17 @@ def prepare(layers: Sequence[SelectLayer], target: float, tolerance: float = 0.0
     if not params or any(p <= 0 for p in params.values()):
         raise UsageError("N:M selection needs at least one layer, each with params > 0")
     cands = resolve_candidates(candidates, supported)
+    for name, pattern in fixed_p.items():
+        if not fits_layer(_by_name(layers, name), pattern):
+            raise UsageError(f"fixed layer {name}: K is not a multiple of M in {pattern[0]}:"
+                             f"{pattern[1]}")
     free = [layer for layer in layers if layer.name not in fixed_p]
-    costs = [[pattern_cost(layer, c, alpha, beta, n_max, m_max, direction) for c in cands]
-             for layer in free]
+    costs = [[pattern_cost(layer, c, alpha, beta, n_max, m_max, direction)
+              if fits_layer(layer, c) else math.inf for c in cands] for layer in free]
+    for layer, row in zip(free, costs, strict=True):
+        if all(math.isinf(c) for c in row):
+            raise UsageError(f"layer {layer.name}: no candidate pattern has an M dividing its "
+                             f"K = {getattr(layer, 'in_features', None)}")
     lo = Fraction(target) - Fraction(tolerance)
     hi = Fraction(target) + Fraction(tolerance)
     return Problem(free, costs, cands, fixed_p, params, lo, hi, target, tolerance)

@@ -1,0 +1,84 @@
+"""flowrun vs ONNX Runtime wall time on the same model and inputs, measured side by side.
+
+    python bench/run_vs_ort.py [--model mlp|block] [--nm 2:4] [--repeat 50]
+
+Prints the median wall time of: the simulator with cycle/energy accounting, the simulator
+without it (functional only), and ORT running the embedded reference model with 1 and with 2
+intra-op threads (the faster is the baseline); then the ratios. Runs alternate so machine
+noise hits all of them alike. ORT's thread spinning is off: it would starve numpy's threads.
+Not a timed test: read the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from flowc.compiler import CompileOptions, compile_captured, parse_nm
+from flowc.examples import build
+from flowc.frontend.load import capture
+from flowc.runtime.check import ort_session, run_reference
+from flowc.runtime.interpreter import Interpreter
+from flowc.runtime.report import CostListener
+from flowc.runtime.session import cost_model_for
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="mlp", choices=["mlp", "block"])
+    ap.add_argument("--nm", default="2:4")
+    ap.add_argument("--repeat", type=int, default=50)
+    args = ap.parse_args()
+
+    model, inputs = build(args.model)
+    image = compile_captured(capture(model, inputs, "bench"), CompileOptions(nm=parse_nm(args.nm)),
+                             progress=None)
+    samples = list(image.samples)
+    _, cost_model = cost_model_for(image)
+    plain = Interpreter(image)
+    accounted = Interpreter(image)
+    sess1 = ort_session(image.reference_onnx, threads=1)
+    sess2 = ort_session(image.reference_onnx, threads=2)
+
+    memo: dict = {}
+
+    def sim_accounted():
+        listener = CostListener(cost_model, image.layers, memo)
+        accounted.listeners = [listener]
+        accounted.run(samples)
+        listener.finish()
+
+    def sim_functional():
+        plain.run(samples)
+
+    def ort1():
+        run_reference(image.reference_onnx, samples, session=sess1)
+
+    def ort2():
+        run_reference(image.reference_onnx, samples, session=sess2)
+
+    runs = {"flowrun (with accounting)": sim_accounted, "flowrun (functional)": sim_functional,
+            "onnxruntime 1 thread": ort1, "onnxruntime 2 threads": ort2}
+    for fn in runs.values():  # warm-up: dense-weight cache, ORT arenas
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(args.repeat):
+        for k, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"model {args.model} at {args.nm}, inputs {[tuple(s.shape) for s in samples]}, "
+          f"{args.repeat} alternating runs, median wall time:")
+    for k, v in med.items():
+        print(f"  {k:28s} {v * 1e3:9.3f} ms")
+    ort_t = min(med["onnxruntime 1 thread"], med["onnxruntime 2 threads"])  # ORT at its best
+    print(f"ratio flowrun/ORT (with accounting): {med['flowrun (with accounting)'] / ort_t:.2f}x")
+    print(f"ratio flowrun/ORT (functional):      {med['flowrun (functional)'] / ort_t:.2f}x")
+    over = med["flowrun (with accounting)"] / med["flowrun (functional)"] - 1
+    print(f"accounting overhead: {100 * over:+.1f} %")
+
+
+if __name__ == "__main__":
+    main()
