@@ -160,6 +160,11 @@ class _Selector(Pass):
         unit_of = _units(refs, dense, self.granularity)
         free_units = {unit_of[r.name] for r in refs if r.name not in dense}
         units = analyse_graph(gm, refs, unit_of, free_units, tau, locality, with_scores)
+        if with_scores:
+            by_unit = {u.name: u for u in units}
+            for ref in refs:
+                flowc_meta(ref.node)["outliers"] = {"unit": unit_of[ref.name],
+                                                    **asdict(by_unit[unit_of[ref.name]])}
         fixed = {unit_of[d]: DENSE for d in dense}
         return refs, unit_of, units, fixed, set(fixed)
 
@@ -183,11 +188,7 @@ class OutlierAnalysis(_Selector):
     locality: Locality = "exact"
 
     def __call__(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
-        refs, unit_of, units, _, dense = self._plan(gm, True, self.tau, self.locality)
-        by_unit = {u.name: u for u in units}
-        for ref in refs:
-            flowc_meta(ref.node)["outliers"] = {"unit": unit_of[ref.name],
-                                                **asdict(by_unit[unit_of[ref.name]])}
+        _, _, units, _, dense = self._plan(gm, True, self.tau, self.locality)
         ctx.reports[self.name] = {"tau": self.tau, "locality": self.locality,
                                   "granularity": self.granularity, "kept_dense": sorted(dense),
                                   "units": [asdict(u) for u in units]}
