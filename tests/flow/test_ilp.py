@@ -105,11 +105,11 @@ def test_brute_force_agrees_on_one_instance():
     best = np.inf
     for combo in np.ndindex(*(len(cands),) * 4):
         pats = [cands[j] for j in combo]
-        sp = sum(x.params * (1 - n / m) for x, (n, m) in zip(layers, pats)) / sum(
-            x.params for x in layers)
+        total = sum(x.params for x in layers)
+        sp = sum(x.params * (1 - n / m) for x, (n, m) in zip(layers, pats, strict=True)) / total
         if abs(sp - 0.6) <= 0.05:
             best = min(best, sum(pattern_cost(x, p, 1.0, 4.0, 8, 8, "paper")
-                                 for x, p in zip(layers, pats)))
+                                 for x, p in zip(layers, pats, strict=True)))
     assert select_nm(layers, 0.6, 0.05).objective == pytest.approx(best, abs=1e-9)
     assert select_nm(layers, 0.6, 0.05, solver="highs").objective == pytest.approx(best, abs=1e-9)
 
@@ -150,3 +150,24 @@ def test_bad_options():
         select_nm(layers, 0.5, direction="sideways")
     with pytest.raises(UsageError, match="solver"):
         select_nm(layers, 0.5, 0.5, solver="gurobi")
+
+
+@dataclass(frozen=True)
+class LK:
+    name: str
+    params: int
+    ratio_hat: float
+    nd: float
+    in_features: int
+
+
+def test_patterns_whose_m_does_not_divide_k_are_not_used():
+    # K = 12: 1:8 and 2:8 are unusable, so the best feasible choice for 0.75 is 1:4
+    layers = [LK("a", 120, 0.0, 0.0, 12)]
+    for solve in (select_nm, select_nm_dp):
+        assert solve(layers, 0.75, 0.0, candidates="1:4,2:8,1:8").patterns == {"a": (1, 4)}
+    with pytest.raises(UsageError, match="no candidate pattern"):
+        select_nm(layers, 0.75, candidates="1:8")
+    with pytest.raises(UsageError, match="not a multiple"):
+        select_nm(layers + [LK("b", 8, 0.0, 0.0, 8)], 0.5, 0.5, candidates="1:4",
+                  fixed={"a": "1:8"})
