@@ -322,3 +322,26 @@ def analyse(config: Any, machine: MachineConfig, assignment: Assignment | None =
     label = name or (config if isinstance(config, str) else "model")
     return AnalyticReport(label, machine, phase, t, kv, assignment.source, layers, patterns,
                           notes)
+
+
+def analyse_targets(config: Any, machines: Sequence[MachineConfig],
+                    assignment: Assignment | None = None,
+                    phases: Sequence[str] = PHASES, **kw: Any) -> dict[str, dict[str, Any]]:
+    """{phase: {machine name: AnalyticReport}} for several targets (same assignment)."""
+    return {ph: {m.name: analyse(config, m, assignment, phase=ph, **kw) for m in machines}
+            for ph in phases}
+
+
+def ratio_rows(reports: Mapping[str, AnalyticReport], kind: str | None = "gemm",
+               primary: str = "flexcim") -> list[dict[str, Any]]:
+    """Per target: latency, energy, EDP and the primary's speed-up / energy ratio vs it."""
+    base = reports.get(primary) or next(iter(reports.values()))
+    rows = []
+    for name, r in reports.items():
+        sec, e = r.seconds(kind), r.energy_pj(kind)
+        rows.append({"target": name, "cycles": r.cycles(kind), "ms": sec * 1e3,
+                     "energy_uj": e / 1e6, "edp_uj_ms": e / 1e6 * sec * 1e3,
+                     f"{base.machine.name}_x_faster": sec / max(base.seconds(kind), 1e-30),
+                     f"{base.machine.name}_x_less_energy":
+                         e / max(base.energy_pj(kind), 1e-30)})
+    return rows

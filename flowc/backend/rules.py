@@ -30,18 +30,8 @@ def lower_linear(lw: Lowering, node: torch.fx.Node) -> None:
     if "qweight" not in meta:
         raise CompileError(f"{name}: not quantised (run the quantize pass before lowering)")
     fp32 = lw.param(w_node)
-    P, R, C = machine_geometry(lw.machine)
-    asked = tuple(meta.get("pattern") or (P, P))
-    native = tuple(lw.machine.fit_pattern(*asked))
-    geo = geometry_for(native[0], native[1], P, R, C, fp32.shape)
-    fvalues, metadata, (values,) = pack(fp32, geo, name, (np.asarray(meta["qweight"]),))
-    scale = np.ones(geo.padded_out, dtype=np.float32)
-    scale[: fp32.shape[0]] = np.asarray(meta["wscale"], dtype=np.float32)
-    lw.tensor(f"{name}.values", values.astype(np.int8))
-    lw.tensor(f"{name}.meta", metadata)
-    lw.tensor(f"{name}.scale", scale)
-    if lw.keep_fp32:
-        lw.tensor(f"{name}.fvalues", fvalues.astype(np.float32))
+    asked, native = linear_pattern(lw, node)
+    geo = store_packed(lw, name, fp32, meta["qweight"], meta["wscale"], native)
 
     lw.enter(name, "gemm")
     lw.layers[name] = LayerInfo(name, "gemm", asked, native, fp32.shape[1], fp32.shape[0],
@@ -68,6 +58,32 @@ def lower_linear(lw: Lowering, node: torch.fx.Node) -> None:
         bias = lw.tensor(f"{name}.bias", lw.param(b_node).astype(np.float32))
         lw.emit(isa.VDeq(dst=f"{name}.y", src=acc, ascale=xs, w=name, cols=fp32.shape[0]))
         lw.emit(isa.VBias(dst=out, src=f"{name}.y", b=bias))
+
+
+def linear_pattern(lw: Lowering, node: torch.fx.Node) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(pattern asked for, native pattern the machine runs) of a linear node; dense = (P, P)."""
+    P = lw.machine.macro.subarrays
+    asked = tuple(int(v) for v in ((node.meta.get("flowc") or {}).get("pattern") or (P, P)))
+    return asked, tuple(lw.machine.fit_pattern(*asked))
+
+
+def store_packed(lw: Lowering, name: str, fp32: np.ndarray, qweight: np.ndarray,
+                 wscale: np.ndarray, native: tuple[int, int]):
+    """Pack one weight into the image as <name>.values/.meta/.scale (+ .fvalues); returns the
+    tile geometry. Storing the same weight twice (a tied embedding table) is a no-op."""
+    P, R, C = machine_geometry(lw.machine)
+    geo = geometry_for(native[0], native[1], P, R, C, fp32.shape)
+    if f"{name}.values" in lw.tensors:
+        return geo
+    fvalues, metadata, (values,) = pack(fp32, geo, name, (np.asarray(qweight),))
+    scale = np.ones(geo.padded_out, dtype=np.float32)
+    scale[: fp32.shape[0]] = np.asarray(wscale, dtype=np.float32)
+    lw.tensor(f"{name}.values", values.astype(np.int8))
+    lw.tensor(f"{name}.meta", metadata)
+    lw.tensor(f"{name}.scale", scale)
+    if lw.keep_fp32:
+        lw.tensor(f"{name}.fvalues", fvalues.astype(np.float32))
+    return geo
 
 
 def _vector(lw: Lowering, node: torch.fx.Node) -> None:

@@ -24,6 +24,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "flowc.passes.prune",
     "flowc.passes.verify",
     "flowc.passes.quantize",
+    "flowc.passes.flow.passes",
 )
 
 _REGISTRY: dict[str, type[Pass]] = {}

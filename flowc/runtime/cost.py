@@ -27,6 +27,10 @@ VECTOR_CLASS = {
     "v.silu": "activation", "v.softmax": "softmax", "v.layernorm": "norm",
     "v.rmsnorm": "norm", "v.mov": "elementwise", "v.scale": "elementwise",
     "v.permute": "permute", "v.const": "elementwise", "psum.clr": "elementwise",
+    # transformer ops (issue 4; docs/attention.md)
+    "v.embed": "deq", "v.slice": "permute", "v.cat": "permute", "v.expand": "permute",
+    "v.pow": "activation", "v.rsqrt": "activation", "v.tanh": "activation",
+    "v.mean": "elementwise",
 }
 FREE_OPS = ("layer", "halt", "loop.tiles", "loop.end", "v.reshape")
 
@@ -120,6 +124,7 @@ class CostModel:
         self._handlers = {
             "ld.tile": self._ld_tile, "ld.act": self._ld_act, "cim": self._cim,
             "merge": self._merge, "acc": self._acc, "cfg.nm": self._cfg_nm,
+            "mm.act": self._mm_act,
         }
 
     def choices(self) -> dict[str, str]:
@@ -324,3 +329,30 @@ class CostModel:
         acts = {"vec_op": work * per_elem, "gbuf_read": ev.in_elements * VEC_BITS,
                 "gbuf_write": ev.elements * out_bits}
         return Cost(-(-work // vec.lanes) * per_elem, _add(acts, {}))
+
+    # -- attention (issue 4) -----------------------------------------------------------------
+    def _mm_act(self, ev: ExecEvent, _: float | None) -> Cost:
+        """Activation x activation GEMM on the macros (docs/attention.md): ev.tiles dense tiles
+        of b written at run time (always streamed, C cycles each, from the global buffer),
+        a streamed as ev.tokens vectors per tile; plus the vector unit's int8 quantisation of
+        both operands (in_elements) and the dequantisation of the outputs (elements)."""
+        mc, mach, vec = self.machine.macro, self.machine, self.machine.vector
+        p = mc.subarrays
+        dense = ExecEvent(ev.instr, ev.layer, ev.tiles, ev.tokens, p, p, mach.k_pass(p, p))
+        waves = -(-ev.tiles // mach.macros)
+        wave = self.tile_timing(p, p).cycles(ev.tokens)
+        if not waves:
+            macro_cycles = 0
+        elif mach.load_overlap:
+            macro_cycles = mc.cols + (waves - 1) * max(wave, mc.cols) + wave
+        else:
+            macro_cycles = waves * (wave + mc.cols)
+        acts: dict[str, float] = {}
+        for handler in (self._ld_tile, self._ld_act, self._cim, self._merge, self._acc):
+            part = handler(dense, None)
+            acts = _add(acts, part.actions or part.setup_actions)
+        acts = _add(acts, {"gbuf_read": acts.pop("dram_read", 0.0),
+                           "vec_op": ev.in_elements * vec.quant + ev.elements * vec.deq})
+        vec_cycles = (-(-ev.in_elements // vec.lanes) * vec.quant
+                      + -(-ev.elements // vec.lanes) * vec.deq)
+        return Cost(macro_cycles + vec_cycles, acts)

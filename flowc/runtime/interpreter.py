@@ -150,6 +150,15 @@ class Interpreter:
         return {"tokens": tokens, "keep_n": mac.keep_n, "group_m": mac.group_m,
                 "k_pass": P * R * mac.group_m // max(mac.keep_n, 1)}
 
+    def act_gemm_sizes(self, a_shape: tuple, b_shape: tuple, y_shape: tuple) -> dict:
+        """Event sizes of mm.act: b's tiles are written per head (batch entry) and per tile."""
+        P, R, C = self.geometry["subarrays"], self.geometry["rows"], self.geometry["cols"]
+        batch = math.prod(y_shape[:-2])
+        k, n, m = a_shape[-1], b_shape[-1], a_shape[-2]
+        tiles = batch * -(-n // C) * -(-k // (P * R))
+        return {"tiles": tiles, "tokens": m, "keep_n": P, "group_m": P, "k_pass": P * R,
+                "elements": batch * m * n, "in_elements": batch * (m * k + k * n)}
+
     # -- batched GEMM --------------------------------------------------------------------------
     def dense_weight(self, name: str, keep_n: int, group_m: int) -> np.ndarray:
         """Decompressed W^T [K_pad, N_pad] as float32 (integer-valued in int8 numerics)."""
@@ -296,6 +305,61 @@ def _psum_clr(it: Interpreter, st: State, ins) -> dict:
     dtype = np.float32 if it.numerics == "fp32" else np.int32
     st.bufs[ins.dst] = np.zeros(like.shape[:-1] + (ins.cols,), dtype=dtype)
     return {"elements": math.prod(like.shape[:-1]) * ins.cols}
+
+
+# -- attention and embedding (activation x activation GEMMs; tables in packed weights) ----------
+def exact_int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """int32 a @ b of integer-valued operands (|values| <= 127), exact, batched over leading dims.
+
+    float32 BLAS is exact while every partial sum stays below 2**24: chunks of K <= 1024.
+    """
+    k = a.shape[-1]
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    if k <= EXACT_CHUNK:
+        return (a32 @ b32).astype(np.int32)
+    y = None
+    for k0 in range(0, k, EXACT_CHUNK):
+        part = (a32[..., k0:k0 + EXACT_CHUNK] @ b32[..., k0:k0 + EXACT_CHUNK, :]).astype(np.int64)
+        y = part if y is None else y + part
+    return y.astype(np.int32)
+
+
+def quantise_columns(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per column (over axis -2): the scale of each macro output channel."""
+    q, s = vector.quantise_per_token(np.swapaxes(x, -1, -2))
+    return np.swapaxes(q, -1, -2), s
+
+
+@handles("mm.act")
+def _mm_act(it: Interpreter, st: State, ins) -> dict:
+    a, b = st.bufs[ins.a], st.bufs[ins.b]
+    if a.shape[-1] != b.shape[-2]:
+        raise ExecutionError(f"mm.act: {ins.a} {a.shape} @ {ins.b} {b.shape}: K differs")
+    if it.numerics == "fp32":
+        y = np.matmul(a, b, dtype=np.float32)
+    else:
+        qa, sa = vector.quantise_per_token(a)
+        qb, sb = quantise_columns(b)
+        y = exact_int_matmul(qa, qb).astype(np.float32) * sa[..., :, None] * sb[..., None, :]
+    st.bufs[ins.dst] = y
+    return it.act_gemm_sizes(a.shape, b.shape, y.shape)
+
+
+@handles("v.embed")
+def _embed(it: Interpreter, st: State, ins) -> dict:
+    ids = st.bufs[ins.src]
+    idx = ids.astype(np.int64) if np.issubdtype(ids.dtype, np.integer) else np.rint(ids).astype(np.int64)
+    p = it.geometry["subarrays"]
+    table = it.dense_weight(ins.w, p, p)  # W^T [K_pad, rows]: column r is table row r
+    if idx.size and (idx.min() < 0 or idx.max() >= table.shape[1]):
+        raise ExecutionError(f"v.embed: token id out of range for @{ins.w} ({table.shape[1]} rows)")
+    flat = idx.reshape(-1)
+    y = table[: ins.cols, flat].T
+    if it.numerics != "fp32":
+        y = y * it.image.tensors[f"{ins.w}.scale"][flat][:, None]
+    y = np.ascontiguousarray(y, dtype=np.float32).reshape(idx.shape + (ins.cols,))
+    st.bufs[ins.dst] = y
+    return {"elements": int(y.size), "in_elements": int(idx.size), "tokens": int(idx.size)}
 
 
 vector.register(handles)

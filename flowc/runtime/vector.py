@@ -107,6 +107,20 @@ def register(handles) -> None:  # noqa: C901  (a flat table of small handlers)
         st.bufs[ins.dst] = y
         return _sizes(y, x)
 
+    handles("v.pow")(unary(_pow))
+    handles("v.rsqrt")(unary(lambda x, ins: _torch(torch.rsqrt, x)))
+    handles("v.tanh")(unary(lambda x, ins: np.tanh(x)))
+    handles("v.mean")(unary(lambda x, ins: x.mean(axis=-1, keepdims=True, dtype=np.float32)))
+    handles("v.slice")(unary(_slice))
+    handles("v.expand")(unary(lambda x, ins: np.broadcast_to(x, ins.shape)))
+
+    @handles("v.cat")
+    def _cat(it, st, ins):
+        a, b = st.bufs[ins.a], st.bufs[ins.b]
+        y = np.concatenate((a, b), axis=ins.dim)
+        st.bufs[ins.dst] = y
+        return _sizes(y, a, b)
+
     @handles("v.const")
     def _const(it, st, ins):
         y = it.image.tensors[ins.t].astype(np.float32)
@@ -117,3 +131,17 @@ def register(handles) -> None:  # noqa: C901  (a flat table of small handlers)
 def _torch(fn, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return fn(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+
+def _pow(x: np.ndarray, ins) -> np.ndarray:
+    """x ** e; squares (RMSNorm, variance) as x * x, which is what torch computes for e = 2."""
+    if ins.e == 2.0:
+        return x * x
+    return np.power(x, np.float32(ins.e), dtype=np.float32)
+
+
+def _slice(x: np.ndarray, ins) -> np.ndarray:
+    """A strided view (no copy needed functionally; the cost model charges the copy)."""
+    index = [slice(None)] * x.ndim
+    index[ins.dim] = slice(ins.start, ins.end, ins.step)
+    return x[tuple(index)]

@@ -171,3 +171,18 @@ def test_patterns_whose_m_does_not_divide_k_are_not_used():
     with pytest.raises(UsageError, match="not a multiple"):
         select_nm(layers + [LK("b", 8, 0.0, 0.0, 8)], 0.5, 0.5, candidates="1:4",
                   fixed={"a": "1:8"})
+
+
+def test_time_limited_incumbent_is_settled_by_the_exact_dp():
+    from dataclasses import replace
+
+    from flowc.passes.flow.ilp import _settle_time_limit
+    from flowc.passes.flow.problem import prepare
+
+    layers = [L("a", 100, 0.2, 0.9), L("b", 300, 0.8, 0.1)]
+    prob = prepare(layers, 0.5, 0.1)
+    best = select_nm_dp(layers, 0.5, 0.1)
+    worse = replace(best, objective=best.objective + 1.0, method="ilp-cbc")
+    assert _settle_time_limit(prob, worse, "cbc", 10.0).method.startswith("dp (cbc stopped")
+    same = replace(best, method="ilp-cbc")
+    assert "confirmed by exact dp" in _settle_time_limit(prob, same, "cbc", 10.0).method

@@ -211,7 +211,11 @@ def finish(prob: Problem, choice: Sequence[int], method: str) -> Selection:
 def infeasible_error(prob: Problem, below: float | None, above: float | None,
                      note: str = "") -> InfeasibleTarget:
     """The one-line error naming the nearest achievable sparsities around the window."""
-    near = ", ".join(f"{v:.4f}" for v in (below, above) if v is not None) or "none"
+    def fmt(v: float) -> str:  # more digits when 4 would print the target itself
+        text = f"{v:.4f}"
+        return f"{v:.8f}" if text == f"{prob.target:.4f}" else text
+
+    near = ", ".join(fmt(v) for v in (below, above) if v is not None) or "none"
     pats = ", ".join(f"{n}:{m}" for n, m in prob.cands)
     return InfeasibleTarget(
         f"target sparsity {prob.target:.4f} +- {prob.tolerance:.4f} is not achievable with "

@@ -1,0 +1,94 @@
+"""`flowc analytic CONFIG`: cycles and energy from a transformers config, no weights."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -> None:
+    from flowc.analytic_models import BUILTIN_CONFIGS
+
+    p = subparsers.add_parser(
+        "analytic", help="cycles/energy of a model from its config alone (no weights)",
+        description="Build every GEMM of the model from its config, price it with the same "
+                    "cost model as a functional run, and report prefill and decode separately. "
+                    f"Built-in configs: {', '.join(BUILTIN_CONFIGS)}.")
+    p.add_argument("config", help="built-in name, config.json path or model directory")
+    p.add_argument("--targets", default="all", help="'all' or a comma list of machines")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--nm", help="uniform N:M (N kept per M) for every Linear but the LM head")
+    g.add_argument("--assign", metavar="FILE.json",
+                   help="per-layer N:M: {'layers': {name|glob: [n, m]|'n:m'|'dense'}, "
+                        "'default': ..., 'blocks': depth} or a FLOW selection {'patterns': ...}")
+    p.add_argument("--phase", choices=("prefill", "decode", "both"), default="both")
+    p.add_argument("--tokens", type=int, default=2048, help="prompt length (prefill)")
+    p.add_argument("--kv-len", type=int, help="cached tokens for decode (default: --tokens)")
+    p.add_argument("--no-attention", action="store_true",
+                   help="leave out the attention matmuls (dense GEMMs with runtime weights)")
+    p.add_argument("--all-logits", action="store_true",
+                   help="LM head over every prompt token (default: the last one)")
+    p.add_argument("--json", metavar="FILE", help="write every report as JSON")
+    add_debug(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from flowc.analytic import analyse_targets, load_assignment, ratio_rows, scale_blocks, uniform
+    from flowc.analytic_models import shapes_of
+    from flowc.commands.compare import write_json
+    from flowc.compare import parse_targets
+    from flowc.compiler import parse_nm
+    from flowc.errors import UsageError
+    from flowc.machine import load_machine
+
+    if args.tokens < 1 or (args.kv_len is not None and args.kv_len < 1):
+        raise UsageError("--tokens and --kv-len must be positive")
+    machines = [load_machine(t) for t in parse_targets(args.targets)]
+    assignment = None
+    if args.nm:
+        assignment = uniform(*parse_nm(args.nm))
+    elif args.assign:
+        assignment = load_assignment(args.assign)
+        depth = shapes_of(args.config).layers
+        if assignment.blocks and assignment.blocks != depth:
+            assignment = scale_blocks(assignment, assignment.blocks, depth)
+    family = shapes_of(args.config).family
+    phases = ("prefill", "decode") if args.phase == "both" else (args.phase,)
+    phases = tuple(p for p in phases if not (family == "bert" and p == "decode"))
+    res = analyse_targets(args.config, machines, assignment, phases, tokens=args.tokens,
+                          kv_len=args.kv_len, attention=not args.no_attention,
+                          all_logits=args.all_logits, name=args.config)
+    out = {}
+    for phase, reports in res.items():
+        first = next(iter(reports.values()))
+        print(first.render().splitlines()[0].replace(f" on {first.machine.name}", ""))
+        for kind in ("gemm", "total"):
+            print(f"  [{'Linear layers' if kind == 'gemm' else 'all modelled work'}]")
+            print(render_rows(ratio_rows(reports, None if kind == "total" else kind)))
+        out[phase] = {name: r.to_dict(per_layer=True) for name, r in reports.items()}
+        for k, v in first.notes.items():
+            print(f"  {k}: {v}")
+        print()
+    if args.json:
+        write_json(args.json, out)
+    return 0
+
+
+def render_rows(rows: list[dict]) -> str:
+    keys = list(rows[0])
+    head = [k.replace("_", " ") for k in keys]
+    body = [[_fmt(r[k]) for k in keys] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
+    lines = ["    " + "  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True))]
+    lines += ["    " + "  ".join(c.rjust(w) for c, w in zip(b, widths, strict=True))
+              for b in body]
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,81 @@
+"""flowc compare on the tiny MLP: same outputs on every target, FlexCiM beats dense at 1:8."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from flowc.commands import analytic as analytic_cmd
+from flowc.commands import compare as compare_cmd
+from flowc.compare import TARGETS, compare_model, parse_targets
+from flowc.errors import UsageError
+from flowc.examples import save_example
+from flowc.machine import MachineConfigError
+
+
+@pytest.fixture(scope="module")
+def mlp_path(tmp_path_factory):
+    return str(save_example("mlp", tmp_path_factory.mktemp("m") / "mlp.pt2"))
+
+
+@pytest.fixture(scope="module")
+def cmp18(mlp_path):
+    return compare_model(mlp_path, "all", nm=(1, 8))
+
+
+def test_every_target_runs_and_outputs_agree(cmp18):
+    assert list(cmp18.runs) == list(TARGETS)
+    ref = cmp18.runs["flexcim"].outputs[0]
+    for run in cmp18.runs.values():
+        np.testing.assert_array_equal(run.outputs[0], ref)  # same int8 model: bit-identical
+    assert max(cmp18.agreement.values()) == 0.0
+
+
+def test_flexcim_beats_dense_at_1_8(cmp18):
+    flex, dense = cmp18.runs["flexcim"].report, cmp18.runs["dcim-dense"].report
+    assert flex.total_cycles <= dense.total_cycles
+    assert flex.total_energy_pj < dense.total_energy_pj
+    assert cmp18.speedup("flexcim", "dcim-dense") == pytest.approx(
+        dense.total_cycles / flex.total_cycles)
+    pats = {lc["name"]: lc["pattern"] for lc in cmp18.to_dict()["targets"]["vegeta"]["layers"]}
+    assert pats["fc1"] == "1:8->1:4"  # cheapest supported pattern containing the mask
+
+
+def test_cli_writes_json_and_plot(mlp_path, tmp_path, capsys):
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers()
+    compare_cmd.register(sub, lambda p: p.add_argument("--debug", action="store_true"))
+    out, png = tmp_path / "c.json", tmp_path / "c.png"
+    args = ap.parse_args(["compare", mlp_path, "--targets", "flexcim,dcim-dense", "--nm", "2:4",
+                          "--json", str(out), "--plot", str(png), "-q"])
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert "speed-up" in text and "energy ratio" in text and "EDP" in text
+    d = json.loads(out.read_text())
+    flex = d["targets"]["flexcim"]
+    assert flex["speedup"]["dcim-dense"] == pytest.approx(
+        d["targets"]["dcim-dense"]["seconds"] / flex["seconds"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_analytic_cli_json(tmp_path, capsys):
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers()
+    analytic_cmd.register(sub, lambda p: p.add_argument("--debug", action="store_true"))
+    out = tmp_path / "a.json"
+    args = ap.parse_args(["analytic", "smollm2-135m", "--targets", "flexcim,dcim-dense",
+                          "--nm", "2:4", "--tokens", "64", "--json", str(out)])
+    assert args.func(args) == 0
+    d = json.loads(out.read_text())
+    assert set(d) == {"prefill", "decode"} and d["decode"]["flexcim"]["tokens"] == 1
+    assert d["prefill"]["flexcim"]["gemm"]["cycles"] < d["prefill"]["dcim-dense"]["gemm"]["cycles"]
+    assert "Linear layers" in capsys.readouterr().out
+
+
+def test_bad_targets():
+    assert parse_targets("all") == list(TARGETS)
+    with pytest.raises(MachineConfigError, match="did you mean 'vegeta'"):
+        parse_targets("flexcim,vegita")
+    with pytest.raises(UsageError):
+        parse_targets("flexcim,flexcim")
