@@ -19,7 +19,7 @@ from flowc.errors import FlowcError, UsageError
 # Subcommands that live in their own modules (flowc/commands/*.py): each defines
 # `register(subparsers, add_debug)` that adds its parser and sets `func` to a handler taking
 # the parsed args and returning an exit code.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("flowc.commands.compare", "flowc.commands.analytic")
 
 
 def _add_debug(p: argparse.ArgumentParser) -> None:

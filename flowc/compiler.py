@@ -151,7 +151,7 @@ def compile_captured(cap: Captured, opts: CompileOptions,
     machine = resolve_machine(opts)
     pipeline = opts.pipeline or default_pipeline(opts)
     if calib is None:
-        calib = calibration_inputs(cap, opts.calib_batches, opts.seed)
+        calib = cap.info.get("calib") or calibration_inputs(cap, opts.calib_batches, opts.seed)
     info = run_passes(cap, pipeline, machine, calib, progress)
     if progress:
         progress(f"lowering to {machine.name} ...")

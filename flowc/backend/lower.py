@@ -53,6 +53,9 @@ class Lowering:
         self.bufs: dict[str, str] = {}  # fx node name -> buffer
         self.quantised: dict[str, tuple[str, str]] = {}  # float buffer -> (int8 buffer, scales)
         self.current: str | None = None
+        from flowc.backend.fusions import find_fusions
+
+        self.fused, self.skipped = find_fusions(self.gm)
 
     # -- helpers used by rules -------------------------------------------------------------
     def emit(self, instr) -> None:
@@ -96,10 +99,15 @@ class Lowering:
         return name
 
     def const_buffer(self, node: torch.fx.Node) -> str:
+        """A constant's buffer, loaded by one v.const per parameter (shared by every reader:
+        RoPE cos/sin and masks are read by every layer)."""
         if node.name not in self.bufs:
-            t = self.tensor(f"const.{node.target}", self.param(node).astype(np.float32))
-            dst = self.out(node)
-            self.emit(isa.VConst(dst=dst, t=t))
+            key = f"@const:{node.target}"
+            if key not in self.bufs:
+                t = self.tensor(f"const.{node.target}", self.param(node).astype(np.float32))
+                self.bufs[key] = self.out(node)
+                self.emit(isa.VConst(dst=self.bufs[key], t=t))
+            self.bufs[node.name] = self.bufs[key]
         return self.bufs[node.name]
 
     def layer_of(self, node: torch.fx.Node) -> str:
@@ -119,7 +127,9 @@ class Lowering:
             elif node.op == "get_attr":
                 continue  # materialised on first use
             elif node.op == "call_function":
-                fn = RULES.get(node.target)
+                if node.name in self.skipped:
+                    continue  # folded into a fused instruction emitted at its final node
+                fn = self.fused.get(node) or RULES.get(node.target)
                 if fn is None:
                     raise UnsupportedOpError(
                         f"unsupported op {node.target} at node '{node.name}'"
@@ -157,5 +167,6 @@ def supported_ops_summary() -> str:
 def lower(cap: Captured, machine, keep_fp32: bool = True) -> Image:
     """Lower a captured, pruned and quantised graph to an Image for `machine`."""
     import flowc.backend.rules  # noqa: F401  (registers the op rules)
+    import flowc.backend.rules_tf  # noqa: F401  (transformer ops)
 
     return Lowering(cap, machine, keep_fp32).run()

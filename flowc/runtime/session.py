@@ -43,7 +43,7 @@ def load_inputs(image: Image, paths: Sequence[str] | None) -> list[np.ndarray]:
 def simulate(image: Image, inputs: Sequence[np.ndarray], numerics: str = "int8",
              mode: str = "batched", account: bool = True) -> tuple[list[np.ndarray], RunReport]:
     machine, model = cost_model_for(image)
-    listener = CostListener(model, image.layers) if account else None
+    listener = CostListener(model, image.layers, image.tensors) if account else None
     interp = Interpreter(image, numerics=numerics, mode=mode,
                          listeners=[listener] if listener else [])
     t0 = time.perf_counter()
