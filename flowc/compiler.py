@@ -18,6 +18,7 @@ import torch
 
 from flowc.backend.image import Image
 from flowc.backend.lower import lower
+from flowc.backend.reference import externalise
 from flowc.errors import CompileError, UsageError
 from flowc.frontend.load import Captured, example_inputs_for
 
@@ -159,7 +160,10 @@ def compile_captured(cap: Captured, opts: CompileOptions,
     if opts.reference:
         if progress:
             progress("exporting the reference ONNX model ...")
-        image.reference_onnx = export_reference(cap)
+        onnx_bytes = export_reference(cap)
+        # the fp32 weights are in the image already: keep only recipes for them in the graph
+        image.reference_onnx = externalise(onnx_bytes, image) if opts.keep_fp32 else onnx_bytes
+    image.vocab = tuple(cap.info.get("vocab", ()))
     image.samples = tuple(x.detach().numpy() for x in cap.example_inputs)
     info["source"] = cap.source
     info["target"] = machine.name

@@ -48,6 +48,8 @@ class LayerInfo:
             d.update(pattern=list(self.pattern), native=list(self.native),
                      in_features=self.in_features, out_features=self.out_features,
                      nonzeros=self.nonzeros)
+        elif self.kind == "attention":  # mm.act: K and N of one head's GEMM
+            d.update(in_features=self.in_features, out_features=self.out_features)
         return d
 
     @classmethod
@@ -67,8 +69,20 @@ class Image:
     layers: tuple[LayerInfo, ...]
     machine: dict  # MachineConfig.to_dict() of the target
     compile_info: dict = field(default_factory=dict)
-    reference_onnx: bytes | None = None  # pruned fp32 model, for the ORT check
+    reference_onnx: bytes | None = None  # pruned fp32 model, for the ORT check (large
+    # initialisers may be recipes over `tensors`: flowc.backend.reference.materialise)
     samples: tuple[np.ndarray, ...] = ()  # sample inputs the reference was checked on
+    # packed weights: name -> {"n", "m", "out", "in"} (pattern and true shape; the container
+    # stores only the real kept slots and bit-packs the metadata from it)
+    packed: dict[str, dict] = field(default_factory=dict)
+    vocab: tuple[str, ...] = ()  # decoded text of each token id (language models), for reports
+
+    def reference_model(self) -> bytes:
+        """Self-contained ONNX bytes of the reference (recipes rebuilt from the tensors);
+        use this, not `reference_onnx`, to run the reference (flowc.backend.reference)."""
+        from flowc.backend.reference import materialise
+
+        return materialise(self)
 
     def layer(self, name: str) -> LayerInfo:
         for info in self.layers:
@@ -77,10 +91,21 @@ class Image:
         raise KeyError(name)
 
     def payload_bytes(self) -> dict[str, int]:
-        """Bytes per tensor family: what the machine needs vs what only the checks need."""
+        """In-memory bytes per tensor family: what the machine needs vs what only the checks
+        need (the container's `size_report` gives the stored sizes)."""
         sizes = {"machine": 0, "check": 0}
         for name, arr in self.tensors.items():
             key = "check" if name.endswith(".fvalues") else "machine"
             sizes[key] += arr.nbytes
         sizes["check"] += len(self.reference_onnx or b"")
         return sizes
+
+    def weight_bytes(self) -> float:
+        """int8 kept weights + metadata bits (log2(M) per kept weight when sparse), in bytes:
+        the floor a weight payload can reach. Each packed tensor counts once (tied tables)."""
+        total = 0.0
+        for info in self.packed.values():
+            n, m = info["n"], info["m"]
+            kept = info["out"] * -(-info["in"] // m) * n if n < m else info["out"] * info["in"]
+            total += kept * (1 + (((m - 1).bit_length() / 8) if n < m else 0))
+        return total

@@ -52,6 +52,8 @@ class Lowering:
         self.layers: dict[str, LayerInfo] = {}
         self.bufs: dict[str, str] = {}  # fx node name -> buffer
         self.quantised: dict[str, tuple[str, str]] = {}  # float buffer -> (int8 buffer, scales)
+        self.packed: dict[str, dict] = {}  # packed weight -> pattern and true shape
+        self.mm_counts: dict[str, int] = {}  # activation matmuls seen per module (qk, av)
         self.current: str | None = None
         from flowc.backend.fusions import find_fusions
 
@@ -150,7 +152,8 @@ class Lowering:
         program = isa.Program(tuple(self.instrs))
         return Image(program=program, tensors=dict(sorted(self.tensors.items())),
                      inputs=tuple(inputs), outputs=tuple(outputs),
-                     layers=tuple(self.layers.values()), machine=self.machine.to_dict())
+                     layers=tuple(self.layers.values()), machine=self.machine.to_dict(),
+                     packed=dict(sorted(self.packed.items())))
 
 
 def _flatten(x) -> list:

@@ -94,7 +94,8 @@ def pack(weight: np.ndarray, geo: TileGeometry, layer: str,
 
     meta = place(idx.astype(np.uint8))
     vals = [place(np.take_along_axis(a.reshape(geo.padded_out, groups, m), idx, axis=-1)) for a in padded]
-    return np.ascontiguousarray(vals[0]), np.ascontiguousarray(meta), [np.ascontiguousarray(v) for v in vals[1:]]
+    extras = [np.ascontiguousarray(v) for v in vals[1:]]
+    return np.ascontiguousarray(vals[0]), np.ascontiguousarray(meta), extras
 
 
 def _pad(a: np.ndarray, geo: TileGeometry) -> np.ndarray:
@@ -118,3 +119,35 @@ def unpack(values: np.ndarray, meta: np.ndarray, keep_n: int, group_m: int) -> n
     dense = np.zeros((NT * C, KT * k_pass), dtype=values.dtype)
     dense[col.ravel(), k.ravel()] = values.ravel()
     return dense
+
+
+# -- storage: only the real kept slots, metadata bit-packed (the .fcim codec) ---------------
+def slot_mask(keep_n: int, group_m: int, P: int, R: int, C: int, out_features: int,
+              in_features: int) -> np.ndarray:
+    """bool [NT, KT, P, R, C]: True for the slots that hold a real group of a real output
+    channel (padding rows and the groups past K in the last k-tile are False)."""
+    geo = TileGeometry(keep_n, group_m, P, R, C, out_features, in_features)
+    q = (np.arange(P).reshape(P, 1) // keep_n) * R + np.arange(R).reshape(1, R)  # group in tile
+    start = np.arange(geo.k_tiles).reshape(-1, 1, 1) * geo.k_pass + q * group_m  # [KT, P, R]
+    k_ok = start < in_features
+    col = np.arange(geo.n_tiles).reshape(-1, 1) * C + np.arange(C)  # [NT, C]
+    o_ok = col < out_features
+    return o_ok[:, None, None, None, :] & k_ok[None, :, :, :, None]
+
+
+def dense_meta(shape: tuple[int, ...], keep_n: int) -> np.ndarray:
+    """The metadata a dense packing always has: member j of a full group sits at index j."""
+    P = shape[2]
+    return np.broadcast_to((np.arange(P) % keep_n).astype(np.uint8).reshape(1, 1, P, 1, 1), shape)
+
+
+def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    """Little-endian bit-packing of small unsigned ints (< 2**bits), `bits` per value."""
+    planes = (values.reshape(-1, 1) >> np.arange(bits, dtype=np.uint8)) & 1
+    return np.packbits(planes.astype(np.uint8).reshape(-1), bitorder="little")
+
+
+def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Inverse of pack_bits: `count` uint8 values."""
+    planes = np.unpackbits(packed, count=count * bits, bitorder="little").reshape(count, bits)
+    return (planes << np.arange(bits, dtype=np.uint8)).sum(axis=1, dtype=np.uint8)

@@ -75,6 +75,8 @@ def store_packed(lw: Lowering, name: str, fp32: np.ndarray, qweight: np.ndarray,
     geo = geometry_for(native[0], native[1], P, R, C, fp32.shape)
     if f"{name}.values" in lw.tensors:
         return geo
+    lw.packed[name] = {"n": native[0], "m": native[1], "out": int(fp32.shape[0]),
+                       "in": int(fp32.shape[1])}
     fvalues, metadata, (values,) = pack(fp32, geo, name, (np.asarray(qweight),))
     scale = np.ones(geo.padded_out, dtype=np.float32)
     scale[: fp32.shape[0]] = np.asarray(wscale, dtype=np.float32)

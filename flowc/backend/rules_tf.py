@@ -58,9 +58,8 @@ def lower_matmul(lw: Lowering, node: torch.fx.Node) -> None:
 def _attention_name(lw: Lowering, node: torch.fx.Node) -> str:
     """`<module>.qk` for the first matmul of a module, `.av` for the second, then `.mm<i>`."""
     base = label(lw.layer_of(node))
-    counts = lw.__dict__.setdefault("_mm_counts", {})
-    i = counts.get(base, 0)
-    counts[base] = i + 1
+    i = lw.mm_counts.get(base, 0)
+    lw.mm_counts[base] = i + 1
     return f"{base}.{ATTENTION_NAMES[i] if i < len(ATTENTION_NAMES) else f'mm{i}'}"
 
 

@@ -227,6 +227,15 @@ def hf_source_names() -> list[str]:
     return [SMOLLM2] + [f"tiny-{a}" for a in ARCHS]
 
 
+def check_hf_source(spec: str) -> str:
+    """The source name after `hf:`, or a UsageError listing the known sources."""
+    name = str(spec)[len(HF_PREFIX):]
+    if name not in hf_source_names():
+        raise UsageError(f"unknown model source {spec!r}; known: "
+                         + ", ".join(HF_PREFIX + n for n in hf_source_names()))
+    return name
+
+
 def prompt_ids(tokenizer, prompt: str, seq_len: int | None) -> torch.Tensor:
     """[1, T] token ids of `prompt`; with seq_len, truncated or cycled to exactly T tokens."""
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -268,7 +277,7 @@ def load_hf(spec: str, seq_len: int | None = None, prompt: str | None = None,
     """
     from flowc.frontend import hf
 
-    name = str(spec)[len(HF_PREFIX):]
+    name = check_hf_source(spec)
     say = progress or (lambda msg: None)
     info: dict = {}
     if name == SMOLLM2:
@@ -278,7 +287,7 @@ def load_hf(spec: str, seq_len: int | None = None, prompt: str | None = None,
         info["calib"] = calibration_windows(tok, ids.shape[1], calib_batches, say)
         info["vocab"] = tuple(tok.batch_decode([[i] for i in range(len(tok))]))
         info["prompt_tokens"] = ids.shape[1]
-    elif name.startswith("tiny-") and name[5:] in hf.ARCHS:
+    else:  # tiny-<arch>
         if prompt:
             raise UsageError(f"--prompt needs a tokenizer; {spec} has random weights and none")
         model = hf.tiny_model(name[5:], seed=seed)
@@ -289,9 +298,6 @@ def load_hf(spec: str, seq_len: int | None = None, prompt: str | None = None,
         ids = torch.randint(0, vocab, (1, seq_len or 32), generator=gen)
         info["calib"] = [(torch.randint(0, vocab, tuple(ids.shape), generator=gen),)
                          for _ in range(calib_batches)]
-    else:
-        raise UsageError(f"unknown model source {spec!r}; known: "
-                         + ", ".join(HF_PREFIX + n for n in hf_source_names()))
     say(f"capturing {type(model).__name__} with torch.export ({ids.shape[1]} tokens) ...")
     ep, gm = hf.capture(model, ids)
     hf.fold_constants(gm)

@@ -13,6 +13,7 @@ Brown text format (decision): one line per corpus sentence, tags stripped (``wor
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -20,6 +21,8 @@ import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
+
+import torch
 
 from flowc.errors import UsageError
 
@@ -109,6 +112,12 @@ def brown_text(fetch: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
+@functools.lru_cache(maxsize=1)
+def _brown_cached() -> str:
+    """brown_text() read once per process (calibration and evaluation both need it)."""
+    return brown_text()
+
+
 def pydoc_text() -> str:
     """The Python documentation topics shipped with CPython, sorted by topic name."""
     try:
@@ -121,7 +130,7 @@ def pydoc_text() -> str:
 def load_text(spec: str) -> str:
     """'brown', 'pydoc' or a path to a local UTF-8 text file."""
     if spec == "brown":
-        return brown_text()
+        return _brown_cached()
     if spec == "pydoc":
         return pydoc_text()
     path = Path(spec).expanduser()
@@ -145,3 +154,71 @@ def split_text(text: str, calib_fraction: float = 0.9) -> tuple[str, str]:
     if newline > 0:
         cut = newline + 1
     return text[:cut], text[cut:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Token windows (calibration and perplexity)
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids 0..255: text for models without a tokenizer (the tiny random
+    models of `flowc.frontend.hf.tiny_model` have vocab 256), so every code path that turns
+    text into windows runs in fast tests. Called like a Hugging Face tokenizer."""
+
+    vocab_size = 256
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": list(text.encode("utf-8"))}
+
+
+def _tokenise_prefix(tokenizer, text: str, n_tokens: int, what: str) -> list[int]:
+    """The first `n_tokens` tokens of `text`, tokenising only as much text as needed.
+
+    Tokenising all of Brown (6 MB) would take longer than calibrating. We tokenise a prefix
+    cut at a line break and grow it (x2) until it yields more tokens than needed; the surplus
+    at the end is dropped, so the cut never changes a token that is used.
+    """
+    chars = max(4096, 6 * n_tokens)
+    while True:
+        cut = len(text) if chars >= len(text) else text.rfind("\n", 0, chars) + 1 or chars
+        ids = tokenizer(text[:cut], add_special_tokens=False)["input_ids"]
+        if len(ids) > n_tokens + 16 or cut >= len(text):
+            break
+        chars *= 2
+    if len(ids) < n_tokens:
+        raise TextSourceError(f"{what}: the text has only {len(ids)} tokens, need {n_tokens} "
+                              "(fewer or shorter windows, or a longer text)")
+    return list(ids[:n_tokens])
+
+
+def token_windows(tokenizer, text: str, n_windows: int, seq_len: int,
+                  what: str = "text") -> list[tuple[torch.Tensor]]:
+    """`n_windows` non-overlapping windows of `seq_len` consecutive tokens from the start of
+    `text`, each a model-argument tuple `(ids[1, seq_len],)` (int64)."""
+    if n_windows < 1 or seq_len < 2:
+        raise UsageError(f"{what}: need at least 1 window of at least 2 tokens, "
+                         f"got {n_windows} x {seq_len}")
+    ids = torch.tensor(_tokenise_prefix(tokenizer, text, n_windows * seq_len, what))
+    return [(w.reshape(1, seq_len),) for w in ids.reshape(n_windows, seq_len)]
+
+
+def calibration_windows(tokenizer, spec: str = "brown", n_windows: int = 32,
+                        seq_len: int = 512,
+                        calib_fraction: float = 0.9) -> list[tuple[torch.Tensor]]:
+    """Calibration inputs from text: windows from the first `calib_fraction` of `spec`
+    ('brown', 'pydoc' or a path). Defaults: 32 x 512 (a 2-core CPU); FLOW/Wanda's setting is
+    n_windows=256 (their 128 x 2048 at twice the count), seq_len=2048."""
+    calib, _ = split_text(load_text(spec), calib_fraction)
+    return token_windows(tokenizer, calib, n_windows, seq_len, f"calibration text {spec!r}")
+
+
+def evaluation_windows(tokenizer, spec: str = "brown", n_windows: int = 40,
+                       seq_len: int = 512, calib_spec: str | None = None,
+                       calib_fraction: float = 0.9) -> list[tuple[torch.Tensor]]:
+    """Held-out windows: the last `1 - calib_fraction` of `spec` when it is also the
+    calibration source (`calib_spec` None or equal), else the whole file `spec`."""
+    if calib_spec is None or calib_spec == spec:
+        text = split_text(load_text(spec), calib_fraction)[1]
+    else:
+        text = load_text(spec)
+    return token_windows(tokenizer, text, n_windows, seq_len, f"evaluation text {spec!r}")

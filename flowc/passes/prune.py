@@ -4,12 +4,26 @@ N:M means N weights *kept* in every group of M consecutive input channels of one
 `W[out, in]` (SPEC section 1). In each group the N highest scores survive; equal scores keep the
 lower input index (a stable tie-break: GGUF-dequantised weights have many exact ties, and the
 result must not depend on the sort implementation). Scores are |W| ("magnitude") or Wanda's
-|W_ij| * ||X_j||_2 ("wanda", needs `calibrate`). No weight update: the kept weights keep their
-values (SparseGPT-style updates would be a separate, clearly named pass).
+|W_ij| * ||X_j||_2 ("wanda", needs `calibrate`).
+
+Two ways to run (SPEC 2.1, 2.7):
+
+- one-shot (default): every layer is scored with the `input_norm` of the `calibrate` pass (the
+  dense model's activations) and pruned in place; the kept weights keep their values.
+- `sequential=true`: the calibration windows run through the graph node by node
+  (`flowc.frontend.calibrate.run_layerwise`); each layer is pruned when execution reaches it,
+  with norms of *its* inputs, which already flow through the pruned earlier layers (Wanda's
+  and SparseGPT's sequential scheme; here at the finest grain: per linear, not per block).
+  Selection statistics stay those of the dense `calibrate` pass.
+- `update=obs` (implies sequential): after choosing the same Wanda N:M mask, the kept weights
+  of each row are corrected to reconstruct the layer's calibration outputs (an OBS update
+  with the Hessian X^T X of its inputs, done blockwise over columns as in SparseGPT, Frantar
+  & Alistarh 2023, arXiv 2301.00774). See `obs_update`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -102,6 +116,75 @@ def prune_layer(
     return np.where(mask, w, np.zeros((), dtype=w.dtype)), mask
 
 
+def obs_update(weight: np.ndarray, mask: np.ndarray, hessian: np.ndarray, damp: float = 0.01,
+               blocksize: int = 128, layer: str = "<array>") -> np.ndarray:
+    """Prune `weight` to `mask` and correct the kept weights by OBS (float64 in, out).
+
+    `hessian` = X^T X of the layer's calibration inputs [K, K]. Minimises, row by row, the
+    change of the outputs X w on the calibration data, greedily column by column: when column
+    i loses weight w_i, the later columns absorb err = w_i / U_ii along row i of U, the upper
+    Cholesky factor of H^-1 (SparseGPT, Frantar & Alistarh 2023, section 3: the OBS update
+    restricted to not-yet-processed columns; lazy blockwise updates of `blocksize` columns).
+    Dampening adds `damp * mean(diag H)` to the diagonal (their 1 %); channels that never
+    fire (zero diagonal) get diagonal 1, which decouples them. The mask is the caller's, not
+    SparseGPT's adaptive one: the same N:M groups as without the update.
+    """
+    w = torch.as_tensor(np.asarray(weight), dtype=torch.float64).clone()
+    keep = torch.as_tensor(np.asarray(mask, dtype=bool))
+    h = torch.as_tensor(np.asarray(hessian), dtype=torch.float64).clone()
+    k = w.shape[1]
+    if keep.shape != w.shape or h.shape != (k, k):
+        raise PruneError(f"layer {layer}: obs_update needs mask {tuple(w.shape)} and Hessian "
+                         f"{(k, k)}, got {tuple(keep.shape)} and {tuple(h.shape)}")
+    if damp < 0 or blocksize < 1:
+        raise PruneError(f"layer {layer}: need damp >= 0 and blocksize >= 1")
+    dead = torch.nonzero(torch.diagonal(h) == 0).flatten()
+    h[dead, dead] = 1.0
+    h.diagonal().add_(damp * float(torch.diagonal(h).mean()))
+    chol, info = torch.linalg.cholesky_ex(h)
+    if int(info):
+        raise PruneError(f"layer {layer}: calibration Hessian is not positive definite; "
+                         "raise the dampening (damp)")
+    u = torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True)
+    for i1 in range(0, k, blocksize):
+        i2 = min(i1 + blocksize, k)
+        block, err = w[:, i1:i2].clone(), torch.zeros(w.shape[0], i2 - i1, dtype=torch.float64)
+        for j in range(i2 - i1):
+            e = block[:, j] * (~keep[:, i1 + j]) / u[i1 + j, i1 + j]
+            block[:, j:] -= e[:, None] * u[i1 + j, i1 + j:i2][None, :]
+            err[:, j] = e
+        w[:, i1:i2] = block
+        w[:, i2:] -= err @ u[i1:i2, i2:]
+    w[~keep] = 0.0  # exact zeros (the update leaves rounding residue at pruned positions)
+    return w.numpy()
+
+
+class _WindowStats:
+    """Per-channel sum of squares and (optionally) X^T X of one linear input over all windows,
+    cached for the next linear reading the same input (q/k/v, gate/up)."""
+
+    def __init__(self, hessian: bool) -> None:
+        self.hessian = hessian
+        self._key: object = None
+        self._value: tuple[np.ndarray, np.ndarray | None] = (np.zeros(0), None)
+
+    def __call__(self, key: object, inputs: Sequence[torch.Tensor]
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Statistics of `inputs`, recomputed unless `key` (the input's fx node) repeats."""
+        if self._key is None or self._key is not key:
+            k = inputs[0].shape[-1]
+            sumsq = torch.zeros(k, dtype=torch.float64)
+            h = torch.zeros(k, k, dtype=torch.float64) if self.hessian else None
+            for x in inputs:
+                flat = x.detach().reshape(-1, k)
+                sumsq += flat.to(torch.float64).square().sum(dim=0)
+                if h is not None:  # fp32 product per window, float64 sum over windows
+                    h += (flat.T @ flat).to(torch.float64)
+            self._key = key
+            self._value = (np.sqrt(sumsq.numpy()), None if h is None else h.numpy())
+        return self._value
+
+
 @register_pass
 @dataclass(frozen=True)
 class NMPrune(Pass):
@@ -110,7 +193,8 @@ class NMPrune(Pass):
     With `n` and `m` set, every selected layer gets that pattern (uniform N:M). Without them,
     each selected layer is pruned to the `meta["flowc"]["pattern"]` a selection pass set, and
     layers without a pattern stay dense. `layers` / `skip` are fnmatch patterns over layer
-    names; skipped layers stay dense and lose any pattern annotation.
+    names; skipped layers stay dense and lose any pattern annotation. `sequential` and
+    `update=obs` (with `damp`, `blocksize`): see the module docstring.
     """
 
     name = "nm-prune"
@@ -119,6 +203,10 @@ class NMPrune(Pass):
     score: Literal["magnitude", "wanda"] = "wanda"
     layers: tuple[str, ...] | None = None
     skip: tuple[str, ...] = ()
+    sequential: bool = False
+    update: Literal["none", "obs"] = "none"
+    damp: float = 0.01
+    blocksize: int = 128
 
     def __post_init__(self) -> None:
         if (self.n is None) != (self.m is None):
@@ -127,9 +215,15 @@ class NMPrune(Pass):
             check_pattern(self.n, self.m, "<nm-prune options>")
         if self.score not in ("magnitude", "wanda"):
             raise PruneError(f"nm-prune: unknown score '{self.score}' (magnitude, wanda)")
+        if self.update not in ("none", "obs"):
+            raise PruneError(f"nm-prune: unknown update '{self.update}' (none, obs)")
+
+    @property
+    def layerwise(self) -> bool:
+        return self.sequential or self.update == "obs"
 
     def required(self) -> tuple[str, ...]:
-        return ("calibrate",) if self.score == "wanda" else ()
+        return ("calibrate",) if self.score == "wanda" and not self.layerwise else ()
 
     def __call__(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         refs = linear_nodes(gm)
@@ -140,16 +234,41 @@ class NMPrune(Pass):
             k = get_param(gm, ref.weight_target).shape[1]
             if k % m:
                 raise PruneError(f"layer {ref.name}: in_features K={k} is not a multiple of M={m}")
-            if self.score == "wanda" and "input_norm" not in flowc_meta(ref.node):
+            if self.score == "wanda" and not self.layerwise \
+                    and "input_norm" not in flowc_meta(ref.node):
                 raise PruneError(f"layer {ref.name}: no input_norm for wanda; run calibrate first")
         for r in skipped:
             flowc_meta(r.node).pop("pattern", None)
-        report: dict[str, Any] = {"score": self.score, "layers": {}}
-        for ref, (n, m) in plan:
-            report["layers"][ref.name] = self._prune_one(gm, ref, n, m)
+        report: dict[str, Any] = {"score": self.score, "update": self.update,
+                                  "sequential": self.layerwise, "layers": {}}
+        if self.layerwise and plan:
+            self._run_layerwise(gm, ctx, dict((r.node, (r, p)) for r, p in plan), report)
+        else:
+            for ref, (n, m) in plan:
+                norm = flowc_meta(ref.node).get("input_norm")
+                report["layers"][ref.name] = self._prune_one(gm, ref, n, m, norm)
         report.update(_summary(gm, linear_nodes(gm), report["layers"]))  # refs after untie
         ctx.reports[self.name] = report
         return PassResult(gm, modified=bool(plan) or bool(skipped))
+
+    def _run_layerwise(self, gm: fx.GraphModule, ctx: CompileContext,
+                       todo: dict[fx.Node, tuple[LinearRef, tuple[int, int]]],
+                       report: dict[str, Any]) -> None:
+        from flowc.frontend.calibrate import run_layerwise
+
+        stats = _WindowStats(hessian=self.update == "obs")
+
+        def hook(ref: LinearRef, inputs: Sequence[torch.Tensor]) -> None:
+            item = todo.get(ref.node)
+            if item is not None:
+                norm, hessian = stats(ref.node.args[0], inputs)
+                (n, m) = item[1]
+                report["layers"][item[0].name] = self._prune_one(gm, item[0], n, m, norm,
+                                                                 hessian)
+
+        if not ctx.calib_inputs:
+            raise PruneError("nm-prune: sequential pruning needs calibration inputs")
+        run_layerwise(gm, ctx.calib_inputs, hook, bar=ctx.progress is not None)
 
     def _pattern(self, ref: LinearRef) -> tuple[int, int] | None:
         if self.n is not None and self.m is not None:
@@ -161,18 +280,22 @@ class NMPrune(Pass):
         check_pattern(n, m, ref.name)
         return (n, m)
 
-    def _prune_one(self, gm: fx.GraphModule, ref: LinearRef, n: int, m: int) -> dict[str, Any]:
+    def _prune_one(self, gm: fx.GraphModule, ref: LinearRef, n: int, m: int,
+                   norm: np.ndarray | None, hessian: np.ndarray | None = None) -> dict[str, Any]:
         weight = get_param(gm, ref.weight_target).detach().to(torch.float32).cpu().numpy()
         meta = flowc_meta(ref.node)
-        scores = None
-        if self.score == "wanda":
-            scores = wanda_scores(weight, meta["input_norm"], ref.name)
-        pruned, _ = prune_layer(weight, n, m, scores, ref.name)
+        scores = wanda_scores(weight, norm, ref.name) if self.score == "wanda" else None
+        pruned, mask = prune_layer(weight, n, m, scores, ref.name)
+        if hessian is not None:
+            pruned = obs_update(weight, mask, hessian, self.damp, self.blocksize, ref.name)
+            pruned = pruned.astype(np.float32)
         ref = untie_weight(gm, ref)  # a tied/reused weight gets a private copy first
         set_param(gm, ref.weight_target, torch.from_numpy(pruned))
         sparsity = float(np.count_nonzero(pruned == 0)) / pruned.size
         meta["pattern"] = (n, m)
         meta["prune"] = {"method": self.score, "sparsity": sparsity}
+        if self.layerwise:  # only then: the one-shot record stays as documented
+            meta["prune"].update(sequential=True, update=self.update)
         return {"pattern": [n, m], "params": int(pruned.size), "sparsity": sparsity,
                 "nominal": 1.0 - n / m}
 

@@ -9,6 +9,12 @@ The reference is the pruned fp32 model, exported to ONNX at compile time. Tolera
   through a few layers this gives errors of about 1 % of the output's scale. We require
   cosine similarity >= 0.99 and max |sim - ort| <= 0.1 * max |ort| (an order of magnitude
   above what quantisation gives on the test models, an order below what a wrong tile gives).
+- `int8`, outputs named `logits` (language models): cosine >= 0.99 and top-1 next-token
+  agreement >= 0.5 over the positions. The max-error bound is dropped for logits: over
+  millions of logits it is set by a few outlier activations (SmolLM2: 4.5 of 35 dense). The
+  top-1 bar is the "not broken" line, not an accuracy target: per-token int8 activations on
+  SmolLM2 measure 0.81 (dense) and 0.70 (2:4) agreement with cosine 0.996-0.997, while a
+  lowering bug (a swapped head, a wrong tile) gives agreement near 0 (docs/numerics.md).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import numpy as np
 FP32_RTOL = 1e-4
 INT8_MIN_COSINE = 0.99
 INT8_RTOL = 0.1
+LOGITS = "logits"  # outputs with this name are next-token logits: also judged by top-1
+INT8_MIN_TOP1 = 0.5
 
 
 @dataclass(frozen=True)
@@ -30,11 +38,16 @@ class OutputCheck:
     max_abs_reference: float
     cosine: float
     passed: bool
+    top1_agreement: float | None = None  # logits: fraction of positions with ORT's argmax
+    positions: int = 0  # positions the agreement is over
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "max_abs_error": self.max_abs_error,
-                "max_abs_reference": self.max_abs_reference, "cosine": self.cosine,
-                "passed": self.passed}
+        d = {"name": self.name, "max_abs_error": self.max_abs_error,
+             "max_abs_reference": self.max_abs_reference, "cosine": self.cosine,
+             "passed": self.passed}
+        if self.top1_agreement is not None:
+            d.update(top1_agreement=self.top1_agreement, positions=self.positions)
+        return d
 
 
 @dataclass(frozen=True)
@@ -51,11 +64,19 @@ class CheckResult:
     def max_abs_error(self) -> float:
         return max(o.max_abs_error for o in self.outputs)
 
+    @property
+    def top1_agreement(self) -> float | None:
+        values = [o.top1_agreement for o in self.outputs if o.top1_agreement is not None]
+        return min(values) if values else None
+
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "max_abs_error": self.max_abs_error,
-                "cosine": min(o.cosine for o in self.outputs), "numerics": self.numerics,
-                "reference": "onnxruntime", "criterion": self.criterion,
-                "outputs": [o.to_dict() for o in self.outputs]}
+        d = {"passed": self.passed, "max_abs_error": self.max_abs_error,
+             "cosine": min(o.cosine for o in self.outputs), "numerics": self.numerics,
+             "reference": "onnxruntime", "criterion": self.criterion,
+             "outputs": [o.to_dict() for o in self.outputs]}
+        if self.top1_agreement is not None:
+            d["top1_agreement"] = self.top1_agreement
+        return d
 
 
 def ort_session(onnx_bytes: bytes, threads: int = 0):
@@ -83,6 +104,11 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a64 @ b64 / den) if den > 0 else float(np.array_equal(a64, b64))
 
 
+def top1_agreement(sim: np.ndarray, ref: np.ndarray) -> float:
+    """Fraction of positions (all but the last axis) where both pick the same argmax token."""
+    return float((sim.argmax(axis=-1) == ref.argmax(axis=-1)).mean()) if sim.size else 1.0
+
+
 def compare(names: Sequence[str], sim: Sequence[np.ndarray], ref: Sequence[np.ndarray],
             numerics: str) -> CheckResult:
     checks = []
@@ -93,13 +119,20 @@ def compare(names: Sequence[str], sim: Sequence[np.ndarray], ref: Sequence[np.nd
         err = float(np.abs(s.astype(np.float64) - r).max()) if s.size else 0.0
         scale = float(np.abs(r).max()) if r.size else 0.0
         cos = cosine(s, r)
+        top1, positions = None, 0
+        if name == LOGITS and s.ndim >= 2 and s.shape[-1] > 1:
+            top1, positions = top1_agreement(s, r), s.size // s.shape[-1]
         if numerics == "fp32":
             ok = err <= FP32_RTOL * max(scale, 1e-30)
+        elif top1 is not None:
+            ok = cos >= INT8_MIN_COSINE and top1 >= INT8_MIN_TOP1
         else:
             ok = cos >= INT8_MIN_COSINE and err <= INT8_RTOL * max(scale, 1e-30)
-        checks.append(OutputCheck(name, err, scale, cos, bool(ok)))
+        checks.append(OutputCheck(name, err, scale, cos, bool(ok), top1, positions))
     if numerics == "fp32":
         crit = f"max_abs_error <= {FP32_RTOL:g} * max|reference|"
+    elif any(c.top1_agreement is not None for c in checks):
+        crit = f"logits: cosine >= {INT8_MIN_COSINE} and top-1 agreement >= {INT8_MIN_TOP1}"
     else:
         crit = f"cosine >= {INT8_MIN_COSINE} and max_abs_error <= {INT8_RTOL} * max|reference|"
     return CheckResult(numerics, tuple(checks), crit)

@@ -64,7 +64,13 @@ class CostListener:
         return self.layers[name]
 
     def on_instr(self, event: ExecEvent) -> None:
-        self._layer(event.layer).add(self.model.instr_cost(event))
+        lc = self._layer(event.layer)
+        lc.add(self.model.instr_cost(event))
+        info = self.info.get(event.layer)
+        if info is not None and info.kind == "attention":  # mm.act: outputs x K MACs
+            lc.macs += event.elements * info.in_features
+            lc.kept_macs += event.elements * info.in_features
+            lc.tokens = event.tokens
 
     def on_loop(self, event: LoopEvent) -> None:
         lc = self._layer(event.layer)
@@ -112,6 +118,8 @@ def _loop_weight(event: LoopEvent) -> str | None:
 
 
 def pattern_text(info: LayerInfo | None) -> str:
+    if info is not None and info.kind == "attention":
+        return "attn"  # activation x activation GEMM on the macros (docs/attention.md)
     if info is None or info.kind != "gemm":
         return "-"
     asked = f"{info.pattern[0]}:{info.pattern[1]}"

@@ -118,8 +118,9 @@ def test_infeasible_target_names_nearest_achievable():
     layers = [L("a", 100, 0.5, 0.5), L("b", 100, 0.5, 0.5)]
     # 2:4 or dense per layer: achievable sparsities 0, 0.25, 0.5
     for solve in (select_nm, select_nm_dp):
-        with pytest.raises(InfeasibleTarget, match=r"nearest achievable: 0\.2500, 0\.5000"):
+        with pytest.raises(InfeasibleTarget, match=r"nearest achievable: 0\.2500, 0\.5000") as e:
             solve(layers, 0.4, 0.005, candidates="2:4,4:4")
+        assert e.value.nearest == (0.25, 0.5)
     with pytest.raises(InfeasibleTarget, match=r"nearest achievable: 0\.5000$"):
         select_nm(layers, 0.9, 0.005, candidates="2:4,4:4")
 

@@ -70,7 +70,8 @@ def test_every_option_type_round_trips(typed: type[_Typed]) -> None:
     [
         ("nm-prune{n=two,m=4}", "pass 'nm-prune' option 'n': expected int or none, got 'two'"),
         ("nm-prune{x=1}",
-         "pass 'nm-prune' has no option 'x' (options: n, m, score, layers, skip)"),
+         "pass 'nm-prune' has no option 'x' (options: n, m, score, layers, skip, sequential, "
+         "update, damp, blocksize)"),
         ("nm-prune{score=l2}",
          "pass 'nm-prune' option 'score': expected one of magnitude, wanda, got 'l2'"),
         ("nm-prune{n=2,n=2}", "pass 'nm-prune': option 'n' given twice"),

@@ -59,7 +59,7 @@ def test_int8_gemm_equals_ort_matmulinteger(compiled, nm):
                    if ins.mnemonic == "ld.act" and ins in _loop_of(image, info.name))
         xq = state.bufs[src]
         assert xq.dtype == np.int8 and body
-        wt = it.dense_weight(info.name, *info.native).astype(np.int8)  # [K_pad, N_pad]
+        wt = it.dense_weight(info.name, *info.native)  # int8 [K_pad, N_pad]
         k = xq.shape[-1]
         ref = run_reference(matmul_integer_model(k, wt.shape[1]), [xq, wt[:k]])[0]
         np.testing.assert_array_equal(state.bufs[f"{info.name}.acc"], ref)
@@ -76,7 +76,7 @@ def _loop_of(image, name):
 def test_fp32_numerics_match_ort_to_1e4(compiled):
     image = compiled("block", (2, 4))
     out = Interpreter(image, numerics="fp32").run(list(image.samples))
-    ref = run_reference(image.reference_onnx, list(image.samples))
+    ref = run_reference(image.reference_model(), list(image.samples))
     for o, r in zip(out, ref, strict=True):
         assert np.abs(o - r).max() <= 1e-4 * np.abs(r).max()
 

@@ -18,6 +18,7 @@ not exactly the nominal one; it is reported, never hidden.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -71,9 +72,17 @@ def allowed_n(group_m: int, supported: Callable[[int, int], bool] = flexcim_supp
 
 def owl_nm(layers: Sequence[SelectLayer], pattern: Pattern | str, lam: float = OWL_LAMBDA,
            supported: Callable[[int, int], bool] = flexcim_supported,
-           fixed: Mapping[str, Pattern] | None = None) -> Selection:
-    """OWL-N:M: M fixed, per-layer N shifted by the layer's outlier ratio (module docstring)."""
+           fixed: Mapping[str, Pattern] | None = None,
+           base_keep: float | None = None) -> Selection:
+    """OWL-N:M: M fixed, per-layer N shifted by the layer's outlier ratio (module docstring).
+
+    `base_keep` replaces `keep_n` as the centre of the band when a target sparsity is not a
+    pattern of its own (target 0.6 with M = 8: base 3.2 kept per 8).
+    """
     keep_n, group_m = parse_pattern(pattern)
+    centre = float(keep_n if base_keep is None else base_keep)
+    if not 0 < centre <= group_m:
+        raise UsageError(f"OWL base keep {centre} must lie in (0, M={group_m}]")
     if lam < 0:
         raise UsageError(f"OWL lambda must be >= 0, got {lam}")
     fixed = _check_fixed(layers, fixed)
@@ -85,10 +94,13 @@ def owl_nm(layers: Sequence[SelectLayer], pattern: Pattern | str, lam: float = O
     shift = s - s.mean() if s.size else s
     patterns = dict(fixed)
     for layer, sh in zip(free, shift, strict=True):
-        raw = keep_n * (1.0 + float(sh))
+        raw = centre * (1.0 + float(sh))
         n = min(allowed, key=lambda v: (abs(v - raw), v))
         patterns[layer.name] = (n, group_m)
-    return _selection(layers, patterns, (keep_n, group_m), f"owl-{keep_n}:{group_m}")
+    sel = _selection(layers, patterns, (keep_n, group_m), f"owl-{keep_n}:{group_m}")
+    if base_keep is None:
+        return sel
+    return replace(sel, target=1.0 - centre / group_m, method=f"owl-{centre:g}:{group_m}")
 
 
 def magnitude_scores(weight: np.ndarray) -> np.ndarray:

@@ -6,6 +6,10 @@ every layer to its own pattern. A dense choice (n == m, or a layer kept dense) l
 `pattern` unset, which every later stage reads as dense; the chosen n:m is still recorded in
 `meta["flowc"]["selection"]`.
 
+`skip` (fnmatch patterns) takes layers out of the problem altogether: they stay dense and do
+not count in the target (Wanda/FLOW measure sparsity over the transformer blocks, lm_head
+excluded), unlike `keep_dense`, whose layers are fixed dense but count.
+
 Units: with `granularity="layer"` every Linear is a unit; with `"block"` the Linears of one
 transformer block (name prefix `...layers.<i>` / `h.<i>` / `blocks.<i>`) form one unit that
 gets one pattern, as in FLOW's code. Layers kept dense are always units of their own.
@@ -24,7 +28,14 @@ import torch.fx as fx
 
 from flowc.errors import UsageError
 from flowc.passes.base import CompileContext, Pass, PassResult
-from flowc.passes.graph import LinearRef, flowc_meta, get_param, linear_nodes, matches
+from flowc.passes.graph import (
+    LinearRef,
+    flowc_meta,
+    get_param,
+    linear_nodes,
+    matches,
+    select_layers,
+)
 from flowc.passes.registry import register_pass
 
 from .baselines import owl_nm, uniform_nm
@@ -150,10 +161,14 @@ class _Selector(Pass):
 
     keep_dense: tuple[str, ...] = ()
     granularity: Granularity = "layer"
+    skip: tuple[str, ...] = ()
 
     def _plan(self, gm: fx.GraphModule, with_scores: bool, tau: float = 5.0,
               locality: str = "exact"):
-        refs = linear_nodes(gm)
+        refs, skipped = select_layers(linear_nodes(gm), None, self.skip, what=self.name)
+        for ref in skipped:  # outside the problem: dense, and not counted in the target
+            for key in ("pattern", "selection", "outliers"):
+                flowc_meta(ref.node).pop(key, None)
         if not refs:
             raise UsageError(f"{self.name}: the graph has no static-weight linear layers")
         dense = resolve_keep_dense([r.name for r in refs], self.keep_dense)
@@ -225,7 +240,10 @@ class FlowSelect(_Selector):
 @register_pass
 @dataclass(frozen=True)
 class OwlSelect(_Selector):
-    """OWL-N:M baseline: M fixed, N per unit from the outlier ratio (baselines.owl_nm)."""
+    """OWL-N:M baseline: M fixed, N per unit from the outlier ratio (baselines.owl_nm).
+
+    `target` > 0 centres the band on m * (1 - target) kept per group instead of `n`.
+    """
 
     name = "owl-nm"
     requires = ("calibrate",)
@@ -233,14 +251,18 @@ class OwlSelect(_Selector):
     m: int = 8
     lam: float = 1.0
     tau: float = 5.0
+    target: float = 0.0
 
     def __call__(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         refs, unit_of, units, fixed, dense = self._plan(gm, True, self.tau)
         bad = [u.name for u in units if u.name not in fixed and u.in_features % self.m]
         if bad:
             raise UsageError(f"owl-nm: M={self.m} does not divide K of {', '.join(bad[:4])}")
+        if not 0.0 <= self.target < 1.0:
+            raise UsageError(f"owl-nm: target must be in [0, 1), got {self.target}")
+        base = self.m * (1.0 - self.target) if self.target > 0 else None
         sel = owl_nm(units, parse_pattern((self.n, self.m)), self.lam, machine_supported(ctx),
-                     fixed)
+                     fixed, base)
         return self._finish(gm, ctx, refs, unit_of, units, sel, dense)
 
 

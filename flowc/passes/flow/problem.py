@@ -31,7 +31,15 @@ DIRECTIONS = ("paper", "repo")
 
 
 class InfeasibleTarget(UsageError):
-    """No assignment of candidate patterns reaches the target sparsity within the tolerance."""
+    """No assignment of candidate patterns reaches the target sparsity within the tolerance.
+
+    `nearest` holds the nearest achievable sparsities below and above (those that exist), so
+    a caller can retry at the closest feasible target.
+    """
+
+    def __init__(self, message: str, nearest: tuple[float, ...] = ()) -> None:
+        super().__init__(message)
+        self.nearest = nearest
 
 
 class SolverError(CompileError):
@@ -219,4 +227,5 @@ def infeasible_error(prob: Problem, below: float | None, above: float | None,
     pats = ", ".join(f"{n}:{m}" for n, m in prob.cands)
     return InfeasibleTarget(
         f"target sparsity {prob.target:.4f} +- {prob.tolerance:.4f} is not achievable with "
-        f"patterns {pats} ({len(prob.fixed)} fixed layers); nearest achievable: {near}{note}")
+        f"patterns {pats} ({len(prob.fixed)} fixed layers); nearest achievable: {near}{note}",
+        tuple(v for v in (below, above) if v is not None))

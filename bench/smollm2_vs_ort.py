@@ -1,0 +1,100 @@
+"""flowrun vs ONNX Runtime on SmolLM2-135M (128-token prompt), side by side in one run.
+
+    python bench/smollm2_vs_ort.py [--fcim out/smollm2-135m.fcim] [--nm 2:4] [--repeat 5]
+
+Without --fcim (or if the file is missing) it first compiles `hf:smollm2-135m` at --nm into
+that path (about two minutes). Then it times, alternating so machine noise hits all alike:
+the simulator with cycle/energy accounting (a fresh FastCostListener per run, as flowrun does),
+the simulator without it (functional only), and ORT running the embedded reference model on
+the same inputs with 1 and with 2 intra-op threads (spinning off, as in check.ort_session; the
+faster is the baseline). Every timed run is one full inference after a warm-up run (the
+decompressed weights and ORT's arenas are built once, like a loaded model). Prints medians,
+the flowrun/ORT ratio, the accounting overhead and the .fcim size ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from flowc.backend.container import load, save, size_report
+from flowc.backend.reference import materialise
+from flowc.runtime.check import ort_session, run_reference, top1_agreement
+from flowc.runtime.interpreter import Interpreter
+from flowc.runtime.session import FastCostListener, cost_model_for
+
+
+def ensure_fcim(path: Path, nm: str) -> None:
+    if path.exists():
+        return
+    from flowc.compiler import CompileOptions, compile_captured, parse_nm, stderr_progress
+    from flowc.frontend.load import load_hf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cap = load_hf("hf:smollm2-135m", progress=stderr_progress)
+    image = compile_captured(cap, CompileOptions(nm=parse_nm(nm)), progress=stderr_progress)
+    save(image, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fcim", default="out/smollm2-135m.fcim")
+    ap.add_argument("--nm", default="2:4", help="pattern used when the .fcim must be compiled")
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+
+    path = Path(args.fcim)
+    ensure_fcim(path, args.nm)
+    print(f"[bench] loading {path} ...", file=sys.stderr, flush=True)
+    image = load(path)
+    samples = list(image.samples)
+    _, cost_model = cost_model_for(image)
+    plain, accounted = Interpreter(image), Interpreter(image)
+    onnx_bytes = materialise(image)
+    sess1, sess2 = ort_session(onnx_bytes, threads=1), ort_session(onnx_bytes, threads=2)
+
+    def sim_accounted():
+        listener = FastCostListener(cost_model, image.layers, image.tensors)
+        accounted.listeners = [listener]
+        out = accounted.run(samples)
+        listener.finish()
+        return out
+
+    runs = {"flowrun (with accounting)": sim_accounted,
+            "flowrun (functional)": lambda: plain.run(samples),
+            "onnxruntime 1 thread": lambda: run_reference(onnx_bytes, samples, session=sess1),
+            "onnxruntime 2 threads": lambda: run_reference(onnx_bytes, samples, session=sess2)}
+    print("[bench] warm-up ...", file=sys.stderr, flush=True)
+    outs = {k: fn() for k, fn in runs.items()}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for i in range(args.repeat):
+        print(f"[bench] round {i + 1}/{args.repeat}", file=sys.stderr, flush=True)
+        for k, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    tokens = samples[0].shape[-1]
+    print(f"SmolLM2-135M {path.name}, {tokens}-token prompt, {args.repeat} alternating runs, "
+          f"median wall time:")
+    for k, v in med.items():
+        print(f"  {k:28s} {v * 1e3:9.1f} ms   (min {min(times[k]) * 1e3:.1f})")
+    ort_t = min(med["onnxruntime 1 thread"], med["onnxruntime 2 threads"])
+    print(f"ratio flowrun/ORT (with accounting): {med['flowrun (with accounting)'] / ort_t:.2f}x")
+    print(f"ratio flowrun/ORT (functional):      {med['flowrun (functional)'] / ort_t:.2f}x")
+    over = med["flowrun (with accounting)"] / med["flowrun (functional)"] - 1
+    print(f"accounting overhead: {100 * over:+.1f} %")
+    sizes, floor = size_report(path), image.weight_bytes()
+    print(f".fcim {sizes['total'] / 1e6:.1f} MB: machine payload {sizes['machine'] / 1e6:.1f} MB "
+          f"= {sizes['machine'] / floor:.3f} x int8 kept weights + metadata bits "
+          f"({floor / 1e6:.1f} MB); whole file {sizes['total'] / floor:.3f} x "
+          f"(fp32 check payload {sizes['check'] / 1e6:.1f} MB)")
+    sim, ref = outs["flowrun (functional)"][0], outs["onnxruntime 2 threads"][0]
+    print(f"int8 top-1 agreement with ORT: {top1_agreement(sim, ref):.4f} over {tokens} positions")
+
+
+if __name__ == "__main__":
+    main()
