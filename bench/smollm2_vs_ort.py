@@ -4,8 +4,9 @@
 
 Without --fcim (or if the file is missing) it first compiles `hf:smollm2-135m` at --nm into
 that path (about two minutes). Then it times, alternating so machine noise hits all alike:
-the simulator with cycle/energy accounting (a fresh FastCostListener per run, as flowrun does),
-the simulator without it (functional only), and ORT running the embedded reference model on
+the simulator with cycle/energy accounting (a fresh FastCostListener per run; "warm": its cost
+memo shared across runs as in a serving loop, "cold": a fresh memo per run, as one flowrun
+call has), the simulator without it (functional only), and ORT running the embedded reference model on
 the same inputs with 1 and with 2 intra-op threads (spinning off, as in check.ort_session; the
 faster is the baseline). Every timed run is one full inference after a warm-up run (the
 decompressed weights and ORT's arenas are built once, like a loaded model). Prints medians,
@@ -24,7 +25,7 @@ from flowc.backend.container import load, save, size_report
 from flowc.backend.reference import materialise
 from flowc.runtime.check import ort_session, run_reference, top1_agreement
 from flowc.runtime.interpreter import Interpreter
-from flowc.runtime.session import FastCostListener, cost_model_for
+from flowc.runtime.session import FastCostListener, MemoCostModel, cost_model_for
 
 
 def ensure_fcim(path: Path, nm: str) -> None:
@@ -56,14 +57,17 @@ def main() -> None:
     onnx_bytes = materialise(image)
     sess1, sess2 = ort_session(onnx_bytes, threads=1), ort_session(onnx_bytes, threads=2)
 
-    def sim_accounted():
-        listener = FastCostListener(cost_model, image.layers, image.tensors)
+    warm = MemoCostModel(cost_model)  # one memo for the whole bench, like a serving loop
+
+    def sim_accounted(memo_model=None):
+        listener = FastCostListener(memo_model or cost_model, image.layers, image.tensors)
         accounted.listeners = [listener]
         out = accounted.run(samples)
         listener.finish()
         return out
 
-    runs = {"flowrun (with accounting)": sim_accounted,
+    runs = {"flowrun (with accounting)": lambda: sim_accounted(warm),
+            "flowrun (accounting, cold)": sim_accounted,
             "flowrun (functional)": lambda: plain.run(samples),
             "onnxruntime 1 thread": lambda: run_reference(onnx_bytes, samples, session=sess1),
             "onnxruntime 2 threads": lambda: run_reference(onnx_bytes, samples, session=sess2)}
@@ -85,8 +89,13 @@ def main() -> None:
     ort_t = min(med["onnxruntime 1 thread"], med["onnxruntime 2 threads"])
     print(f"ratio flowrun/ORT (with accounting): {med['flowrun (with accounting)'] / ort_t:.2f}x")
     print(f"ratio flowrun/ORT (functional):      {med['flowrun (functional)'] / ort_t:.2f}x")
-    over = med["flowrun (with accounting)"] / med["flowrun (functional)"] - 1
-    print(f"accounting overhead: {100 * over:+.1f} %")
+    for label, key in (("warm memo", "flowrun (with accounting)"),
+                       ("cold memo", "flowrun (accounting, cold)")):
+        over = med[key] / med["flowrun (functional)"] - 1
+        paired = statistics.median(a - f for a, f in zip(times[key], times["flowrun (functional)"],
+                                                          strict=True))
+        print(f"accounting overhead, {label}: {100 * over:+.1f} % (ratio of medians), "
+              f"{100 * paired / med['flowrun (functional)']:+.1f} % (median paired difference)")
     sizes, floor = size_report(path), image.weight_bytes()
     print(f".fcim {sizes['total'] / 1e6:.1f} MB: machine payload {sizes['machine'] / 1e6:.1f} MB "
           f"= {sizes['machine'] / floor:.3f} x int8 kept weights + metadata bits "

@@ -17,6 +17,7 @@ and over all linears; target and achieved are always shown side by side.
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import resource
 import time
@@ -291,7 +292,8 @@ def run_method(base: Calibrated, spec: MethodSpec, bar: bool = False,
     selection = {"layers": {r["name"]: r["pattern"] for r in table["layers"] if r["pattern"]},
                  "target": sel_report.get("target", spec.target),
                  "achieved": table["sparsity"], "method": sel_report.get("method", spec.method)}
-    del gm
+    del gm, ctx
+    gc.collect()  # GraphModules hold reference cycles: free the pruned copy now
     return MethodResult(spec, pipeline, ppl, table["sparsity"], table["sparsity_all"], seconds,
                         table["layers"], selection)
 

@@ -74,7 +74,11 @@ def run(args: argparse.Namespace) -> int:
     from flowc.evaluate import MethodSpec, dense_result, peak_rss_mb, prepare, run_method
 
     say = None if args.quiet else stderr_progress
-    spec = MethodSpec(args.method, args.target, parse_nm(args.nm) if args.nm else None,
+    nm = parse_nm(args.nm) if args.nm else None
+    target = args.target
+    if args.method in ("uniform", "magnitude"):  # the pattern is the target
+        target = 1.0 - (nm or (2, 4))[0] / (nm or (2, 4))[1]
+    spec = MethodSpec(args.method, target, nm,
                       _items(args.keep_dense), _items(args.skip), args.update,
                       not args.one_shot, args.tau, args.granularity, args.solver)
     if not args.quiet and not os.environ.get("MALLOC_MMAP_THRESHOLD_"):

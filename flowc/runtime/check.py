@@ -9,12 +9,14 @@ The reference is the pruned fp32 model, exported to ONNX at compile time. Tolera
   through a few layers this gives errors of about 1 % of the output's scale. We require
   cosine similarity >= 0.99 and max |sim - ort| <= 0.1 * max |ort| (an order of magnitude
   above what quantisation gives on the test models, an order below what a wrong tile gives).
-- `int8`, outputs named `logits` (language models): cosine >= 0.99 and top-1 next-token
+- `int8`, outputs named `logits` (language models): cosine >= 0.95 and top-1 next-token
   agreement >= 0.5 over the positions. The max-error bound is dropped for logits: over
-  millions of logits it is set by a few outlier activations (SmolLM2: 4.5 of 35 dense). The
-  top-1 bar is the "not broken" line, not an accuracy target: per-token int8 activations on
-  SmolLM2 measure 0.81 (dense) and 0.70 (2:4) agreement with cosine 0.996-0.997, while a
-  lowering bug (a swapped head, a wrong tile) gives agreement near 0 (docs/numerics.md).
+  millions of logits it is set by a few outlier activations (SmolLM2: 4.5 of 35 dense). This
+  is a "not grossly broken" line, not an accuracy target (docs/attention.md): per-token int8
+  on SmolLM2 measures 0.61-0.81 agreement and cosine 0.979-0.997 (magnitude 2:4 ... dense),
+  heads swapped in A V give 0.01 and cosine 0.72, a RoPE sign error 0.30. Logit cosine is a
+  weak signal (logits share a large common component), so lowering bugs are caught by the
+  fp32 mode's 1e-4 bound, where quantisation noise cannot hide them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ INT8_MIN_COSINE = 0.99
 INT8_RTOL = 0.1
 LOGITS = "logits"  # outputs with this name are next-token logits: also judged by top-1
 INT8_MIN_TOP1 = 0.5
+LOGITS_MIN_COSINE = 0.95
 
 
 @dataclass(frozen=True)
@@ -125,14 +128,14 @@ def compare(names: Sequence[str], sim: Sequence[np.ndarray], ref: Sequence[np.nd
         if numerics == "fp32":
             ok = err <= FP32_RTOL * max(scale, 1e-30)
         elif top1 is not None:
-            ok = cos >= INT8_MIN_COSINE and top1 >= INT8_MIN_TOP1
+            ok = cos >= LOGITS_MIN_COSINE and top1 >= INT8_MIN_TOP1
         else:
             ok = cos >= INT8_MIN_COSINE and err <= INT8_RTOL * max(scale, 1e-30)
         checks.append(OutputCheck(name, err, scale, cos, bool(ok), top1, positions))
     if numerics == "fp32":
         crit = f"max_abs_error <= {FP32_RTOL:g} * max|reference|"
     elif any(c.top1_agreement is not None for c in checks):
-        crit = f"logits: cosine >= {INT8_MIN_COSINE} and top-1 agreement >= {INT8_MIN_TOP1}"
+        crit = f"logits: cosine >= {LOGITS_MIN_COSINE} and top-1 agreement >= {INT8_MIN_TOP1}"
     else:
         crit = f"cosine >= {INT8_MIN_COSINE} and max_abs_error <= {INT8_RTOL} * max|reference|"
     return CheckResult(numerics, tuple(checks), crit)

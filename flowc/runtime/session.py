@@ -52,6 +52,7 @@ class MemoCostModel:
 
     def __init__(self, model, memo: dict | None = None) -> None:
         self.model = model
+        self.machine = model.machine  # read per loop by the listener: no __getattr__ detour
         self.memo = {} if memo is None else memo
         self.sums: dict[tuple[int, ...], object] = {}  # FastCostListener: per-layer sums
         self.energies: dict[tuple, float] = {}  # FastCostListener: pJ per action table
@@ -74,7 +75,10 @@ class MemoCostModel:
     def loop_cost(self, ev, pair_passes=None):
         weight = next((getattr(b.instr, "w", None) for b in ev.body
                        if getattr(b.instr, "w", None)), None) if pair_passes is not None else None
-        key = ("loop", ev.n_tiles, ev.k_tiles, weight, tuple(self._key(b) for b in ev.body))
+        # body events share their sizes (one loop, one macro): the first one and the
+        # instruction types identify the loop's cost
+        key = ("loop", ev.n_tiles, ev.k_tiles, weight, self._key(ev.body[0]) if ev.body else (),
+               tuple(type(b.instr) for b in ev.body))
         cost = self.memo.get(key)
         if cost is None:
             cost = self.memo[key] = self.model.loop_cost(ev, pair_passes)
@@ -108,18 +112,28 @@ class FastCostListener(CostListener):
         pending.append(self.model.instr_cost(event))
 
     def finish(self) -> list:
-        sums = self.model.sums
+        sums, energies, machine = self.model.sums, self.model.energies, self.model.machine
+        done = set()
         for name, costs in self._pending.items():
             key = tuple(map(id, costs))  # memoised Cost objects live as long as the memo
-            total = sums.get(key)
-            if total is None:
-                total = sums[key] = sum(costs[1:], costs[0])
-            self.layers[name].add(total)
+            entry = sums.get(key)
+            if entry is None:
+                total = sum(costs[1:], costs[0])
+                entry = sums[key] = (total, self._energy(energies, machine, total.actions),
+                                     self._energy(energies, machine, total.setup_actions))
+            total, lc = entry[0], self.layers[name]
+            if lc.cycles or lc.setup_cycles or lc.actions or lc.setup_actions:
+                lc.add(total)  # a layer that also holds loops or attention: sum, price later
+                continue
+            lc.cycles, lc.setup_cycles = int(total.cycles), int(total.setup_cycles)
+            lc.actions, lc.setup_actions = dict(total.actions), dict(total.setup_actions)
+            lc.energy_pj, lc.setup_energy_pj = entry[1], entry[2]
+            done.add(name)
         self._pending.clear()
-        energies, machine = self.model.energies, self.model.machine
-        for lc in self.layers.values():
-            lc.energy_pj = self._energy(energies, machine, lc.actions)
-            lc.setup_energy_pj = self._energy(energies, machine, lc.setup_actions)
+        for name, lc in self.layers.items():
+            if name not in done:
+                lc.energy_pj = self._energy(energies, machine, lc.actions)
+                lc.setup_energy_pj = self._energy(energies, machine, lc.setup_actions)
         return list(self.layers.values())
 
     @staticmethod

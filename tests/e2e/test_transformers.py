@@ -92,6 +92,12 @@ def test_fcim_round_trip_is_exact_and_small(tiny_images, tmp_path):
     assert sizes["machine"] < 1.3 * image.weight_bytes()
 
 
+def test_compiling_a_transformer_twice_is_byte_identical():
+    images = [compile_captured(load_hf("hf:tiny-mistral", seq_len=8, calib_batches=1),
+                               CompileOptions(nm=(2, 4)), progress=None) for _ in range(2)]
+    assert container.to_bytes(images[0]) == container.to_bytes(images[1])
+
+
 def test_cli_compiles_hf_source_and_flowrun_reports_agreement(tmp_path, capsys):
     out = tmp_path / "g.fcim"
     assert flowc_main(["compile", "hf:tiny-gpt2", "--seq-len", "8", "--nm", "2:4", "-q",
@@ -124,7 +130,7 @@ def test_export_failure_is_a_load_error_naming_the_construct():
 def test_smollm2_at_2_4_end_to_end(tmp_path):
     """Real weights: compile at 2:4, run from the file, ORT check (int8), fp32 within 1e-4."""
     cap = load_hf("hf:smollm2-135m", seq_len=64, calib_batches=1)
-    image = compile_captured(cap, CompileOptions(nm=(2, 4), score="magnitude"), progress=None)
+    image = compile_captured(cap, CompileOptions(nm=(2, 4)), progress=None)  # Wanda, 1 window
     path = tmp_path / "s.fcim"
     container.save(image, path)
     image = container.load(path)
@@ -134,7 +140,7 @@ def test_smollm2_at_2_4_end_to_end(tmp_path):
     inputs = list(image.samples)
     outs, report = simulate(image, inputs, numerics="int8")
     check = check_outputs(image, inputs, outs, "int8")
-    assert check.passed and check.outputs[0].cosine > 0.99, check.to_dict()
+    assert check.passed and check.outputs[0].cosine > 0.98, check.to_dict()
     assert sum(lc.macs for lc in report.layers if lc.kind == "attention") == \
         30 * 2 * 9 * 64 * 64 * 64
     outs32, _ = simulate(image, inputs, numerics="fp32")
