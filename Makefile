@@ -13,7 +13,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 OUT := out
 MODEL := hf:smollm2-135m
 # FLOW at 50 % sparsity over the transformer blocks (lm_head dense, as Wanda/FLOW report it)
-PIPELINE := calibrate,flow-select{target=0.5,skip=lm_head},nm-prune,verify-nm,quantize
+PIPELINE := calibrate,flow-select{target=0.5,skip=lm_head},nm-prune,verify-nm,quantize{smooth=0.5}
 
 .PHONY: install run run-mlp test test-fast lint bench bench-smollm2 clean
 

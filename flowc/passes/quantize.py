@@ -9,6 +9,13 @@ Activations (dynamic, not quantised here): per-token symmetric int8 computed at 
 the vector unit's `v.quant` instruction, scale_t = max |x_t| / 127 (1 if zero). The GEMM's
 int32 partial sums are dequantised by `v.deq` with scale_t * scale_o. This pass only records
 the scheme as `meta["flowc"]["act_quant"] = "per-token"` so the backend emits it.
+
+`smooth=a` (0 < a < 1, off by default): SmoothQuant smoothing before quantising
+(`flowc.passes.smooth`, Xiao et al. 2022): per-input-channel scales from calibration max-abs
+statistics move activation outliers into the weights of q/k/v, gate/up and down; the inverse
+scale is folded into the RMSNorm weight (or up_proj's rows for down), so the program and its
+cost are unchanged and the fp32 model computes the same function. Zeros stay zeros: the N:M
+pattern of a pruned weight survives.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from flowc.errors import CompileError
 from flowc.passes.base import CompileContext, Pass, PassResult
 from flowc.passes.graph import flowc_meta, get_param, linear_nodes
 from flowc.passes.registry import register_pass
+from flowc.passes.smooth import smooth
 
 QMAX = 127
 
@@ -60,11 +68,13 @@ class Quantize(Pass):
     """Store `qweight`, `wscale` and `act_quant` for every static-weight linear."""
 
     name = "quantize"
+    smooth: float = 0.0
 
     def __call__(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         layers: dict[str, dict[str, float]] = {}
         max_abs = err_sq = ref_sq = 0.0
         refs = linear_nodes(gm)
+        smoothing = smooth(gm, refs, ctx.calib_inputs, self.smooth) if self.smooth else None
         for ref in refs:
             w = get_param(gm, ref.weight_target).detach().to(torch.float32).cpu().numpy()
             q, scale = quantize_weight(w, ref.name)
@@ -82,6 +92,8 @@ class Quantize(Pass):
             "max_abs_err": max_abs,
             "rel_err": _ratio(err_sq, ref_sq),
         }
+        if smoothing is not None:
+            report["smoothing"] = smoothing
         ctx.reports[self.name] = report
         return PassResult(gm, modified=bool(refs))
 
