@@ -11,6 +11,12 @@ Not a timed test: read the ratio.
 
 from __future__ import annotations
 
+import os
+
+# Must be set before torch loads: OpenMP workers that spin after each parallel region starve
+# the other core on a 2-core machine (the CLI sets the same default).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import statistics
 import time
