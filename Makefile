@@ -10,6 +10,10 @@ export HF_HUB_OFFLINE := 1
 # torch's OpenMP workers sleep instead of spinning: on a small shared machine spinning starves
 # every other thread (flowc's CLI sets the same default)
 export OMP_WAIT_POLICY ?= PASSIVE
+# glibc's default malloc thresholds made a SmolLM2 forward take ~12 s instead of ~1 s here
+# (large activations mmapped and unmapped every op); keep big blocks in the heap.
+export MALLOC_MMAP_THRESHOLD_ ?= 33554432
+export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 OUT := out
 MODEL := hf:smollm2-135m
 # FLOW at 50 % sparsity over the transformer blocks (lm_head dense, as Wanda/FLOW report it)

@@ -60,7 +60,8 @@ def investigate_rows(target: float):
     """Why FLOW loses to uniform N:M here: one change at a time against the `flow` row."""
     from flowc.evaluate import MethodSpec as S
 
-    return [(S("flow", target, extra="candidates=repo", label="flow cand=repo"),
+    return [(S("flow", target), "reference: same as the main table's flow row"),
+            (S("flow", target, extra="candidates=repo", label="flow cand=repo"),
              "FLOW's candidates 2:4, 2:8, 4:8, dense (no 1:x)"),
             (S("flow", target, extra="candidates=2:4|4:8|8:8", label="flow cand=2:4,4:8,dense"),
              "only 50 % patterns + dense"),
@@ -68,8 +69,7 @@ def investigate_rows(target: float):
             (S("flow", target, keep_dense=("first", "last"), label="flow keep first,last"),
              "first/last block dense, counted in the target"),
             (S("flow", target, tau=3.0, label="flow tau=3"), "outlier threshold 3"),
-            (S("uniform", 0.5, nm=(2, 4), update="obs"), "OBS update on the same masks"),
-            (S("uniform", 0.5, nm=(4, 8), update="obs"), "OBS update on the same masks")]
+            (S("uniform", 0.5, nm=(2, 4), update="obs"), "OBS update on the same masks")]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> dict:
             f"select {r.seconds['select']:.1f} s, prune {r.seconds['prune']:.1f} s, "
             f"peak {peak_rss_mb():.0f} MB")
         results.append({**r.to_dict(), "row": f"{target}", "note": note})
-        if spec.method == "flow" and spec.label == "" and spec.update == "none":
+        if spec.method == "flow" and spec.label == "" and spec.update == "none" \
+                and not args.investigate_only:
             _save_selection(args.out, f"flow_selection_smollm2_t{round(target * 100):03d}.json",
                             r, args.quick)
     warm = time.perf_counter()  # the first forwards of a process are slow (heap growth)
@@ -153,18 +154,19 @@ def table(data: dict) -> str:
 
 
 def timing_lines(data: dict) -> list[str]:
-    cold, warm = data["calib_seconds"], data.get("calib_seconds_warm", data["calib_seconds"])
-    ref = warm
+    cold, warm = data["calib_seconds"], data.get("calib_seconds_warm")
+    ref = warm or cold
+    what = (f"{warm:.1f} s warm ({cold:.1f} s as the first work of the process)" if warm
+            else f"{cold:.1f} s (first work of the process)")
     out = [f"- calibration forward passes alone (dense statistics, {data['calib_windows']} x "
-           f"{data['seq_len']} tokens): {warm:.1f} s warm ({cold:.1f} s as the first work of "
-           "the process, heap still growing)"]
+           f"{data['seq_len']} tokens): {what}"]
     for row in data["results"]:
         if row["method"] == "flow" and row["label"] == "flow" and row["update"] == "none":
             sel, prune = row["seconds"]["select"], row["seconds"]["prune"]
             out.append(f"- FLOW @ {row['row']}: selection {sel:.1f} s + sequential pruning "
                        f"{prune:.1f} s = {sel + prune:.1f} s = {(sel + prune) / ref:.2f} x the "
-                       "warm calibration forward")
-    out.append(f"- peak memory (max RSS of the whole run, all methods): "
+                       "calibration forward")
+    out.append(f"- peak memory (max RSS of the whole run, all methods in one process): "
                f"{data['peak_rss_mb']:.0f} MB")
     return out
 
@@ -172,7 +174,7 @@ def timing_lines(data: dict) -> list[str]:
 BEGIN, END = "<!-- flow-accuracy:begin -->", "<!-- flow-accuracy:end -->"
 
 
-def generated(data: dict, body: str) -> str:
+def generated(data: dict, body: str, extra: dict | None = None) -> str:
     """The machine-written part of the section (between the markers)."""
     setting = (f"{data['model']}, fp32; calibration {data['calib_windows']} x "
                f"{data['seq_len']} tokens from the first 90 % of {data['text']}, evaluation "
@@ -180,15 +182,19 @@ def generated(data: dict, body: str) -> str:
                "(non-overlapping windows, ppl = exp(mean token NLL)); sequential Wanda N:M "
                "pruning, no weight update unless marked +OBS; lm_head dense and not counted: "
                "achieved sparsity is over the 210 block linears.")
-    return "\n".join([BEGIN, "", f"Setting: {setting}", "", body, "",
-                      *timing_lines(data), "", END])
+    parts = [BEGIN, "", f"Setting: {setting}", "", body, "", *timing_lines(data), ""]
+    if extra:
+        parts += ["Investigation (target 0.5, same setting, one change at a time; a separate "
+                  "run, so the flow row is measured again):", "", table(extra), "",
+                  *timing_lines(extra), ""]
+    return "\n".join([*parts, END])
 
 
-def write_results(data: dict, body: str, path: Path) -> None:
+def write_results(data: dict, body: str, path: Path, extra: dict | None = None) -> None:
     """Replace the generated block of this issue's section of docs/results.md (prose written
     around it by hand stays); create the section at the end if it does not exist."""
     text = path.read_text(encoding="utf-8") if path.exists() else "# Results\n"
-    block = generated(data, body)
+    block = generated(data, body, extra)
     if HEADING in text and BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         text = head + block + rest.split(END, 1)[1]
@@ -231,8 +237,10 @@ def main() -> int:
     if not args.quick and not args.from_json:
         name = "flow_investigate.json" if args.investigate_only else "flow_accuracy.json"
         dump_json(data, args.out / name)
-    if args.write and not args.quick:
-        write_results(data, body, ROOT / "docs" / "results.md")
+    if args.write and not args.quick and not args.investigate_only:
+        inv = args.out / "flow_investigate.json"
+        extra = json.loads(inv.read_text(encoding="utf-8")) if inv.exists() else None
+        write_results(data, body, ROOT / "docs" / "results.md", extra)
     return 0
 
 

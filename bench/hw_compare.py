@@ -175,17 +175,27 @@ def attention_row(a: Assignment) -> str:
     return "\n".join(lines)
 
 
-def build(flow_json: str | None) -> str:
+def flow_label(path: str) -> str:
+    """'FLOW 60 % (SmolLM2 selection)' from the target a FLOW selection file records."""
+    import json
+
+    target = json.loads(Path(path).read_text()).get("target")
+    return f"FLOW {target:.0%} (SmolLM2 selection)" if target is not None else f"FLOW ({path})"
+
+
+def build(flow_json: list[str] | None) -> str:
     if flow_json:
-        a = load_assignment(flow_json)
-        if a.blocks and a.blocks != 32:
-            a = scale_blocks(a, a.blocks, 32)
-        mixes = {"FLOW (file)": a}
+        mixes = {}
+        for path in flow_json:
+            a = load_assignment(path)
+            if a.blocks and a.blocks != 32:
+                a = scale_blocks(a, a.blocks, 32)
+            mixes[flow_label(path)] = a
     else:
         mixes = {"FLOW-like 50 %": flow_mix(0.5), "FLOW-like 60 %": flow_mix(0.6)}
     mixes.update({f"uniform {n}:{m}": uniform(n, m) for n, m in ((2, 4), (4, 8), (2, 8))})
     hist = "\n".join(f"- {k}: {histogram(v)}" for k, v in mixes.items())
-    sens_mix = list(mixes.values())[1 if len(mixes) > 4 else 0]
+    sens_mix = list(mixes.values())[1 if len(mixes) > 4 else 0]  # the 60 % mix when two
     return "\n\n".join([
         BEGIN,
         f"Pattern histograms over the 225 Linear layers (lm_head dense):\n\n{hist}",
@@ -203,8 +213,9 @@ def build(flow_json: str | None) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help="replace the block in docs/results.md")
-    ap.add_argument("--flow-json", help="a FLOW selection / assignment JSON instead of the "
-                                        "stand-in mixes")
+    ap.add_argument("--flow-json", action="append",
+                    help="a FLOW selection / assignment JSON instead of the stand-in mixes "
+                         "(repeat for several targets)")
     args = ap.parse_args()
     text = build(args.flow_json)
     print(text)

@@ -25,7 +25,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Subcommands that live in their own modules (flowc/commands/*.py): each defines
 # `register(subparsers, add_debug)` that adds its parser and sets `func` to a handler taking
 # the parsed args and returning an exit code.
-COMMAND_MODULES: tuple[str, ...] = ("flowc.commands.compare", "flowc.commands.analytic")
+COMMAND_MODULES: tuple[str, ...] = (
+    "flowc.commands.compare", "flowc.commands.analytic", "flowc.commands.eval",
+)
 
 
 def _add_debug(p: argparse.ArgumentParser) -> None:
