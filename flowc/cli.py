@@ -52,14 +52,15 @@ def _guard(prog: str, fn: Callable[[argparse.Namespace], int], args: argparse.Na
 
 
 def _foreign_exit_code(exc: Exception) -> int:
-    """Errors raised by pass/ISA modules that do not derive from FlowcError."""
-    name = type(exc).__name__
-    if name in ("AsmError", "DecodeError"):
+    """Errors raised by pass/ISA/machine modules that do not derive from FlowcError
+    (matched on the class and its bases, so a subclass such as EnergyError maps too)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & {"AsmError", "DecodeError", "IsaError"}:
         return 4
-    if name in ("PassError", "PruneError", "VerifyError", "InfeasibleTarget", "CalibrationError",
-                "RegistryError", "PipelineError", "GraphError"):
+    if names & {"PassError", "PruneError", "VerifyError", "InfeasibleTarget", "CalibrationError",
+                "RegistryError", "PipelineError", "GraphError"}:
         return 3
-    if name in ("MachineConfigError",):
+    if "MachineConfigError" in names:
         return 2
     if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
         return 2

@@ -146,3 +146,16 @@ def test_console_script_exit_code_and_debug_traceback(work):
     r = subprocess.run([sys.executable, "-m", "flowc.cli_flowrun", missing, "--debug"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_bad_machine_file_names_the_field_path(work, capsys):
+    typo = work / "typo.toml"
+    typo.write_text('extends = "flexcim"\n[macro]\nrowz = 32\n')
+    out = work / "m.fcim"
+    rc = main(["compile", str(work / "mlp.pt2"), "--machine", str(typo), "-o", str(out), "-q"])
+    expect_one_line_error(capsys, 2, rc, "macro.rowz: unknown key (did you mean 'rows'?)")
+    energy = work / "energy.toml"
+    energy.write_text('extends = "flexcim"\n[energy]\nfoo = { pj = 1.0, unit = "bit", estimate = true }\n')
+    rc = main(["compile", str(work / "mlp.pt2"), "--machine", str(energy), "-o", str(out), "-q"])
+    expect_one_line_error(capsys, 2, rc, "energy.foo: unknown energy action 'foo'")
+    assert not out.exists()
