@@ -84,17 +84,16 @@ def calibration_inputs(cap: Captured, batches: int, seed: int) -> list[tuple[tor
 
 
 def run_passes(cap: Captured, pipeline: str, machine, calib, progress) -> dict:
-    from flowc.passes.base import CompileContext, PassManager, TimingInstrument
+    from flowc.passes.base import CompileContext, PassManager
     from flowc.passes.pipeline import parse_pipeline
 
     passes = parse_pipeline(pipeline)
     ctx = CompileContext(example_inputs=cap.example_inputs, calib_inputs=calib,
                          machine=machine, progress=progress)
-    timing = TimingInstrument()
-    result = PassManager(passes, instruments=[timing, _ProgressInstrument(progress)]).run(cap.gm, ctx)
+    result = PassManager(passes, instruments=[_ProgressInstrument(progress)]).run(cap.gm, ctx)
     cap.gm = result.graph_module
-    return {"pipeline": pipeline, "reports": _jsonable(ctx.reports),
-            "pass_seconds": {n: round(t, 4) for n, t in timing.timings}}
+    # no timings here: they differ run to run and the .fcim must be byte-identical
+    return {"pipeline": pipeline, "reports": _jsonable(ctx.reports)}
 
 
 class _ProgressInstrument:
@@ -167,6 +166,5 @@ def compile_captured(cap: Captured, opts: CompileOptions,
     image.samples = tuple(x.detach().numpy() for x in cap.example_inputs)
     info["source"] = cap.source
     info["target"] = machine.name
-    info.pop("pass_seconds")  # timings differ run to run; the .fcim must be byte-identical
     image.compile_info = info
     return image
