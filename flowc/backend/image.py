@@ -84,22 +84,6 @@ class Image:
 
         return materialise(self)
 
-    def layer(self, name: str) -> LayerInfo:
-        for info in self.layers:
-            if info.name == name:
-                return info
-        raise KeyError(name)
-
-    def payload_bytes(self) -> dict[str, int]:
-        """In-memory bytes per tensor family: what the machine needs vs what only the checks
-        need (the container's `size_report` gives the stored sizes)."""
-        sizes = {"machine": 0, "check": 0}
-        for name, arr in self.tensors.items():
-            key = "check" if name.endswith(".fvalues") else "machine"
-            sizes[key] += arr.nbytes
-        sizes["check"] += len(self.reference_onnx or b"")
-        return sizes
-
     def weight_bytes(self) -> float:
         """int8 kept weights + metadata bits (log2(M) per kept weight when sparse), in bytes:
         the floor a weight payload can reach. Each packed tensor counts once (tied tables)."""
