@@ -1,16 +1,18 @@
 """flowrun vs ONNX Runtime on SmolLM2-135M (128-token prompt), side by side in one run.
 
-    python bench/smollm2_vs_ort.py [--fcim out/smollm2-135m.fcim] [--nm 2:4] [--repeat 5]
+    python bench/smollm2_vs_ort.py [--fcim out/smollm2-135m.fcim] [--nm 2:4] [--repeat 15]
 
 Without --fcim (or if the file is missing) it first compiles `hf:smollm2-135m` at --nm into
 that path (about two minutes). Then it times, alternating so machine noise hits all alike:
 the simulator with cycle/energy accounting (a fresh FastCostListener per run; "warm": its cost
 memo shared across runs as in a serving loop, "cold": a fresh memo per run, as one flowrun
-call has), the simulator without it (functional only), and ORT running the embedded reference model on
-the same inputs with 1 and with 2 intra-op threads (spinning off, as in check.ort_session; the
-faster is the baseline). Every timed run is one full inference after a warm-up run (the
-decompressed weights and ORT's arenas are built once, like a loaded model). Prints medians,
-the flowrun/ORT ratio, the accounting overhead and the .fcim size ratio.
+call has), the simulator without it (functional only; the same Interpreter object, so the
+same decompressed weights), and ORT running the embedded reference model on the same inputs
+with 1 and with 2 intra-op threads (spinning off, as in check.ort_session; the faster is the
+baseline). The order rotates every round. Every timed run is one full inference after a
+warm-up run (the decompressed weights and ORT's arenas are built once, like a loaded model).
+Prints medians, the flowrun/ORT ratio, the accounting overhead (also the pricing time in
+finish() alone, which is free of run-to-run noise) and the .fcim size ratio.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fcim", default="out/smollm2-135m.fcim")
     ap.add_argument("--nm", default="2:4", help="pattern used when the .fcim must be compiled")
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=15)
     args = ap.parse_args()
 
     path = Path(args.fcim)
@@ -59,32 +61,42 @@ def main() -> None:
     image = load(path)
     samples = list(image.samples)
     _, cost_model = cost_model_for(image)
-    plain, accounted = Interpreter(image), Interpreter(image)
+    interp = Interpreter(image)  # one interpreter (one set of decompressed weights) for all
     onnx_bytes = materialise(image)
     sess1, sess2 = ort_session(onnx_bytes, threads=1), ort_session(onnx_bytes, threads=2)
 
     warm = MemoCostModel(cost_model)  # one memo for the whole bench, like a serving loop
+    pricing: dict[bool, list[float]] = {False: [], True: []}  # finish() wall time: warm, cold
 
     def sim_accounted(memo_model=None):
         listener = FastCostListener(memo_model or cost_model, image.layers, image.tensors)
-        accounted.listeners = [listener]
-        out = accounted.run(samples)
+        interp.listeners = [listener]
+        out = interp.run(samples)
+        t0 = time.perf_counter()
         listener.finish()
+        pricing[memo_model is None].append(time.perf_counter() - t0)
         return out
+
+    def sim_functional():
+        interp.listeners = []
+        return interp.run(samples)
 
     runs = {"flowrun (with accounting)": lambda: sim_accounted(warm),
             "flowrun (accounting, cold)": sim_accounted,
-            "flowrun (functional)": lambda: plain.run(samples),
+            "flowrun (functional)": sim_functional,
             "onnxruntime 1 thread": lambda: run_reference(onnx_bytes, samples, session=sess1),
             "onnxruntime 2 threads": lambda: run_reference(onnx_bytes, samples, session=sess2)}
     print("[bench] warm-up ...", file=sys.stderr, flush=True)
     outs = {k: fn() for k, fn in runs.items()}
     times: dict[str, list[float]] = {k: [] for k in runs}
+    order = list(runs)
     for i in range(args.repeat):
         print(f"[bench] round {i + 1}/{args.repeat}", file=sys.stderr, flush=True)
-        for k, fn in runs.items():
+        # rotate the order every round: whatever runs right after ORT (whose threads have just
+        # flushed the caches) is slower, and that must not always be the same contender
+        for k in order[i % len(order):] + order[: i % len(order)]:
             t0 = time.perf_counter()
-            fn()
+            runs[k]()
             times[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     tokens = samples[0].shape[-1]
@@ -100,8 +112,11 @@ def main() -> None:
         over = med[key] / med["flowrun (functional)"] - 1
         paired = statistics.median(a - f for a, f in zip(times[key], times["flowrun (functional)"],
                                                           strict=True))
+        finish = statistics.median(pricing[label.startswith("cold")])
         print(f"accounting overhead, {label}: {100 * over:+.1f} % (ratio of medians), "
-              f"{100 * paired / med['flowrun (functional)']:+.1f} % (median paired difference)")
+              f"{100 * paired / med['flowrun (functional)']:+.1f} % (median paired difference); "
+              f"of which pricing in finish() {finish * 1e3:.1f} ms "
+              f"= {100 * finish / med['flowrun (functional)']:.1f} %")
     sizes, floor = size_report(path), image.weight_bytes()
     print(f".fcim {sizes['total'] / 1e6:.1f} MB: machine payload {sizes['machine'] / 1e6:.1f} MB "
           f"= {sizes['machine'] / floor:.3f} x int8 kept weights + metadata bits "

@@ -7,12 +7,14 @@ those counts into cycles and energy. A new counter never edits an instruction ha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
+
+# Events are NamedTuples, not dataclasses: the interpreter builds one per executed instruction
+# (about 2,800 per SmolLM2 forward) and a frozen dataclass costs ~1.3 us to build, a NamedTuple
+# ~0.3 us. Immutable either way; the cost of accounting must stay a few per cent of a run.
 
 
-@dataclass(frozen=True)
-class ExecEvent:
+class ExecEvent(NamedTuple):
     """One executed instruction and the sizes it worked on.
 
     `tiles` is the number of tile iterations the event stands for: 1 outside loops (and in the
@@ -30,8 +32,7 @@ class ExecEvent:
     in_elements: int = 0  # input elements read (vector unit)
 
 
-@dataclass(frozen=True)
-class LoopEvent:
+class LoopEvent(NamedTuple):
     """A whole tile loop, sent after its body ran (every body event has tiles = n_tiles*k_tiles)."""
 
     instr: object  # the loop.tiles instruction

@@ -66,21 +66,29 @@ class CostListener:
     def on_instr(self, event: ExecEvent) -> None:
         lc = self._layer(event.layer)
         lc.add(self.model.instr_cost(event))
+        self._count_instr(lc, event)
+
+    def on_loop(self, event: LoopEvent) -> None:
+        lc = self._layer(event.layer)
+        weight = loop_weight(event)
+        lc.add(self.loop_cost(event, weight, weight is None or weight not in self.loaded))
+        if weight is not None:
+            self.loaded.add(weight)
+        self._count_loop(lc, event)
+
+    def loop_cost(self, event: LoopEvent, weight: str | None, fresh: bool):
+        """A loop's cost; its setup (resident weight load) only if the weight is `fresh`."""
+        cost = self.model.loop_cost(event, self.pair_passes(event, weight))
+        return cost if fresh else replace(cost, setup_cycles=0, setup_actions={})
+
+    def _count_instr(self, lc: LayerCost, event: ExecEvent) -> None:
         info = self.info.get(event.layer)
         if info is not None and info.kind == "attention":  # mm.act: outputs x K MACs
             lc.macs += event.elements * info.in_features
             lc.kept_macs += event.elements * info.in_features
             lc.tokens = event.tokens
 
-    def on_loop(self, event: LoopEvent) -> None:
-        lc = self._layer(event.layer)
-        weight = _loop_weight(event)
-        cost = self.model.loop_cost(event, self.pair_passes(event, weight))
-        if weight is not None and weight in self.loaded:
-            cost = replace(cost, setup_cycles=0, setup_actions={})
-        if weight is not None:
-            self.loaded.add(weight)
-        lc.add(cost)
+    def _count_loop(self, lc: LayerCost, event: LoopEvent) -> None:
         info = self.info.get(event.layer)
         tokens = event.body[0].tokens if event.body else 0
         lc.tokens = tokens
@@ -109,7 +117,7 @@ class CostListener:
         return list(self.layers.values())
 
 
-def _loop_weight(event: LoopEvent) -> str | None:
+def loop_weight(event: LoopEvent) -> str | None:
     """The weight tensor a loop loads (the `w` operand of its ld.tile), or None."""
     for b in event.body:
         if mnemonic(b.instr) == "ld.tile":

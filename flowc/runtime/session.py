@@ -6,6 +6,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -13,8 +14,10 @@ from flowc.backend.image import Image
 from flowc.backend.reference import materialise
 from flowc.errors import UsageError
 from flowc.runtime.check import compare, run_reference
+from flowc.runtime.cost import mnemonic
+from flowc.runtime.events import LoopEvent
 from flowc.runtime.interpreter import Interpreter, check_inputs
-from flowc.runtime.report import CostListener, RunReport
+from flowc.runtime.report import CostListener, LayerCost, RunReport, loop_weight
 
 
 def cost_model_for(image: Image):
@@ -54,8 +57,7 @@ class MemoCostModel:
         self.model = model
         self.machine = model.machine  # read per loop by the listener: no __getattr__ detour
         self.memo = {} if memo is None else memo
-        self.sums: dict[tuple[int, ...], object] = {}  # FastCostListener: per-layer sums
-        self.energies: dict[tuple, float] = {}  # FastCostListener: pJ per action table
+        self.sums: dict[tuple, tuple] = {}  # FastCostListener: per-layer-signature prices
 
     def __getattr__(self, name: str):
         return getattr(self.model, name)
@@ -86,63 +88,82 @@ class MemoCostModel:
 
 
 class FastCostListener(CostListener):
-    """CostListener with a trimmed hot path for long programs; same report (a test checks).
+    """CostListener that defers all pricing to finish(); same report (a test checks).
 
-    Instruction costs come from a MemoCostModel; a layer's instruction costs are summed once
-    in finish(), and each distinct sequence of (memoised) costs is summed only once: the 30
-    identical blocks of SmolLM2 share their sums. Energies are memoised per distinct action
-    table. Loops and attention layers go through CostListener unchanged (setup-once, MACs).
+    During the run it only records events (a list append), so accounting adds little to
+    execution. finish() prices each layer once per distinct *signature*: the sizes of its
+    events in order, whether each loop's weight is loaded for the first time (setup), and the
+    weight name only where per-tile pair passes make the cost depend on it. SmolLM2's 30
+    identical blocks share their signatures, so 29 of 30 layers are a dict lookup. The prices
+    live in the MemoCostModel, so a listener built on the same memo reuses them across runs.
+    MACs and token counts are per layer (they depend on the layer's weights) and are counted
+    for every layer.
     """
 
     def __init__(self, cost_model, layers, tensors=None) -> None:
         if not isinstance(cost_model, MemoCostModel):
             cost_model = MemoCostModel(cost_model)
         super().__init__(cost_model, layers, tensors)
-        self._pending: dict[str, list] = {}
-        self._attention = {i.name for i in layers if i.kind == "attention"}
-
-    def on_instr(self, event) -> None:
-        if event.layer in self._attention:
-            super().on_instr(event)
-            return
-        pending = self._pending.get(event.layer)
-        if pending is None:
-            self._layer(event.layer)  # layers keep the order of their first event
-            pending = self._pending[event.layer] = []
-        pending.append(self.model.instr_cost(event))
+        self._trace: list = []
+        self.on_instr = self.on_loop = self._trace.append  # type: ignore[method-assign]
 
     def finish(self) -> list:
-        sums, energies, machine = self.model.sums, self.model.energies, self.model.machine
-        done = set()
-        for name, costs in self._pending.items():
-            key = tuple(map(id, costs))  # memoised Cost objects live as long as the memo
-            entry = sums.get(key)
+        grouped: dict[str, tuple[list, list]] = {}
+        exact = self.tensors is not None and self.model.machine.pair_select == "row-shared"
+        for ev in self._trace:
+            if isinstance(ev, LoopEvent):
+                weight = loop_weight(ev)
+                fresh = weight is None or weight not in self.loaded
+                if weight is not None:
+                    self.loaded.add(weight)
+                sig = ("loop", ev.n_tiles, ev.k_tiles, fresh, weight if exact else None,
+                       tuple(_signature(b) for b in ev.body))
+                item = _PricedLoop(ev, weight, fresh)
+            else:
+                sig, item = _signature(ev), ev
+            entry = grouped.get(ev.layer)
             if entry is None:
-                total = sum(costs[1:], costs[0])
-                entry = sums[key] = (total, self._energy(energies, machine, total.actions),
-                                     self._energy(energies, machine, total.setup_actions))
-            total, lc = entry[0], self.layers[name]
-            if lc.cycles or lc.setup_cycles or lc.actions or lc.setup_actions:
-                lc.add(total)  # a layer that also holds loops or attention: sum, price later
-                continue
-            lc.cycles, lc.setup_cycles = int(total.cycles), int(total.setup_cycles)
-            lc.actions, lc.setup_actions = dict(total.actions), dict(total.setup_actions)
-            lc.energy_pj, lc.setup_energy_pj = entry[1], entry[2]
-            done.add(name)
-        self._pending.clear()
-        for name, lc in self.layers.items():
-            if name not in done:
-                lc.energy_pj = self._energy(energies, machine, lc.actions)
-                lc.setup_energy_pj = self._energy(energies, machine, lc.setup_actions)
+                self._layer(ev.layer)  # layers keep the order of their first event
+                entry = grouped[ev.layer] = ([], [])
+            entry[0].append(sig)
+            entry[1].append(item)
+        self._trace.clear()
+        for name, (sigs, items) in grouped.items():
+            self._price(self.layers[name], tuple(sigs), items)
         return list(self.layers.values())
 
-    @staticmethod
-    def _energy(energies: dict, machine, actions: dict) -> float:
-        key = tuple(sorted(actions.items()))
-        value = energies.get(key)
-        if value is None:
-            value = energies[key] = float(machine.energy_pj(actions))
-        return value
+    def _price(self, lc, sig: tuple, items: list) -> None:
+        sums, machine = self.model.sums, self.model.machine
+        entry = sums.get(sig)
+        if entry is None:  # the CostListener's own summation, in the same order
+            part = LayerCost(lc.name, lc.kind)
+            for item in items:
+                part.add(self.loop_cost(*item) if isinstance(item, _PricedLoop)
+                         else self.model.instr_cost(item))
+            entry = sums[sig] = (part, float(machine.energy_pj(part.actions)),
+                                 float(machine.energy_pj(part.setup_actions)))
+        part = entry[0]
+        lc.cycles, lc.setup_cycles = part.cycles, part.setup_cycles
+        lc.actions, lc.setup_actions = dict(part.actions), dict(part.setup_actions)
+        lc.energy_pj, lc.setup_energy_pj = entry[1], entry[2]
+        attention = lc.kind == "attention"
+        for item in items:
+            if isinstance(item, _PricedLoop):
+                self._count_loop(lc, item[0])
+            elif attention:
+                self._count_instr(lc, item)
+
+
+class _PricedLoop(NamedTuple):
+    event: LoopEvent
+    weight: str | None
+    fresh: bool  # its weight is loaded for the first time in this run: setup counts
+
+
+def _signature(ev) -> tuple:
+    """What an instruction's cost depends on: its mnemonic and sizes (never buffer names)."""
+    name = getattr(ev.instr, "mnemonic", None)  # flowc.isa instructions: a class attribute
+    return (name if isinstance(name, str) else mnemonic(ev.instr),) + ev[2:]
 
 
 def simulate(image: Image, inputs: Sequence[np.ndarray], numerics: str = "int8",

@@ -3,6 +3,8 @@ their closed-form costs, memoised accounting and the logits check."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -124,8 +126,16 @@ v.rsqrt dst=%r src=%p"""
         np.testing.assert_allclose(r, 1 / np.sqrt(x ** 3), rtol=1e-6)
 
 
+MACHINE_VARIANTS = {"streamed": {}, "resident": {"residency": "resident"},
+                    "row-shared": {"pair_select": "row-shared"}}
+
+
+@pytest.mark.parametrize("variant", sorted(MACHINE_VARIANTS))
 @pytest.mark.parametrize("source", ["block", "tiny-llama"])
-def test_memoised_costs_equal_plain_costs(compiled, source):
+def test_memoised_costs_equal_plain_costs(compiled, source, variant):
+    """FastCostListener (deferred, priced once per layer signature, memo shared across runs)
+    gives the plain CostListener's report field for field: setup once per weight (resident),
+    exact per-tile pair passes (row-shared), MACs and tokens per layer."""
     if source == "block":
         image = compiled("block", (2, 4))
     else:
@@ -134,16 +144,24 @@ def test_memoised_costs_equal_plain_costs(compiled, source):
 
         cap = load_hf("hf:tiny-llama", seq_len=8, calib_batches=1)
         image = compile_captured(cap, CompileOptions(nm=(2, 4)), progress=None)
-    model = CostModel(MACHINE)
+    model = CostModel(replace(MACHINE, **MACHINE_VARIANTS[variant]))
+    shared = MemoCostModel(model)
     reports = []
     for listener in (CostListener(model, image.layers, image.tensors),
                      CostListener(MemoCostModel(model), image.layers, image.tensors),
-                     FastCostListener(model, image.layers, image.tensors)):
+                     FastCostListener(model, image.layers, image.tensors),
+                     FastCostListener(shared, image.layers, image.tensors),
+                     FastCostListener(shared, image.layers, image.tensors)):  # warm memo
         Interpreter(image, listeners=[listener]).run(list(image.samples))
-        reports.append([(lc.name, lc.kind, lc.cycles, lc.macs, lc.setup_cycles,
-                         {k: round(v, 6) for k, v in lc.actions.items()},
-                         round(lc.energy_pj, 6)) for lc in listener.finish()])
-    assert reports[0] == reports[1] == reports[2]
+        reports.append([(lc.name, lc.kind, lc.cycles, lc.macs, lc.kept_macs, lc.tokens,
+                         lc.setup_cycles, {k: round(v, 6) for k, v in lc.actions.items()},
+                         {k: round(v, 6) for k, v in lc.setup_actions.items()},
+                         round(lc.energy_pj, 6), round(lc.setup_energy_pj, 6))
+                        for lc in listener.finish()])
+    assert all(r == reports[0] for r in reports[1:])
+    assert sum(row[2] for row in reports[0]) > 0
+    if variant == "resident":  # setup is counted, and only once per weight
+        assert sum(row[6] for row in reports[0]) > 0
 
 
 def test_logits_check_uses_top1_agreement():
