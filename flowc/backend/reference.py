@@ -92,6 +92,12 @@ def materialise(image: Image) -> bytes:
     if image.reference_onnx is None:
         raise ImageError("this .fcim carries no reference model")
     model = onnx.load_from_string(image.reference_onnx)
+    changed = rebuild_recipes(image, model)
+    return model.SerializeToString() if changed else image.reference_onnx
+
+
+def rebuild_recipes(image: Image, model: onnx.ModelProto) -> bool:
+    """Replace every recipe initialiser of `model` by its bytes, in place; True if any."""
     cache: dict[str, np.ndarray] = {}
     changed = False
     for init in model.graph.initializer:
@@ -106,7 +112,7 @@ def materialise(image: Image) -> bytes:
         init.ClearField("data_location")  # as exported: the rebuilt model is byte-identical
         init.raw_data = np.ascontiguousarray(arr, dtype=np.float32).tobytes()
         changed = True
-    return model.SerializeToString() if changed else image.reference_onnx
+    return changed
 
 
 def _rebuild(image: Image, recipe: dict, cache: dict[str, np.ndarray]) -> np.ndarray:

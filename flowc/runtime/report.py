@@ -212,13 +212,33 @@ class RunReport:
         if self.check is None:
             lines.append("check: skipped (--no-check or no reference in the .fcim)")
         else:
-            c = self.check.to_dict()
-            verdict = "PASSED" if c["passed"] else "FAILED"
-            lines.append(f"check vs onnxruntime: {verdict}  max_abs_error {c['max_abs_error']:.3g}, "
-                         f"cosine {c['cosine']:.6f}  [{c['criterion']}]")
+            lines.append(_check_line("check vs onnxruntime", self.check))
+            if self.check.fidelity is not None:
+                lines.append(_check_line("  and vs the fp32 reference (cost of int8)",
+                                         self.check.fidelity))
         for k, v in self.extra.get("notes", {}).items():
             lines.append(f"{k}: {v}")
         return "\n".join(lines)
+
+
+def _check_line(title: str, check: CheckResult) -> str:
+    ok = all(o.passed for o in check.outputs)
+    model = {"int8": "int8 reference, same quantisation", "fp32": "fp32 reference"}
+    top1 = check.top1_agreement
+    return (f"{title}: {'PASSED' if ok else 'FAILED'}  max_abs_error {check.max_abs_error:.3g}, "
+            f"cosine {min(o.cosine for o in check.outputs):.6f}"
+            + (f", top-1 {top1:.4f}" if top1 is not None else "")
+            + _floor_text(check)
+            + f"  [{model.get(check.reference, check.reference)}: {check.criterion}]")
+
+
+def _floor_text(check: CheckResult) -> str:
+    floors = [o for o in check.outputs if o.floor_cosine is not None]
+    if not floors:
+        return ""
+    worst = min(floors, key=lambda o: o.floor_cosine)
+    top1 = f", top-1 {worst.floor_top1:.4f}" if worst.floor_top1 is not None else ""
+    return f"; noise floor (ORT int8 vs ORT fp32): cosine {worst.floor_cosine:.6f}{top1}"
 
 
 def _si(n: int) -> str:

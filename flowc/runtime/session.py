@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -12,8 +13,9 @@ import numpy as np
 
 from flowc.backend.image import Image
 from flowc.backend.reference import materialise
+from flowc.backend.reference_int8 import int8_reference
 from flowc.errors import UsageError
-from flowc.runtime.check import compare, run_reference
+from flowc.runtime.check import CheckResult, compare, run_reference
 from flowc.runtime.cost import mnemonic
 from flowc.runtime.events import LoopEvent
 from flowc.runtime.interpreter import Interpreter, check_inputs
@@ -188,36 +190,64 @@ def simulate(image: Image, inputs: Sequence[np.ndarray], numerics: str = "int8",
 
 
 def check_outputs(image: Image, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
-                  numerics: str):
+                  numerics: str) -> CheckResult | None:
+    """The ORT verdict on `outputs` (None if the .fcim has no reference model)."""
     if image.reference_onnx is None:
         return None
-    ref = run_reference(materialise(image), inputs)
-    return compare([o.name for o in image.outputs], outputs, ref, numerics)
+    return check_against_references(image, inputs, outputs, numerics)[0]
 
 
-def next_tokens(image: Image, inputs: Sequence[np.ndarray], sim: np.ndarray, ref: np.ndarray,
-                last: int = 8) -> list[dict]:
-    """The simulator's and ORT's next-token prediction at the last `last` positions of the
-    first sequence, decoded with the vocabulary the .fcim carries."""
+def check_against_references(image: Image, inputs: Sequence[np.ndarray],
+                             outputs: Sequence[np.ndarray], numerics: str
+                             ) -> tuple[CheckResult, dict[str, list[np.ndarray]]]:
+    """Run the reference model(s) in ORT and judge `outputs` (flowc.runtime.check).
+
+    fp32 numerics: the fp32 reference. int8: the int8 reference (the simulator's quantisation
+    applied by ORT) gives the verdict, the fp32 reference the fidelity (quantisation cost).
+    Returns the result and ORT's outputs per reference ("fp32", and "int8" for int8 runs).
+    """
+    names = [o.name for o in image.outputs]
+    fp32_onnx = materialise(image)
+    refs = {"fp32": run_reference(fp32_onnx, inputs)}
+    if numerics == "fp32":
+        return compare(names, outputs, refs["fp32"], "fp32"), refs
+    refs["int8"] = run_reference(int8_reference(image), inputs)
+    same = compare(names, outputs, refs["int8"], "int8", reference="int8", floor=refs["fp32"])
+    fidelity = compare(names, outputs, refs["fp32"], "int8", reference="fp32")
+    return replace(same, fidelity=fidelity), refs
+
+
+def next_tokens(image: Image, inputs: Sequence[np.ndarray], sim: np.ndarray,
+                refs: dict[str, np.ndarray], last: int = 8) -> list[dict]:
+    """The simulator's and ORT's next-token predictions (one per reference model, e.g.
+    {"int8": ..., "fp32": ...}) at the last `last` positions of the first sequence, decoded
+    with the vocabulary the .fcim carries. `same`: flowrun equals the first reference."""
     vocab = image.vocab
     ids = np.asarray(inputs[0]).reshape(-1, np.asarray(inputs[0]).shape[-1])[0]
-    s_arg = sim.reshape(-1, sim.shape[-2], sim.shape[-1])[0].argmax(-1)
-    r_arg = ref.reshape(-1, ref.shape[-2], ref.shape[-1])[0].argmax(-1)
+
+    def first_argmax(x: np.ndarray) -> np.ndarray:
+        return x.reshape(-1, x.shape[-2], x.shape[-1])[0].argmax(-1)
 
     def text(i: int) -> str:
         return vocab[i] if 0 <= i < len(vocab) else f"<{i}>"
 
+    s_arg = first_argmax(sim)
+    r_args = {k: first_argmax(v) for k, v in refs.items()}
+    first = next(iter(r_args.values()))
     return [{"position": int(p), "input": text(int(ids[p])), "flowrun": text(int(s_arg[p])),
-             "onnxruntime": text(int(r_arg[p])), "same": bool(s_arg[p] == r_arg[p])}
+             **{f"onnxruntime_{k}": text(int(a[p])) for k, a in r_args.items()},
+             "same": bool(s_arg[p] == first[p])}
             for p in range(max(0, len(ids) - last), len(ids))]
 
 
 def _token_table(rows: list[dict]) -> str:
-    lines = [f"  {'pos':>4}  {'input':<14} {'flowrun next':<16} {'ORT next':<16}"]
+    refs = [k for k in rows[0] if k.startswith("onnxruntime_")] if rows else []
+    heads = "".join(f"{'ORT ' + k.removeprefix('onnxruntime_') + ' next':<18}" for k in refs)
+    lines = [f"  {'pos':>4}  {'input':<14} {'flowrun next':<16} {heads}"]
     for r in rows:
         mark = "" if r["same"] else "  <- differs"
-        lines.append(f"  {r['position']:>4}  {r['input']!r:<14} {r['flowrun']!r:<16} "
-                     f"{r['onnxruntime']!r:<16}{mark}")
+        cells = "".join(f"{r[k]!r:<18}" for k in refs)
+        lines.append(f"  {r['position']:>4}  {r['input']!r:<14} {r['flowrun']!r:<16} {cells}{mark}")
     return "\n" + "\n".join(lines)
 
 
@@ -237,26 +267,38 @@ def run_image_file(path: str, inputs: Sequence[str] | None = None, numerics: str
     outputs, report = simulate(image, arrays, numerics=numerics, mode=mode)
     report.file = str(path)
     if check and image.reference_onnx is not None:
-        say("running the reference model in onnxruntime ...")
+        say("running the reference model in onnxruntime"
+            + (" (fp32, and int8 with the simulator's quantisation) ..." if numerics == "int8"
+               else " ..."))
         t0 = time.perf_counter()
-        ref = run_reference(materialise(image), arrays)
-        report.check = compare([o.name for o in image.outputs], outputs, ref, numerics)
+        report.check, refs = check_against_references(image, arrays, outputs, numerics)
         report.check_seconds = time.perf_counter() - t0
-        _language_notes(image, arrays, outputs, ref, report)
+        _language_notes(image, arrays, outputs, refs, report)
     return report
 
 
-def _language_notes(image: Image, arrays, outputs, ref, report: RunReport) -> None:
+def _language_notes(image: Image, arrays, outputs, refs: dict, report: RunReport) -> None:
     """Top-1 agreement and the next-token table of a language model, as report notes."""
     names = [o.name for o in image.outputs]
     if "logits" not in names or report.check is None:
         return
     i = names.index("logits")
-    out = next(o for o in report.check.outputs if o.name == "logits")
     notes = report.extra.setdefault("notes", {})
-    notes["top-1 next-token agreement with onnxruntime"] = (
-        f"{out.top1_agreement:.4f} over {out.positions} positions (cosine {out.cosine:.6f})")
+    checks = [report.check] + ([report.check.fidelity] if report.check.fidelity else [])
+    for res in checks:
+        out = next(o for o in res.outputs if o.name == "logits")
+        notes[f"top-1 next-token agreement with onnxruntime ({_REFERENCE_TEXT[res.reference]})"] = (
+            f"{out.top1_agreement:.4f} over {out.positions} positions (cosine {out.cosine:.6f})")
+        if out.logit_noise is not None:
+            agree = "-" if out.decided_top1 is None else f"{out.decided_top1:.4f}"
+            notes["  at decided positions (fp32 top-1 margin > 2 x int8 logit noise "
+                  f"{out.logit_noise:.3f})"] = f"{agree} over {out.decided_positions} positions"
     if image.vocab:
-        rows = next_tokens(image, arrays, outputs[i], ref[i])
+        order = [r.reference for r in checks]  # the verdict's reference first
+        rows = next_tokens(image, arrays, outputs[i], {k: refs[k][i] for k in order})
         report.extra["next_tokens"] = rows
         notes[f"next token at the last {len(rows)} positions"] = _token_table(rows)
+
+
+_REFERENCE_TEXT = {"int8": "int8 reference: same quantisation",
+                   "fp32": "fp32 reference: the cost of int8"}

@@ -45,6 +45,10 @@ def test_tiny_architecture_passes_the_ort_check(tiny_images, arch):
         assert check.passed, (arch, numerics, check.to_dict())
         if numerics == "fp32":
             assert check.max_abs_error <= 1e-4 * check.outputs[0].max_abs_reference
+        else:  # two blocks are shallow: ORT's int8 execution equals the simulator's to ~1e-7
+            assert check.reference == "int8" and check.fidelity.reference == "fp32"
+            assert check.max_abs_error <= 2e-6 * check.outputs[0].max_abs_reference
+            assert check.fidelity.max_abs_error > 100 * check.max_abs_error
     attention = [lc for lc in report.layers if lc.kind == "attention"]
     assert len(attention) == 4 and all(lc.cycles > 0 and lc.energy_pj > 0 for lc in attention)
     # Q K^T of one head: T x d times d x T = SEQ * 16 * SEQ MACs per head, 4 heads
@@ -105,7 +109,8 @@ def test_cli_compiles_hf_source_and_flowrun_reports_agreement(tmp_path, capsys):
     report = tmp_path / "r.json"
     assert flowrun_main([str(out), "--json", str(report), "-q"]) == 0
     data = json.loads(report.read_text())
-    assert data["check"]["passed"] and data["check"]["top1_agreement"] >= 0.5
+    assert data["check"]["passed"] and data["check"]["top1_agreement"] == 1.0  # vs ORT int8
+    assert data["check"]["fidelity"]["top1_agreement"] >= 0.5  # vs the fp32 model
     kinds = {layer["kind"] for layer in data["layers"]}
     assert "attention" in kinds
     att = next(layer for layer in data["layers"] if layer["kind"] == "attention")

@@ -12,7 +12,7 @@ from flowc import isa
 from flowc.backend.image import Image, IOSpec, LayerInfo
 from flowc.backend.pack import geometry_for, pack
 from flowc.machine import load_machine
-from flowc.runtime.check import compare, top1_agreement
+from flowc.runtime.check import compare, cosine, top1_agreement
 from flowc.runtime.cost import CostModel
 from flowc.runtime.events import ExecEvent
 from flowc.runtime.interpreter import Interpreter, exact_int_matmul, int8_matmul
@@ -162,6 +162,37 @@ def test_memoised_costs_equal_plain_costs(compiled, source, variant):
     assert sum(row[2] for row in reports[0]) > 0
     if variant == "resident":  # setup is counted, and only once per weight
         assert sum(row[6] for row in reports[0]) > 0
+
+
+def test_int8_reference_check_is_relative_to_the_noise_floor():
+    """vs the int8 reference: a simulator as close to it as ORT's int8 is to the fp32 model
+    passes; one equal to it passes; a wrong lowering (shifted vocabulary) fails however
+    noisy int8 is; the fidelity comparison is part of the verdict."""
+    rng = np.random.default_rng(5)
+    fp32 = rng.standard_normal((1, 64, 40)).astype(np.float32)
+    int8 = fp32 + 0.05 * rng.standard_normal(fp32.shape).astype(np.float32)  # ORT int8
+    sim = fp32 + 0.05 * rng.standard_normal(fp32.shape).astype(np.float32)  # another draw
+    res = compare(["logits"], [sim], [int8], "int8", reference="int8", floor=[fp32])
+    out = res.outputs[0]
+    assert res.passed and res.reference == "int8"
+    assert out.floor_cosine == pytest.approx(float(cosine(int8, fp32)))
+    assert out.floor_top1 == top1_agreement(int8, fp32) < 1.0
+    assert 1 - out.cosine > 1 - out.floor_cosine  # two draws differ more than one from fp32
+    assert compare(["logits"], [int8], [int8], "int8", "int8", floor=[fp32]).outputs[0].cosine \
+        == pytest.approx(1.0)
+    bad = compare(["logits"], [np.roll(int8, 1, axis=-1)], [int8], "int8", "int8", floor=[fp32])
+    assert not bad.passed and "floor" in bad.criterion
+    # decided positions: fp32 margin > 2 x the int8 logit noise; there a wrong lowering shows
+    assert out.logit_noise == pytest.approx(float(np.std(int8.astype(np.float64) - fp32)))
+    assert out.decided_positions > 10 and out.decided_top1 >= 0.9
+    assert bad.outputs[0].decided_positions == out.decided_positions
+    assert bad.outputs[0].decided_top1 < 0.2
+    d = res.to_dict()["outputs"][0]
+    assert d["noise_floor"]["top1_agreement"] == out.floor_top1
+    with pytest.raises(ValueError, match="floor"):
+        compare(["logits"], [sim], [int8], "int8", reference="int8")
+    failed_fidelity = compare(["logits"], [np.roll(int8, 1, axis=-1)], [fp32], "int8")
+    assert res.passed and not replace(res, fidelity=failed_fidelity).passed
 
 
 def test_logits_check_uses_top1_agreement():
