@@ -113,7 +113,7 @@ class FastCostListener(CostListener):
         grouped: dict[str, tuple[list, list]] = {}
         exact = self.tensors is not None and self.model.machine.pair_select == "row-shared"
         for ev in self._trace:
-            if isinstance(ev, LoopEvent):
+            if type(ev) is LoopEvent:
                 weight = loop_weight(ev)
                 fresh = weight is None or weight not in self.loaded
                 if weight is not None:
