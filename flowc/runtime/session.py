@@ -112,23 +112,27 @@ class FastCostListener(CostListener):
     def finish(self) -> list:
         grouped: dict[str, tuple[list, list]] = {}
         exact = self.tensors is not None and self.model.machine.pair_select == "row-shared"
+        loaded, signature = self.loaded, _signature
+        layer, sigs, items = None, [], []  # consecutive events mostly share their layer
         for ev in self._trace:
+            if ev.layer != layer:
+                layer = ev.layer
+                entry = grouped.get(layer)
+                if entry is None:
+                    self._layer(layer)  # layers keep the order of their first event
+                    entry = grouped[layer] = ([], [])
+                sigs, items = entry
             if type(ev) is LoopEvent:
                 weight = loop_weight(ev)
-                fresh = weight is None or weight not in self.loaded
+                fresh = weight is None or weight not in loaded
                 if weight is not None:
-                    self.loaded.add(weight)
-                sig = ("loop", ev.n_tiles, ev.k_tiles, fresh, weight if exact else None,
-                       tuple(_signature(b) for b in ev.body))
-                item = _PricedLoop(ev, weight, fresh)
+                    loaded.add(weight)
+                sigs.append(("loop", ev.n_tiles, ev.k_tiles, fresh, weight if exact else None,
+                             tuple([signature(b) for b in ev.body])))
+                items.append(_PricedLoop(ev, weight, fresh))
             else:
-                sig, item = _signature(ev), ev
-            entry = grouped.get(ev.layer)
-            if entry is None:
-                self._layer(ev.layer)  # layers keep the order of their first event
-                entry = grouped[ev.layer] = ([], [])
-            entry[0].append(sig)
-            entry[1].append(item)
+                sigs.append(signature(ev))
+                items.append(ev)
         self._trace.clear()
         for name, (sigs, items) in grouped.items():
             self._price(self.layers[name], tuple(sigs), items)

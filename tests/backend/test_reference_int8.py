@@ -5,7 +5,6 @@ differs from the fp32 reference by the quantisation error, and refuses what it c
 from __future__ import annotations
 
 import collections
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -19,7 +18,7 @@ from flowc.backend.reference_int8 import int8_reference
 from flowc.compiler import CompileOptions, compile_captured
 from flowc.errors import ImageError
 from flowc.frontend.load import capture, load_hf
-from flowc.runtime.check import cosine, run_reference, top1_agreement
+from flowc.runtime.check import run_reference, top1_agreement
 from flowc.runtime.session import simulate
 from flowc.runtime.vector import quantise_per_token
 
@@ -28,7 +27,6 @@ from flowc.runtime.vector import quantise_per_token
 SIM_RTOL = 2e-6
 # measured: the int8 reference differs from the fp32 one by 5e-3 ... 1e-2 of max |ref|
 QUANT_MIN_RTOL = 1e-3
-SMOLLM2 = Path(__file__).resolve().parents[2] / "out" / "smollm2-135m.fcim"
 
 
 @pytest.fixture(scope="module")
@@ -175,28 +173,6 @@ def test_a_packed_weight_read_by_another_op_is_refused(compiled):
 
     with pytest.raises(ImageError, match="packed weight fc1 feeds node peek"):
         int8_reference(image, edited(image, extra_reader))
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not SMOLLM2.exists(), reason=f"{SMOLLM2} not built")
-def test_smollm2_int8_reference_is_complete_and_at_the_noise_level():
-    """SmolLM2 (30 blocks): every CiM GEMM is an integer matmul; sim vs int8 reference agree
-    only to int8 noise (measured cosine 0.9923, top-1 0.45), not to 1e-6: a 1-ulp difference
-    in an fp32 op (RMSNorm's reduction order) flips a rounding, a flip is a full quantisation
-    step, and 30 blocks spread it (the simulator against itself with a numpy RMSNorm: cosine
-    0.9970, top-1 0.66; the same change in fp32 numerics: 2.4e-6)."""
-    from flowc.backend.container import load
-
-    image = load(SMOLLM2)
-    samples = list(image.samples)
-    model = int8_reference(image)
-    counts = op_counts(model)
-    mnemonics = collections.Counter(i.mnemonic for i in image.program.instructions)
-    assert counts["MatMulInteger"] == mnemonics["loop.tiles"] + mnemonics["mm.act"]
-    assert counts["MatMul"] == counts["Gemm"] == 0
-    ref8 = run_reference(model, samples)[0]
-    sim = simulate(image, samples, numerics="int8", account=False)[0][0]
-    assert cosine(sim, ref8) >= 0.98
 
 
 def test_from_recipes_equals_from_the_materialised_model(tiny):

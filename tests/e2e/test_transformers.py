@@ -3,12 +3,15 @@ SmolLM2 (slow) at 2:4 with int8 agreement and the fp32 1e-4 bound."""
 
 from __future__ import annotations
 
+import collections
 import json
 
 import numpy as np
+import onnx
 import pytest
 
 from flowc.backend import container
+from flowc.backend.reference_int8 import int8_reference
 from flowc.cli import flowrun_main
 from flowc.cli import main as flowc_main
 from flowc.compiler import CompileOptions, compile_captured
@@ -150,6 +153,12 @@ def test_smollm2_at_2_4_end_to_end(tmp_path):
     # int8 noise) the simulator must agree with it
     logits = check.outputs[0]
     assert check.reference == "int8" and check.fidelity.passed
+    # the int8 reference quantises every CiM GEMM: no float MatMul or Gemm is left over
+    ops = collections.Counter(n.op_type for n in onnx.load_from_string(
+        int8_reference(image)).graph.node)
+    mnemonics = collections.Counter(i.mnemonic for i in image.program.instructions)
+    assert ops["MatMulInteger"] == mnemonics["loop.tiles"] + mnemonics["mm.act"]
+    assert ops["MatMul"] == ops["Gemm"] == 0
     assert logits.decided_positions == 0 or logits.decided_top1 >= 0.95, check.to_dict()
     assert sum(lc.macs for lc in report.layers if lc.kind == "attention") == \
         30 * 2 * 9 * 64 * 64 * 64
