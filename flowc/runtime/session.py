@@ -291,7 +291,8 @@ def _language_notes(image: Image, arrays, outputs, refs: dict, report: RunReport
     checks = [report.check] + ([report.check.fidelity] if report.check.fidelity else [])
     for res in checks:
         out = next(o for o in res.outputs if o.name == "logits")
-        notes[f"top-1 next-token agreement with onnxruntime ({_REFERENCE_TEXT[res.reference]})"] = (
+        label = _REFERENCE_TEXT[res.reference] if res.numerics == "int8" else "fp32 reference"
+        notes[f"top-1 next-token agreement with onnxruntime ({label})"] = (
             f"{out.top1_agreement:.4f} over {out.positions} positions (cosine {out.cosine:.6f})")
         if out.logit_noise is not None:
             agree = "-" if out.decided_top1 is None else f"{out.decided_top1:.4f}"

@@ -114,6 +114,12 @@ def test_cli_compiles_hf_source_and_flowrun_reports_agreement(tmp_path, capsys):
     data = json.loads(report.read_text())
     assert data["check"]["passed"] and data["check"]["top1_agreement"] == 1.0  # vs ORT int8
     assert data["check"]["fidelity"]["top1_agreement"] >= 0.5  # vs the fp32 model
+    notes = data["notes"]
+    assert any("int8 reference" in k for k in notes) and any("cost of int8" in k for k in notes)
+    assert flowrun_main([str(out), "--numerics", "fp32", "--json", str(report), "-q"]) == 0
+    notes = json.loads(report.read_text())["notes"]
+    assert [k for k in notes if "agreement" in k] == [
+        "top-1 next-token agreement with onnxruntime (fp32 reference)"]
     kinds = {layer["kind"] for layer in data["layers"]}
     assert "attention" in kinds
     att = next(layer for layer in data["layers"] if layer["kind"] == "attention")
