@@ -11,8 +11,9 @@ same decompressed weights), and ORT running the embedded reference model on the 
 with 1 and with 2 intra-op threads (spinning off, as in check.ort_session; the faster is the
 baseline). The order rotates every round. Every timed run is one full inference after a
 warm-up run (the decompressed weights and ORT's arenas are built once, like a loaded model).
-Prints medians, the flowrun/ORT ratio, the accounting overhead (also the pricing time in
-finish() alone, which is free of run-to-run noise) and the .fcim size ratio.
+Prints medians, the flowrun/ORT ratio, the accounting overhead three ways (wall-time ratio of
+medians, median paired difference, and the main thread's added CPU time, which other
+processes cannot inflate; plus the pricing time in finish() alone) and the .fcim size ratio.
 """
 
 from __future__ import annotations
@@ -89,15 +90,17 @@ def main() -> None:
     print("[bench] warm-up ...", file=sys.stderr, flush=True)
     outs = {k: fn() for k, fn in runs.items()}
     times: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}  # this thread's CPU time per run
     order = list(runs)
     for i in range(args.repeat):
         print(f"[bench] round {i + 1}/{args.repeat}", file=sys.stderr, flush=True)
         # rotate the order every round: whatever runs right after ORT (whose threads have just
         # flushed the caches) is slower, and that must not always be the same contender
         for k in order[i % len(order):] + order[: i % len(order)]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             runs[k]()
             times[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.thread_time() - c0)
     med = {k: statistics.median(v) for k, v in times.items()}
     tokens = samples[0].shape[-1]
     print(f"SmolLM2-135M {path.name}, {tokens}-token prompt, {args.repeat} alternating runs, "
@@ -113,10 +116,14 @@ def main() -> None:
         paired = statistics.median(a - f for a, f in zip(times[key], times["flowrun (functional)"],
                                                           strict=True))
         finish = statistics.median(pricing[label.startswith("cold")])
+        # accounting is serial Python on this thread: the CPU time it adds is what it adds to
+        # the wall time, and CPU time does not advance while another process has the core
+        added = statistics.median(cpu[key]) - statistics.median(cpu["flowrun (functional)"])
         print(f"accounting overhead, {label}: {100 * over:+.1f} % (ratio of medians), "
               f"{100 * paired / med['flowrun (functional)']:+.1f} % (median paired difference); "
               f"of which pricing in finish() {finish * 1e3:.1f} ms "
-              f"= {100 * finish / med['flowrun (functional)']:.1f} %")
+              f"= {100 * finish / med['flowrun (functional)']:.1f} %; main-thread CPU time "
+              f"added {added * 1e3:.1f} ms = {100 * added / med['flowrun (functional)']:+.1f} %")
     sizes, floor = size_report(path), image.weight_bytes()
     print(f".fcim {sizes['total'] / 1e6:.1f} MB: machine payload {sizes['machine'] / 1e6:.1f} MB "
           f"= {sizes['machine'] / floor:.3f} x int8 kept weights + metadata bits "

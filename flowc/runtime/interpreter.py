@@ -13,8 +13,10 @@ Cost accounting is done by listeners (flowc.runtime.events); handlers never coun
 
 from __future__ import annotations
 
+import gc
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -100,11 +102,12 @@ class Interpreter:
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         state = State()
         self._bind_inputs(state, inputs)
-        for step in self.steps:
-            if isinstance(step, Loop):
-                self._loop(state, step)
-            else:
-                self._step(state, step)
+        with gc_paused():
+            for step in self.steps:
+                if isinstance(step, Loop):
+                    self._loop(state, step)
+                else:
+                    self._step(state, step)
         return [state.bufs[o.buffer].astype(np.float32, copy=False) for o in self.image.outputs]
 
     def _bind_inputs(self, state: State, inputs: Sequence[np.ndarray]) -> None:
@@ -135,7 +138,12 @@ class Interpreter:
             sizes = self._loop_reference(state, loop.body, n_tiles, k_tiles)
         if self.listeners:
             tiles = n_tiles * k_tiles
-            body = tuple(ExecEvent(i, state.layer, tiles=tiles, **sizes) for i in loop.body)
+            # the body's events differ only in the instruction: build the first one, copy the
+            # rest of its fields (tuple.__new__: 0.24 us an event against 0.51 with keywords)
+            first = ExecEvent(loop.body[0], state.layer, tiles=tiles, **sizes)
+            rest = first[1:]
+            body = (first,) + tuple([tuple.__new__(ExecEvent, (i,) + rest)
+                                     for i in loop.body[1:]])
             ev = LoopEvent(loop.instr, state.layer, n_tiles, k_tiles, body)
             for lis in self.listeners:
                 lis.on_loop(ev)
@@ -192,6 +200,26 @@ class Interpreter:
         y = matmul32(x2, wt[:k]) if self.numerics == "fp32" else int8_matmul(x2, wt[:k])
         dst += y.reshape(dst.shape).astype(dst.dtype, copy=False)
         return self._macro_sizes(state, mac)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a bounded computation.
+
+    A run allocates thousands of small objects (events for the listeners) and no reference
+    cycles (reference counting frees everything). The allocations alone trigger collections,
+    and with torch loaded the heap holds ~190k tracked objects: a full collection takes ~80 ms
+    here, and the occasional one landed inside a run (measured: recording SmolLM2's events
+    cost 5.9 ms per run with the collector on, 1.5 ms with it paused).
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def check_inputs(image: Image, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

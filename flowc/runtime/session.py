@@ -18,7 +18,7 @@ from flowc.errors import UsageError
 from flowc.runtime.check import CheckResult, compare, run_reference
 from flowc.runtime.cost import mnemonic
 from flowc.runtime.events import LoopEvent
-from flowc.runtime.interpreter import Interpreter, check_inputs
+from flowc.runtime.interpreter import Interpreter, check_inputs, gc_paused
 from flowc.runtime.report import CostListener, LayerCost, RunReport, loop_weight
 
 
@@ -110,6 +110,10 @@ class FastCostListener(CostListener):
         self.on_instr = self.on_loop = self._trace.append  # type: ignore[method-assign]
 
     def finish(self) -> list:
+        with gc_paused():  # thousands of small allocations, no cycles (see gc_paused)
+            return self._finish()
+
+    def _finish(self) -> list:
         grouped: dict[str, tuple[list, list]] = {}
         exact = self.tensors is not None and self.model.machine.pair_select == "row-shared"
         loaded, signature = self.loaded, _signature
