@@ -59,7 +59,10 @@ def int8_reference(image: Image, fp32_onnx: bytes | None = None) -> bytes:
             raise ImageError("this .fcim carries no reference model")
         fp32_onnx = image.reference_onnx
     model = onnx.load_from_string(fp32_onnx)
-    _Rewriter(image, model).run()
+    # a materialised model has lost its recipes: look them up in the image's graph (parsed
+    # once more); the image's own graph carries them on its initialisers
+    recipes = {} if fp32_onnx is image.reference_onnx else _recipes(image)
+    _Rewriter(image, model, recipes).run()
     rebuild_recipes(image, model)
     return model.SerializeToString()
 
@@ -76,10 +79,11 @@ def _recipes(image: Image) -> dict[str, tuple[dict, tuple[int, ...]]]:
 class _Rewriter:
     """One rewrite of `model.graph` in place: nodes replaced in order, new initialisers."""
 
-    def __init__(self, image: Image, model: onnx.ModelProto) -> None:
+    def __init__(self, image: Image, model: onnx.ModelProto,
+                 recipes: dict[str, tuple[dict, tuple[int, ...]]]) -> None:
         self.image = image
         self.graph = model.graph
-        self.recipes = _recipes(image)
+        self.recipes = recipes
         self.inits = {t.name: t for t in self.graph.initializer}
         self.consts = {n.output[0]: n for n in self.graph.node if n.op_type == "Constant"}
         self.nodes: list[onnx.NodeProto] = []

@@ -101,6 +101,13 @@ class CheckResult:
         return max(o.max_abs_error for o in self.outputs)
 
     @property
+    def label(self) -> str:
+        """What the reference model is, for reports."""
+        if self.reference == "int8":
+            return "int8 reference: same quantisation"
+        return "fp32 reference: the cost of int8" if self.numerics == "int8" else "fp32 reference"
+
+    @property
     def top1_agreement(self) -> float | None:
         values = [o.top1_agreement for o in self.outputs if o.top1_agreement is not None]
         return min(values) if values else None

@@ -223,13 +223,12 @@ class RunReport:
 
 def _check_line(title: str, check: CheckResult) -> str:
     ok = all(o.passed for o in check.outputs)
-    model = {"int8": "int8 reference, same quantisation", "fp32": "fp32 reference"}
     top1 = check.top1_agreement
     return (f"{title}: {'PASSED' if ok else 'FAILED'}  max_abs_error {check.max_abs_error:.3g}, "
             f"cosine {min(o.cosine for o in check.outputs):.6f}"
             + (f", top-1 {top1:.4f}" if top1 is not None else "")
             + _floor_text(check)
-            + f"  [{model.get(check.reference, check.reference)}: {check.criterion}]")
+            + f"  [{check.label}; {check.criterion}]")
 
 
 def _floor_text(check: CheckResult) -> str:

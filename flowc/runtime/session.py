@@ -295,8 +295,7 @@ def _language_notes(image: Image, arrays, outputs, refs: dict, report: RunReport
     checks = [report.check] + ([report.check.fidelity] if report.check.fidelity else [])
     for res in checks:
         out = next(o for o in res.outputs if o.name == "logits")
-        label = _REFERENCE_TEXT[res.reference] if res.numerics == "int8" else "fp32 reference"
-        notes[f"top-1 next-token agreement with onnxruntime ({label})"] = (
+        notes[f"top-1 next-token agreement with onnxruntime ({res.label})"] = (
             f"{out.top1_agreement:.4f} over {out.positions} positions (cosine {out.cosine:.6f})")
         if out.logit_noise is not None:
             agree = "-" if out.decided_top1 is None else f"{out.decided_top1:.4f}"
@@ -307,7 +306,3 @@ def _language_notes(image: Image, arrays, outputs, refs: dict, report: RunReport
         rows = next_tokens(image, arrays, outputs[i], {k: refs[k][i] for k in order})
         report.extra["next_tokens"] = rows
         notes[f"next token at the last {len(rows)} positions"] = _token_table(rows)
-
-
-_REFERENCE_TEXT = {"int8": "int8 reference: same quantisation",
-                   "fp32": "fp32 reference: the cost of int8"}
