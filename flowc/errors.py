@@ -43,3 +43,10 @@ class ExecutionError(FlowcError):
 
 class CheckFailed(FlowcError):
     exit_code = 1
+
+
+class WorkerError(FlowcError):
+    """Parallel work failed outside the item's own code: a worker process died, or the
+    item's exception could not be sent back intact (flowc/executors.py)."""
+
+    exit_code = 70
