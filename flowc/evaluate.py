@@ -67,18 +67,12 @@ def load_lm(spec: str) -> tuple[torch.nn.Module, Any]:
 
 
 def capture_lm(model: torch.nn.Module, seq_len: int) -> fx.GraphModule:
-    """input_ids [1, seq_len] -> logits, captured and cleaned like the compiler's HF frontend
-    (constants folded, no-ops and the export guard removed)."""
-    from flowc.frontend import hf
+    """input_ids [1, seq_len] -> logits, captured and prepared exactly as `flowc compile`
+    prepares a model (frontend.load.capture: torch.export + prepare_graph)."""
+    from flowc.frontend.load import capture
 
-    _, gm = hf.capture_causal_lm(model, torch.zeros(1, seq_len, dtype=torch.long))
-    hf.fold_constants(gm)
-    hf.strip_noops(gm)
-    for node in list(gm.graph.nodes):
-        if node.op == "call_module" and node.target == "_guards_fn" and not node.users:
-            gm.graph.erase_node(node)
-    gm.recompile()
-    return gm
+    ids = torch.zeros(1, seq_len, dtype=torch.long)
+    return capture(model, (ids,), source="eval", output_names=("logits",)).gm
 
 
 # ---------------------------------------------------------------------------------------------

@@ -207,15 +207,18 @@ def explain_export_failure(model: nn.Module, exc: BaseException) -> str:
     return f"torch.export failed on {type(model).__name__}: {what}: {first[:200]}{detail}"
 
 
+def _export_ep(wrapper: _Wrapper, *inputs: torch.Tensor) -> torch.export.ExportedProgram:
+    try:
+        with torch.no_grad():
+            return torch.export.export(wrapper, inputs, strict=False)
+    except Exception as exc:  # any export error becomes one precise line
+        raise ExportFailed(explain_export_failure(wrapper._hf, exc)) from exc
+
+
 def _export(
     wrapper: _Wrapper, input_ids: torch.Tensor
 ) -> tuple[torch.export.ExportedProgram, fx.GraphModule]:
-    model = wrapper._hf
-    try:
-        with torch.no_grad():
-            ep = torch.export.export(wrapper, (input_ids,), strict=False)
-    except Exception as exc:  # any export error becomes one precise line
-        raise ExportFailed(explain_export_failure(model, exc)) from exc
+    ep = _export_ep(wrapper, input_ids)
     gm = ep.module()
     gm.graph.eliminate_dead_code()  # e.g. BERT's pooler, computed but not returned
     gm.recompile()
@@ -240,11 +243,23 @@ def capture_encoder(
     return _export(EncoderHidden(model.eval()), input_ids)
 
 
+def is_causal_lm(model: nn.Module) -> bool:
+    """A model with a LM head (logits out) rather than an encoder (last hidden state out)."""
+    return hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None
+
+
+def export_program(model: nn.Module, input_ids: torch.Tensor) -> torch.export.ExportedProgram:
+    """The ExportedProgram of `model` as input_ids -> logits (LM) or last_hidden_state
+    (encoder); flowc's loaders prepare its graph with frontend.prepare.prepare_graph."""
+    wrapper = CausalLMLogits(model.eval()) if is_causal_lm(model) else EncoderHidden(model.eval())
+    return _export_ep(wrapper, input_ids)
+
+
 def capture(
     model: nn.Module, input_ids: torch.Tensor
 ) -> tuple[torch.export.ExportedProgram, fx.GraphModule]:
     """capture_causal_lm or capture_encoder, chosen by whether the model has a LM head."""
-    if hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None:
+    if is_causal_lm(model):
         return capture_causal_lm(model, input_ids)
     return capture_encoder(model, input_ids)
 
@@ -287,94 +302,6 @@ def core_aten(ep: torch.export.ExportedProgram, keep_linear: bool = True) -> fx.
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return gm
-
-
-def fold_constants(gm: fx.GraphModule) -> int:
-    """Evaluate, in place, every call_function node that depends on neither an input nor a
-    parameter (attention masks, RoPE cos/sin, position ids: functions of the static shape and
-    of buffers only) and store the results as buffers `_folded_<i>`. Returns the number of
-    nodes removed. Parameters are never folded into, so pruning them later stays valid.
-    """
-    params = {name for name, _ in gm.named_parameters(remove_duplicate=False)}
-    values: dict[fx.Node, object] = {}
-    for node in gm.graph.nodes:
-        if node.op == "get_attr" and node.target not in params:
-            values[node] = _fetch_attr(gm, str(node.target))
-        elif node.op == "call_function" and all(a in values for a in node.all_input_nodes):
-            args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda a: values[a])
-            values[node] = node.target(*args, **kwargs)
-    removed = 0
-    folded: list[tuple[str, torch.Tensor]] = []  # equal constants (per-layer RoPE) share one
-    calls = [n for n in reversed(gm.graph.nodes) if n.op == "call_function"]
-    for i, node in enumerate(calls):
-        if node not in values:
-            continue
-        live = [u for u in node.users if u not in values]
-        value = values[node]
-        if live and isinstance(value, torch.Tensor):
-            name = next((k for k, t in folded if _same(t, value)), f"_folded_{i}")
-            if not hasattr(gm, name):
-                gm.register_buffer(name, value.detach().clone())
-                folded.append((name, value))
-            with gm.graph.inserting_before(node):
-                node.replace_all_uses_with(gm.graph.get_attr(name))
-        if not node.users:
-            gm.graph.erase_node(node)
-            removed += 1
-    gm.graph.eliminate_dead_code()
-    gm.recompile()
-    return removed
-
-
-def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
-
-
-def _fetch_attr(gm: fx.GraphModule, target: str) -> object:
-    obj: object = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-_aten = torch.ops.aten
-_IDENTITY = {_aten.alias.default, _aten.to.dtype, _aten.to.dtype_layout,
-             _aten._to_copy.default, _aten.dropout.default}
-_CHECKS = {_aten._assert_tensor_metadata.default}
-
-
-def strip_noops(gm: fx.GraphModule) -> int:
-    """Remove value-preserving nodes in place: aliases, dtype casts to the same dtype, eval-mode
-    dropout and metadata asserts; each would otherwise need a lowering rule. contiguous/clone
-    stay: the torch graph must keep running (a later aten.view needs the contiguous copy).
-    Returns the number of nodes removed.
-    """
-    removed = 0
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function":
-            continue
-        if node.target in _CHECKS and not node.users:
-            gm.graph.erase_node(node)
-            removed += 1
-        elif node.target in _IDENTITY and _is_identity(node):
-            node.replace_all_uses_with(node.args[0])
-            gm.graph.erase_node(node)
-            removed += 1
-    gm.graph.eliminate_dead_code()
-    gm.recompile()
-    return removed
-
-
-def _is_identity(node: fx.Node) -> bool:
-    """Same dtype and shape in and out (and dropout not in training mode)."""
-    src = node.args[0]
-    if not isinstance(src, fx.Node):
-        return False
-    if node.target is _aten.dropout.default and (len(node.args) < 3 or node.args[2]):
-        return False
-    a, b = src.meta.get("val"), node.meta.get("val")
-    return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
-            and a.dtype == b.dtype and a.shape == b.shape)
 
 
 def conv1d_to_linear(model: nn.Module) -> int:

@@ -19,6 +19,11 @@ import torch
 import torch.fx
 
 from flowc.errors import ModelLoadError, UsageError
+from flowc.frontend.prepare import (  # noqa: F401  (module_path, annotate_layer_names: re-exported)
+    annotate_layer_names,
+    module_path,
+    prepare_graph,
+)
 
 LINEAR = torch.ops.aten.linear.default
 
@@ -142,62 +147,52 @@ def _torchscript_to_exported(module, inputs, path: Path) -> torch.export.Exporte
         raise ModelLoadError(f"{path}: cannot convert TorchScript to torch.export: {exc}") from exc
 
 
-def capture(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], source: str) -> Captured:
-    """torch.export (non-strict) of an eager module."""
+def capture(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], source: str = "module",
+            output_names: tuple[str, ...] | None = None) -> Captured:
+    """Capture a Python model object: torch.export (non-strict) + prepare_graph.
+
+    A Hugging Face model (a transformers PreTrainedModel) is exported through its wrapper
+    (input_ids -> logits or last_hidden_state, no KV cache) like the hf: sources.
+    """
     module = module.eval()
+    if _is_transformers_model(module):
+        from flowc.frontend import hf
+
+        if len(inputs) != 1:
+            raise UsageError(f"{type(module).__name__}: a Hugging Face model is captured from "
+                             f"input_ids alone, got {len(inputs)} inputs")
+        ep = hf.export_program(module, inputs[0])
+        if output_names is None:
+            output_names = ("logits",) if hf.is_causal_lm(module) else ("last_hidden_state",)
+        return _finish(ep, inputs, source, output_names=output_names)
     try:
-        ep = torch.export.export(module, inputs, strict=False)
+        with torch.no_grad():
+            ep = torch.export.export(module, tuple(inputs), strict=False)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
             f"torch.export failed for {type(module).__name__}: {type(exc).__name__}: {first}"
         ) from exc
-    return _finish(ep, inputs, source)
+    return _finish(ep, inputs, source, output_names=output_names)
 
 
-def _finish(ep: torch.export.ExportedProgram, inputs: tuple[torch.Tensor, ...], source: str) -> Captured:
+def _is_transformers_model(module: torch.nn.Module) -> bool:
+    return any(c.__module__.startswith("transformers.") and c.__name__ == "PreTrainedModel"
+               for c in type(module).__mro__)
+
+
+def _finish(ep: torch.export.ExportedProgram, inputs: tuple[torch.Tensor, ...], source: str,
+            output_names: tuple[str, ...] | None = None, info: dict | None = None) -> Captured:
+    """The one exit of every source: unlift, prepare (prepare_graph), wrap as Captured."""
     gm = ep.module()
-    _drop_guards(gm)
-    annotate_layer_names(gm)
+    report = prepare_graph(gm, tuple(inputs))
     input_names = tuple(n.name for n in gm.graph.nodes if n.op == "placeholder")
-    output_names = tuple(ep.graph_signature.user_outputs)
+    if output_names is None:
+        output_names = tuple(ep.graph_signature.user_outputs)
+    info = dict(info or {})
+    info["prepare"] = report.to_dict()
     return Captured(gm=gm, example_inputs=tuple(inputs), input_names=input_names,
-                    output_names=output_names, source=source)
-
-
-def _drop_guards(gm: torch.fx.GraphModule) -> None:
-    """Remove the input-guard call ep.module() inserts: it checks shapes we re-check ourselves."""
-    for node in list(gm.graph.nodes):
-        if node.op == "call_module" and node.target == "_guards_fn" and not node.users:
-            gm.graph.erase_node(node)
-    gm.graph.lint()
-    gm.recompile()
-
-
-def module_path(node: torch.fx.Node) -> str | None:
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return None
-    path = list(stack.values())[-1][0]
-    return _clean_path(path) or None
-
-
-def _clean_path(path: str) -> str:
-    # torch.export records paths like "L['self'].layers[0].mlp" (strict) or "layers.0.mlp"
-    path = re.sub(r"^L\['self'\]\.?", "", path)
-    return re.sub(r"\[(\d+)\]", r".\1", path).strip(".")
-
-
-def annotate_layer_names(gm: torch.fx.GraphModule) -> None:
-    """Give each Linear a report name = its module path (unique; node name appended if shared)."""
-    linears = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is LINEAR]
-    paths = [module_path(n) or n.name for n in linears]
-    seen: dict[str, int] = {}
-    for p in paths:
-        seen[p] = seen.get(p, 0) + 1
-    for node, p in zip(linears, paths, strict=True):
-        name = p if seen[p] == 1 else f"{p}.{node.name}"
-        node.meta.setdefault("flowc", {})["layer"] = name
+                    output_names=output_names, source=source, info=info)
 
 
 # -- Hugging Face sources: hf:smollm2-135m, hf:tiny-<arch> -----------------------------------------
@@ -299,12 +294,7 @@ def load_hf(spec: str, seq_len: int | None = None, prompt: str | None = None,
         info["calib"] = [(torch.randint(0, vocab, tuple(ids.shape), generator=gen),)
                          for _ in range(calib_batches)]
     say(f"capturing {type(model).__name__} with torch.export ({ids.shape[1]} tokens) ...")
-    ep, gm = hf.capture(model, ids)
-    hf.fold_constants(gm)
-    hf.strip_noops(gm)
-    _drop_guards(gm)
-    annotate_layer_names(gm)
+    ep = hf.export_program(model, ids)
     encoder = name[5:] in hf.ENCODER_ARCHS if name.startswith("tiny-") else False
-    return Captured(gm=gm, example_inputs=(ids,), input_names=("input_ids",),
-                    output_names=("last_hidden_state",) if encoder else ("logits",),
-                    source=str(spec), info=info)
+    return _finish(ep, (ids,), str(spec), info=info,
+                   output_names=("last_hidden_state",) if encoder else ("logits",))
