@@ -17,6 +17,7 @@ import torch.fx
 from flowc import isa
 from flowc.backend.image import Image, IOSpec, LayerInfo
 from flowc.errors import CompileError, UnsupportedOpError
+from flowc.frontend.diagnose import unsupported_op_message
 from flowc.frontend.load import Captured, module_path
 
 aten = torch.ops.aten
@@ -134,9 +135,7 @@ class Lowering:
                 fn = self.fused.get(node) or RULES.get(node.target)
                 if fn is None:
                     raise UnsupportedOpError(
-                        f"unsupported op {node.target} at node '{node.name}'"
-                        f" (in {self.layer_of(node)}); flowc lowers: {supported_ops_summary()}"
-                    )
+                        unsupported_op_message(node, supported=supported_ops_summary()))
                 fn(self, node)
             elif node.op == "output":
                 for i, arg in enumerate(_flatten(node.args[0])):
