@@ -30,6 +30,12 @@ VECTOR_CLASS = {
     "v.embed": "deq", "v.slice": "permute", "v.cat": "permute", "v.expand": "permute",
     "v.pow": "activation", "v.rsqrt": "activation", "v.tanh": "activation",
     "v.mean": "elementwise",
+    # plain and state-space ops (issue 10; docs/hardware.md)
+    "v.sigmoid": "activation", "v.exp": "activation", "v.log": "activation",
+    "v.sqrt": "activation", "v.softplus": "activation", "v.div": "activation",
+    "v.abs": "elementwise", "v.max": "elementwise", "v.min": "elementwise",
+    "v.cumsum": "elementwise", "v.sum": "elementwise", "v.amax": "elementwise",
+    "v.dwconv": "elementwise",
 }
 FREE_OPS = ("layer", "halt", "loop.tiles", "loop.end", "v.reshape")
 
@@ -333,7 +339,7 @@ class CostModel:
     # -- vector unit -----------------------------------------------------------------------
     def _vector(self, ev: ExecEvent, mn: str) -> Cost:
         vec = self.machine.vector
-        per_elem = getattr(vec, VECTOR_CLASS[mn])
+        per_elem = getattr(vec, VECTOR_CLASS[mn]) * _taps(ev.instr)
         work = max(ev.elements, ev.in_elements)
         out_bits = 8 if mn == "v.quant" else VEC_BITS
         acts = {"vec_op": work * per_elem, "gbuf_read": ev.in_elements * VEC_BITS,
@@ -366,3 +372,9 @@ class CostModel:
         vec_cycles = (-(-ev.in_elements // vec.lanes) * vec.quant
                       + -(-ev.elements // vec.lanes) * vec.deq)
         return Cost(macro_cycles + vec_cycles, acts)
+
+
+def _taps(instr: object) -> int:
+    """Multiply-adds per output element beyond the first: a depthwise convolution does `taps`
+    of them per output (one per kernel tap), every other vector op one."""
+    return int(getattr(instr, "taps", 1) or 1)

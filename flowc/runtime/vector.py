@@ -114,6 +114,8 @@ def register(handles) -> None:  # noqa: C901  (a flat table of small handlers)
     handles("v.slice")(unary(_slice))
     handles("v.expand")(unary(lambda x, ins: np.broadcast_to(x, ins.shape)))
 
+    register_plain(handles, unary, binary)
+
     @handles("v.cat")
     def _cat(it, st, ins):
         a, b = st.bufs[ins.a], st.bufs[ins.b]
@@ -145,3 +147,33 @@ def _slice(x: np.ndarray, ins) -> np.ndarray:
     index = [slice(None)] * x.ndim
     index[ins.dim] = slice(ins.start, ins.end, ins.step)
     return x[tuple(index)]
+
+
+def register_plain(handles, unary, binary) -> None:
+    """Plain-model and state-space ops (sigmoid, exp, division, scans, depthwise conv ...):
+    float32 through torch, whose kernels the ONNX reference's operators match."""
+    handles("v.sigmoid")(unary(lambda x, ins: _torch(torch.sigmoid, x)))
+    handles("v.exp")(unary(lambda x, ins: _torch(torch.exp, x)))
+    handles("v.log")(unary(lambda x, ins: _torch(torch.log, x)))
+    handles("v.sqrt")(unary(lambda x, ins: _torch(torch.sqrt, x)))
+    handles("v.abs")(unary(lambda x, ins: np.abs(x)))
+    handles("v.softplus")(unary(lambda x, ins: _torch(lambda t: torch.nn.functional.softplus(
+        t, beta=ins.beta, threshold=ins.threshold), x)))
+    handles("v.div")(binary(np.divide))
+    handles("v.max")(binary(np.maximum))
+    handles("v.min")(binary(np.minimum))
+    handles("v.cumsum")(unary(lambda x, ins: _torch(lambda t: torch.cumsum(t, dim=-1), x)))
+    handles("v.sum")(unary(lambda x, ins: _torch(lambda t: t.sum(dim=-1, keepdim=True), x)))
+    handles("v.amax")(unary(lambda x, ins: x.max(axis=-1, keepdims=True)))
+
+    @handles("v.dwconv")
+    def _dwconv(it, st, ins):
+        x = st.bufs[ins.src]
+        w, b = it.image.tensors[ins.w], it.image.tensors[ins.b]
+        lead, (c, length) = x.shape[:-2], x.shape[-2:]
+        y = _torch(lambda t: torch.nn.functional.conv1d(
+            t.reshape(-1, c, length), torch.from_numpy(w).reshape(c, 1, ins.taps),
+            torch.from_numpy(b), padding=ins.pad, groups=c), x)
+        y = y.reshape(lead + y.shape[-2:])
+        st.bufs[ins.dst] = y
+        return _sizes(y, x)

@@ -115,7 +115,7 @@ ERRORS = [
     ("ld.tlie macro=0 w=@x\nhalt", "1:1",
      "expected an instruction mnemonic, found 'ld.tlie' (did you mean ld.tile or ld.act?)"),
     ("halt\nv.addx dst=%a a=%b b=%c\n", "2:1",
-     "expected an instruction mnemonic, found 'v.addx' (did you mean v.add?)"),
+     "expected an instruction mnemonic, found 'v.addx' (did you mean v.add or v.max or v.amax?)"),
     ("  %x\nhalt", "1:3", "expected an instruction mnemonic, found '%x'"),
     ("v.quant dst=%a src=%b scale=%c\nhalt", "1:16",
      "v.quant: expected operand scale=%buf, found 'src' (operands are written in definition "
