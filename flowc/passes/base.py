@@ -57,6 +57,9 @@ class CompileContext:
     second pipeline run on the same context still sees that `calibrate` ran.
     `progress` is an optional hook for long passes (calibration batches, ILP solve): passes call
     `ctx.log(msg)`, which is silent unless a hook is set.
+    `price(out_features, in_features, (n, m)) -> (cycles, energy_pj)` prices one static-weight
+    GEMM at a pattern on the target machine; the compile driver binds it to the runtime's cost
+    model (passes come before the runtime and must not import it), None when no machine is set.
     """
 
     example_inputs: tuple[Any, ...] = ()
@@ -66,6 +69,7 @@ class CompileContext:
     options: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[str], None] | None = None
     completed: list[str] = field(default_factory=list)
+    price: Callable[[int, int, tuple[int, int]], tuple[float, float]] | None = None
 
     def log(self, message: str) -> None:
         """Send a progress message to the hook, if any (passes never print directly)."""

@@ -25,6 +25,8 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "flowc.passes.verify",
     "flowc.passes.quantize",
     "flowc.passes.flow.passes",
+    "flowc.passes.flow.sensitivity",
+    "flowc.passes.flow.measured_passes",
 )
 
 _REGISTRY: dict[str, type[Pass]] = {}

@@ -1,0 +1,290 @@
+"""Measured sensitivity: what pruning each layer to each pattern costs its output.
+
+FLOW's ILP (problem.py) decides from outlier statistics that never look at accuracy; on
+SmolLM2 that sends ~100 layers to N = 1 and loses badly (docs/results.md). This module measures
+the damage instead. For a Linear with weight W [out, K] and calibration inputs X [T, K], the
+Gram matrix H = X^T X gives the output reconstruction error of any replacement W' exactly:
+
+    ||X W^T - X W'^T||_F^2 = tr((W - W') H (W - W')^T)
+
+and we normalise it by the layer's output energy ||X W^T||_F^2 = tr(W H W^T), so layers of
+every size and scale compare (a relative error). W' is W with the Wanda N:M mask of the
+pattern applied (`nm-prune`'s own rule, so the table prices exactly the mask the compile will
+cut), and, with the OBS update, that mask plus SparseGPT's correction of the kept weights
+(`prune.obs_update`, same dampening and block size as `nm-prune{update=obs}`).
+
+Cost. H costs T K^2 multiply-adds per distinct layer input; the errors cost out K^2 per
+pattern. On SmolLM2 at 32 x 512 tokens the Gram matrices alone would cost more than the
+calibration forward passes, so H is estimated on an evenly strided subsample of the tokens
+(`tokens`, default 4096: more than twice the largest K of SmolLM2, so H is full rank); the
+errors are relative, and a subsample estimates them without bias. `tokens=0` uses every token.
+
+The statistics come from the *dense* model (one layer-wise pass, nothing pruned), like FLOW's
+selection statistics; the table is keyed by layer name and pattern and can be saved and
+reloaded (`save=` / `load=` on the pass), because computing it is the expensive part and it
+serves every target, budget and machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from flowc.errors import UsageError
+from flowc.passes.base import CompileContext, Pass, PassResult
+from flowc.passes.graph import LinearRef, flowc_meta, get_param, linear_nodes, select_layers
+from flowc.passes.prune import nm_mask, obs_update
+from flowc.passes.registry import register_pass
+
+from .problem import Pattern, flexcim_supported, resolve_candidates
+
+TABLE_VERSION = 1
+UPDATES = ("none", "obs", "both")
+
+
+def pattern_key(pattern: Pattern) -> str:
+    return f"{pattern[0]}:{pattern[1]}"
+
+
+@dataclass
+class SensitivityTable:
+    """Relative output error per layer and pattern, plus what the selection needs per layer.
+
+    `errors[layer][pattern_key]` = {"none": e, "obs": e} (the keys measured); a dense pattern
+    (n == m) always costs 0. `params[layer]` and `in_features[layer]` describe the layer;
+    `shape[layer]` = (out, K).
+    """
+
+    errors: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    shape: dict[str, tuple[int, int]] = field(default_factory=dict)
+    tokens: int = 0  # tokens the Gram matrices were estimated on
+    updates: tuple[str, ...] = ("none",)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.shape)
+
+    def params(self, layer: str) -> int:
+        out, k = self.shape[layer]
+        return out * k
+
+    def error(self, layer: str, pattern: Pattern, update: str = "none") -> float:
+        """Relative error of `layer` pruned to `pattern` (0 for dense; inf if not measured)."""
+        n, m = pattern
+        if n == m:
+            return 0.0
+        row = self.errors.get(layer, {}).get(pattern_key(pattern))
+        if row is None or update not in row:
+            return math.inf
+        return row[update]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": TABLE_VERSION, "tokens": self.tokens, "updates": list(self.updates),
+                "info": self.info,
+                "layers": {name: {"shape": list(self.shape[name]),
+                                  "errors": self.errors.get(name, {})} for name in self.shape}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> SensitivityTable:
+        if d.get("version") != TABLE_VERSION or "layers" not in d:
+            raise UsageError(f"{source}: not a flowc sensitivity table (version "
+                             f"{TABLE_VERSION} expected)")
+        table = cls(tokens=int(d.get("tokens", 0)), updates=tuple(d.get("updates", ("none",))),
+                    info=dict(d.get("info", {})))
+        for name, row in d["layers"].items():
+            table.shape[name] = (int(row["shape"][0]), int(row["shape"][1]))
+            table.errors[name] = {k: {u: float(v) for u, v in e.items()}
+                                  for k, e in row["errors"].items()}
+        return table
+
+    def save(self, path: str | Path) -> None:
+        tmp = Path(f"{path}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True), encoding="utf-8")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SensitivityTable:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")), str(path))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{path}: cannot read the sensitivity table ({exc})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure functions
+
+
+def gram(inputs: Iterable[torch.Tensor], tokens: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """(H = X^T X, per-channel ||X_j||_2 over ALL tokens, tokens used for H).
+
+    `tokens` > 0 estimates H on an evenly strided subsample of about that many tokens, scaled
+    by total / used so it estimates the full Gram matrix (the relative errors do not care, the
+    scale keeps H comparable with `nm-prune{update=obs}`'s). fp32 products, float64 sums.
+    """
+    xs = [x.detach().reshape(-1, x.shape[-1]) for x in inputs]
+    total = sum(x.shape[0] for x in xs)
+    if total == 0:
+        raise UsageError("sensitivity: no calibration tokens")
+    k = xs[0].shape[1]
+    stride = max(1, total // tokens) if tokens > 0 else 1
+    h = torch.zeros(k, k, dtype=torch.float64)
+    sumsq = torch.zeros(k, dtype=torch.float64)
+    used = 0
+    offset = 0
+    for x in xs:
+        sumsq += x.to(torch.float64).square().sum(dim=0)
+        start = (-offset) % stride  # keep one global stride across windows
+        sub = x[start::stride].to(torch.float32)
+        used += sub.shape[0]
+        h += (sub.T @ sub).to(torch.float64)
+        offset += x.shape[0]
+    h *= total / used
+    return h.numpy(), np.sqrt(sumsq.numpy()), used
+
+
+def output_energy(weight: np.ndarray, hessian: np.ndarray) -> float:
+    """tr(W H W^T) = ||X W^T||_F^2."""
+    w = torch.as_tensor(weight, dtype=torch.float64)
+    h = torch.as_tensor(hessian, dtype=torch.float64)
+    return float(((w @ h) * w).sum())
+
+
+def quadratic_error(delta: np.ndarray, hessian: np.ndarray) -> float:
+    """tr(D H D^T) = ||X D^T||_F^2 for D = W - W' (float32 product, float64 sum)."""
+    d = torch.as_tensor(delta, dtype=torch.float32)
+    h = torch.as_tensor(hessian, dtype=torch.float32)
+    return float(((d @ h) * d).sum(dtype=torch.float64))
+
+
+def layer_errors(weight: np.ndarray, hessian: np.ndarray, input_norm: np.ndarray,
+                 patterns: Sequence[Pattern], updates: Sequence[str] = ("none",),
+                 damp: float = 0.01, blocksize: int = 128, layer: str = "<array>"
+                 ) -> dict[str, dict[str, float]]:
+    """{pattern_key: {update: relative error}} for every non-dense pattern whose M divides K.
+
+    The Wanda mask is `nm-prune`'s (same scores, same stable tie-break). With "obs", the kept
+    weights are corrected by `obs_update` (all patterns stacked into one call: the rows are
+    independent, so one column sweep serves every pattern).
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    k = w.shape[1]
+    base = output_energy(w, hessian)
+    if base <= 0:
+        base = 1.0  # a layer whose inputs never fire: every error is 0 anyway
+    scores = np.abs(w) * np.asarray(input_norm, dtype=np.float64)[None, :]
+    usable = [p for p in patterns if p[0] != p[1] and k % p[1] == 0]
+    out: dict[str, dict[str, float]] = {}
+    masks = [nm_mask(scores, n, m, layer) for n, m in usable]
+    for p, mask in zip(usable, masks, strict=True):
+        out[pattern_key(p)] = {}
+        if "none" in updates:
+            out[pattern_key(p)]["none"] = quadratic_error(np.where(mask, 0.0, w), hessian) / base
+    if "obs" in updates and usable:
+        rows = w.shape[0]
+        stacked = obs_update(np.concatenate([w] * len(usable)), np.concatenate(masks),
+                             hessian, damp, blocksize, layer)
+        for i, p in enumerate(usable):
+            delta = w - stacked[i * rows:(i + 1) * rows]
+            out[pattern_key(p)]["obs"] = quadratic_error(delta, hessian) / base
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The pass
+
+
+def _candidates(spec: str | Sequence | None, ctx: CompileContext) -> list[Pattern]:
+    from .passes import machine_supported  # the machine's native set (passes.py owns it)
+
+    supported = machine_supported(ctx) if ctx.machine is not None else flexcim_supported
+    return resolve_candidates(spec, supported)
+
+
+def measure_graph(gm: fx.GraphModule, refs: Sequence[LinearRef], windows: Sequence[tuple],
+                  patterns: Sequence[Pattern], updates: Sequence[str], tokens: int,
+                  damp: float, blocksize: int, bar: bool = False) -> SensitivityTable:
+    """One layer-wise pass over `windows` of the (dense) graph: the table for `refs`."""
+    from flowc.frontend.calibrate import run_layerwise
+
+    todo = {r.node: r for r in refs}
+    table = SensitivityTable(updates=tuple(updates))
+    cache: dict[str, Any] = {"key": None}
+
+    def hook(ref: LinearRef, inputs: Sequence[torch.Tensor]) -> None:
+        if ref.node not in todo:
+            return
+        key = ref.node.args[0]
+        if cache["key"] is not key:  # q/k/v and gate/up read one input: one Gram matrix
+            cache.update(key=key, value=gram(inputs, tokens))
+        h, norm, used = cache["value"]
+        weight = get_param(gm, ref.weight_target).detach().to(torch.float64).numpy()
+        table.shape[ref.name] = (int(weight.shape[0]), int(weight.shape[1]))
+        table.errors[ref.name] = layer_errors(weight, h, norm, patterns, updates, damp,
+                                              blocksize, ref.name)
+        table.tokens = used
+
+    run_layerwise(gm, windows, hook, bar=bar)
+    return table
+
+
+@register_pass
+@dataclass(frozen=True)
+class Sensitivity(Pass):
+    """Measure the relative output error of every selectable layer at every candidate pattern.
+
+    Options: `candidates` (default: the machine's native set), `update` = none | obs | both
+    (which errors to measure; obs also measures none), `tokens` (Gram-matrix subsample, 0 =
+    all), `skip` (layers left out, e.g. lm_head), `save` / `load` (a JSON table; `load` skips
+    the measurement and checks the table covers the graph's layers), `damp`, `blocksize`.
+    The table goes to `ctx.reports["sensitivity"]` and `ctx.options["sensitivity_table"]`.
+    """
+
+    name = "sensitivity"
+    candidates: Literal["default", "repo"] | tuple[tuple[int, int], ...] = "default"
+    update: Literal["none", "obs", "both"] = "none"
+    tokens: int = 4096
+    skip: tuple[str, ...] = ()
+    save: str = ""
+    load: str = ""
+    damp: float = 0.01
+    blocksize: int = 128
+
+    def __call__(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
+        if self.update not in UPDATES:
+            raise UsageError(f"sensitivity: update must be one of {UPDATES}, got {self.update!r}")
+        refs, _ = select_layers(linear_nodes(gm), None, self.skip, what=self.name)
+        updates = ("none",) if self.update == "none" else ("none", "obs")
+        start = time.perf_counter()
+        if self.load:
+            table = SensitivityTable.load(self.load)
+            missing = [r.name for r in refs if r.name not in table.shape]
+            if missing:
+                raise UsageError(f"sensitivity: table {self.load} lacks layers "
+                                 f"{', '.join(missing[:4])}")
+        else:
+            if not ctx.calib_inputs:
+                raise UsageError("sensitivity: needs calibration inputs")
+            patterns = _candidates(self.candidates, ctx)
+            ctx.log(f"sensitivity: {len(refs)} layers x {len(patterns)} patterns, "
+                    f"updates {'+'.join(updates)}")
+            table = measure_graph(gm, refs, ctx.calib_inputs, patterns, updates, self.tokens,
+                                  self.damp, self.blocksize, bar=ctx.progress is not None)
+            table.info = {"windows": len(ctx.calib_inputs), "seconds": time.perf_counter() - start}
+            if self.save:
+                table.save(self.save)
+        for ref in refs:
+            flowc_meta(ref.node)["sensitivity"] = table.errors.get(ref.name, {})
+        ctx.options["sensitivity_table"] = table
+        ctx.reports[self.name] = {"layers": len(refs), "tokens": table.tokens,
+                                  "updates": list(table.updates), "loaded": bool(self.load)}
+        return PassResult(gm, modified=True)
