@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
+from flowc.frontend.decompose_tf import DECOMPOSE_TF, rewrite_params
+
 aten = torch.ops.aten
 LINEAR = aten.linear.default
 
@@ -67,6 +69,9 @@ DECOMPOSE: dict[object, Callable] = {
     aten.chunk.default: _chunk,
     aten.type_as.default: _type_as,
 }
+# transformer ops (decompose_tf): SDPA -> eager attention; addmm/mm over a parameter -> linear
+# with the transposed parameter (a graph rewrite: it re-lays out the weight, not traceable)
+DECOMPOSE.update(DECOMPOSE_TF)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +266,7 @@ def decompose(gm: fx.GraphModule, table: dict | None = None) -> Counter:
     """Replace every node whose target is in `table` (default DECOMPOSE) by the traced graph
     of its decomposition; returns the number of nodes replaced per op."""
     table = DECOMPOSE if table is None else table
-    done: Counter = Counter()
+    done: Counter = rewrite_params(gm) if table is DECOMPOSE else Counter()
     for node in list(gm.graph.nodes):
         if node.op == "call_function" and node.target in table:
             _splice(gm, node, table[node.target])

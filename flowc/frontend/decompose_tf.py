@@ -1,0 +1,168 @@
+"""Graph rewrites for transformer ops that map exactly onto ops the backend already lowers.
+
+Why rewrite in the frontend rather than lower in the backend: the reference ONNX model is
+exported from the same prepared graph, so after a rewrite the simulator and ONNX Runtime run
+the *same* op sequence (the int8 reference quantises the same two attention MatMuls the
+simulator runs as `mm.act`), and the prune/quantise passes see every static-weight GEMM as an
+`aten.linear` they know.
+
+- `aten.scaled_dot_product_attention` (transformers' default `attn_implementation="sdpa"`)
+  becomes the eager attention of Hugging Face models: `matmul(q, k^T) * scale`, plus the
+  additive mask, `softmax(-1)`, `matmul(p, v)` (docs/attention.md). A boolean mask `m`
+  becomes the additive `where(m, 0, finfo.min)` (a folded buffer when `m` is a constant, one
+  `aten.where.Scalar` when it is a run-time input such as BERT's attention_mask); `is_causal`
+  becomes a folded upper-triangular additive mask; `enable_gqa` repeats each key/value head
+  (unsqueeze + expand + reshape, as `repeat_kv`).
+- `aten.addmm(b, x, W)` / `aten.mm(x, W)` with a parameter W[in, out] (GPT-2's Conv1D as a
+  user exports it) become `aten.linear(x, W^T, b)` with the transposed weight stored as the
+  parameter, so it is a prunable CiM GEMM.
+
+Each rewrite is `fn(gm, node) -> bool` (True when it replaced the node) and is listed in
+`REWRITES` by ATen op, for the frontend's decomposition table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+
+import torch
+from torch import fx, nn
+
+from flowc.errors import UnsupportedOpError
+
+aten = torch.ops.aten
+SDPA = aten.scaled_dot_product_attention.default
+MASK_MIN = float(torch.finfo(torch.float32).min)  # Hugging Face eager's masked-score value
+
+
+def _where(node: fx.Node) -> str:
+    """` at node 'n' (in module.path)` for error messages."""
+    stack = node.meta.get("nn_module_stack") or {}
+    path = list(stack.values())[-1][0] if stack else ""
+    return f" at node '{node.name}'" + (f" (in {path})" if path else "")
+
+
+def _const_tensor(gm: fx.GraphModule, node: object) -> torch.Tensor | None:
+    if not (isinstance(node, fx.Node) and node.op == "get_attr"):
+        return None
+    obj: object = gm
+    for part in str(node.target).split("."):
+        obj = getattr(obj, part)
+    return obj if isinstance(obj, torch.Tensor) else None
+
+
+# -- scaled_dot_product_attention ------------------------------------------------------------
+def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+         attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
+         is_causal: bool = False, *, scale: float | None = None,
+         enable_gqa: bool = False) -> torch.Tensor:
+    """SDPA as Hugging Face's eager attention, from ops the backend lowers (a DECOMPOSE entry:
+    traced with fake tensors; constant masks are folded by the next preparation round)."""
+    if dropout_p:
+        raise UnsupportedOpError(f"scaled_dot_product_attention with dropout_p={dropout_p} "
+                                 "(export the model in eval mode)")
+    heads, kv_heads = int(query.shape[-3]), int(key.shape[-3])
+    if enable_gqa and kv_heads != heads:
+        key, value = _repeat_heads(key, heads), _repeat_heads(value, heads)
+    scale = 1.0 / math.sqrt(int(query.shape[-1])) if scale is None else float(scale)
+    scores = aten.matmul.default(query, aten.transpose.int(key, -2, -1))
+    scores = aten.mul.Tensor(scores, scale)
+    if is_causal:
+        if attn_mask is not None:
+            raise UnsupportedOpError("scaled_dot_product_attention with both attn_mask and "
+                                     "is_causal")
+        L, S = int(query.shape[-2]), int(key.shape[-2])
+        attn_mask = aten.tril.default(aten.ones.default([L, S], dtype=torch.bool))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            attn_mask = aten.where.Scalar(attn_mask, 0.0, MASK_MIN)
+        elif not attn_mask.dtype.is_floating_point:
+            raise UnsupportedOpError(f"scaled_dot_product_attention with a {attn_mask.dtype} "
+                                     "mask (need bool or float)")
+        scores = aten.add.Tensor(scores, attn_mask)
+    return aten.matmul.default(aten.softmax.int(scores, -1), value)
+
+
+def _repeat_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[..., Hkv, T, D] -> [..., heads, T, D], each kv head repeated heads / Hkv times (as
+    transformers' repeat_kv: unsqueeze, expand, reshape)."""
+    *lead, hkv, t, d = (int(s) for s in x.shape)
+    x = aten.unsqueeze.default(x, len(lead) + 1)
+    x = aten.expand.default(x, [*lead, hkv, heads // hkv, t, d])
+    return aten.reshape.default(x, [*lead, heads, t, d])
+
+
+# -- addmm / mm with a static weight -> linear -------------------------------------------------
+def addmm_to_linear(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """addmm(b, x, W) or mm(x, W) with W a parameter [in, out] -> linear(x, W^T, b).
+
+    A graph rewrite rather than a traced decomposition: the parameter itself is re-laid out,
+    so the linear reads a get_attr (a static weight the prune pass can mask). Returns False
+    (node left alone) when W is computed; the backend then names the op, node and module.
+    """
+    if node.target is aten.addmm.default:
+        bias, x, w = node.args[0], node.args[1], node.args[2]
+        beta, alpha = node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)
+        if beta != 1 or alpha != 1:
+            raise UnsupportedOpError(f"addmm with beta={beta}, alpha={alpha}{_where(node)}")
+    else:
+        bias, (x, w) = None, node.args[:2]
+    if _const_tensor(gm, w) is None or w.target not in _param_names(gm):
+        return False
+    if bias is not None and _const_tensor(gm, bias) is None:
+        return False
+    wt = _transposed_param(gm, w)
+    with gm.graph.inserting_before(node):
+        lin = gm.graph.call_function(aten.linear.default,
+                                     (x, wt, *([bias] if bias is not None else [])))
+    lin.meta.update({k: v for k, v in node.meta.items() if k != "flowc"})
+    node.replace_all_uses_with(lin)
+    gm.graph.erase_node(node)
+    if not w.users:
+        gm.graph.erase_node(w)
+    return True
+
+
+def _param_names(gm: fx.GraphModule) -> set[str]:
+    return {name for name, _ in gm.named_parameters(remove_duplicate=False)}
+
+
+def _transposed_param(gm: fx.GraphModule, w: fx.Node) -> fx.Node:
+    """A get_attr of W^T [out, in]: the parameter itself, re-laid out in place when this node
+    is its only reader (its name stays the module path), else a new parameter `<name>_t`."""
+    weight = _const_tensor(gm, w)
+    data = nn.Parameter(weight.detach().t().contiguous(), requires_grad=False)
+    owner_path, _, leaf = str(w.target).rpartition(".")
+    owner = gm.get_submodule(owner_path) if owner_path else gm
+    readers = [n for n in gm.graph.nodes if n.op == "get_attr" and n.target == w.target]
+    if readers == [w] and len(w.users) == 1:
+        owner._parameters[leaf] = data
+        return w
+    name = f"{leaf}_t"
+    owner.register_parameter(name, data)
+    with gm.graph.inserting_before(w):
+        return gm.graph.get_attr(f"{owner_path}.{name}" if owner_path else name)
+
+
+# for the frontend's preparation (flowc.frontend.prepare): traced decompositions ...
+DECOMPOSE_TF: dict[object, Callable] = {SDPA: sdpa}
+# ... and graph rewrites fn(gm, node) -> replaced?
+REWRITES: dict[object, Callable[[fx.GraphModule, fx.Node], bool]] = {
+    aten.addmm.default: addmm_to_linear,
+    aten.mm.default: addmm_to_linear,
+}
+
+
+def rewrite_params(gm: fx.GraphModule) -> Counter:
+    """Apply every rewrite of REWRITES to `gm` in place; returns replaced counts per op."""
+    done: Counter = Counter()
+    for node in list(gm.graph.nodes):
+        fn = REWRITES.get(node.target) if node.op == "call_function" else None
+        if fn is not None and fn(gm, node):
+            done[str(node.target)] += 1
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return done
