@@ -23,12 +23,23 @@ from flowc.frontend.load import Captured, module_path
 aten = torch.ops.aten
 Rule = Callable[["Lowering", torch.fx.Node], None]
 RULES: dict[object, Rule] = {}
+# per target: (family, architectures known to use it) declared next to the rule; the supported
+# ops table of docs/models.md is generated from RULES and this (flowc.backend.opsdoc)
+RULE_INFO: dict[object, tuple[str, tuple[str, ...]]] = {}
 
 
-def rule(*targets: object) -> Callable[[Rule], Rule]:
+def rule(*targets: object, family: str | None = None,
+         archs: tuple[str, ...] = ()) -> Callable[[Rule], Rule]:
+    """Register `fn` as the lowering of each ATen target; `family` (default: the rule's module)
+    and `archs` (model families known to use the op) only feed the generated docs."""
     def deco(fn: Rule) -> Rule:
+        fam = family or fn.__module__.rsplit(".", 1)[-1].removeprefix("rules_").removeprefix("rules")
         for t in targets:
+            if t in RULES and RULES[t] is not fn:
+                raise CompileError(f"two lowering rules for {t}: {RULES[t].__module__}."
+                                   f"{RULES[t].__name__} and {fn.__module__}.{fn.__name__}")
             RULES[t] = fn
+            RULE_INFO[t] = (fam or "core", tuple(archs))
         return fn
 
     return deco
@@ -169,6 +180,8 @@ def supported_ops_summary() -> str:
 def lower(cap: Captured, machine, keep_fp32: bool = True) -> Image:
     """Lower a captured, pruned and quantised graph to an Image for `machine`."""
     import flowc.backend.rules  # noqa: F401  (registers the op rules)
+    import flowc.backend.rules_ops  # noqa: F401  (plain ops: math, reductions, scans)
+    import flowc.backend.rules_ssm  # noqa: F401  (state-space models: conv1d, select, pad)
     import flowc.backend.rules_tf  # noqa: F401  (transformer ops)
 
     return Lowering(cap, machine, keep_fp32).run()

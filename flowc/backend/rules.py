@@ -116,19 +116,7 @@ def lower_gelu(lw: Lowering, node: torch.fx.Node) -> None:
     lw.emit(isa.VGelu(dst=lw.out(node), src=src, approx=int(approx == "tanh")))
 
 
-def _last_dim(node: torch.fx.Node, dim: int) -> None:
-    rank = len(node.args[0].meta["val"].shape)
-    if dim not in (-1, rank - 1):
-        raise UnsupportedOpError(f"{node.target} over dim {dim} at node '{node.name}' "
-                                 "(the vector unit reduces over the last dimension only)")
-
-
-@rule(aten.softmax.int, aten._softmax.default)
-def lower_softmax(lw: Lowering, node: torch.fx.Node) -> None:
-    _vector(lw, node)
-    _last_dim(node, int(node.args[1]))
-    src = lw.buf(node.args[0])
-    lw.emit(isa.VSoftmax(dst=lw.out(node), src=src))
+# softmax (any dimension): flowc.backend.rules_ops
 
 
 @rule(aten.layer_norm.default)

@@ -5,7 +5,7 @@
 - embeddings -> `v.embed` from a dense packed table (shared with a tied, dense lm_head);
 - RMSNorm written out as pow/mean/add/rsqrt/mul/mul -> one `v.rmsnorm` (see `fusions`);
 - RoPE, GQA and head layout: `v.slice`, `v.cat`, `v.expand`, `v.reshape`, `v.permute`;
-- element-wise math: `v.pow`, `v.rsqrt`, `v.mean`, `v.tanh`, neg as `v.scale -1`.
+- element-wise math: `v.pow`, `v.rsqrt`, `v.tanh`, neg as `v.scale -1`.
 """
 
 from __future__ import annotations
@@ -121,22 +121,7 @@ def lower_neg(lw: Lowering, node: torch.fx.Node) -> None:
     lw.emit(isa.VScale(dst=lw.out(node), src=lw.buf(node.args[0]), s=-1.0))
 
 
-@rule(aten.mean.dim)
-def lower_mean(lw: Lowering, node: torch.fx.Node) -> None:
-    _vector(lw, node)
-    dims = node.args[1] if len(node.args) > 1 else None
-    keep = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
-    rank = len(node.args[0].meta["val"].shape)
-    if dims is None or len(dims) != 1 or int(dims[0]) % rank != rank - 1:
-        raise UnsupportedOpError(f"mean over dims {dims} at node '{node.name}' "
-                                 "(the vector unit reduces over the last dimension only)")
-    src = lw.buf(node.args[0])
-    if keep:
-        lw.emit(isa.VMean(dst=lw.out(node), src=src))
-        return
-    kept = f"{label(node.name)}.keep"
-    lw.emit(isa.VMean(dst=kept, src=src))
-    lw.emit(isa.VReshape(dst=lw.out(node), src=kept, shape=_shape(node)))
+# mean (any dimension): flowc.backend.rules_ops
 
 
 # -- layout ----------------------------------------------------------------------------------
