@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -191,6 +192,38 @@ def gemm_cost(g: Gemm, machine: MachineConfig, asked: Pattern | None,
     if _cache is not None:
         _cache[key] = lc
     return replace(lc)
+
+
+def gemm_pricer(machine: MachineConfig, tokens: int):
+    """`price(out, K, (n, m)) -> (cycles, energy_pj)` of one static-weight Linear run on
+    `tokens` vectors, by the same events and cost model as a functional run (gemm_cost).
+
+    This is what selection passes get as `ctx.price` (hardware-aware budgets); n == m means
+    dense. Identical shapes and patterns are priced once.
+    """
+    cache: dict = {}
+
+    def price(out_features: int, in_features: int, pattern: Pattern) -> tuple[float, float]:
+        asked = None if pattern[0] == pattern[1] else (int(pattern[0]), int(pattern[1]))
+        lc = gemm_cost(Gemm("l", int(in_features), int(out_features), int(tokens)), machine,
+                       asked, cache)
+        return float(lc.cycles), float(lc.energy_pj)
+
+    return price
+
+
+def tokens_of(example_inputs: Sequence[Any]) -> int:
+    """Vectors one inference pushes through a Linear: token ids -> their count; a float input
+    [..., features] -> the product of its leading dimensions."""
+    if not example_inputs:
+        return 1
+    x = example_inputs[0]
+    shape = tuple(getattr(x, "shape", ()))
+    if not shape:
+        return 1
+    if not getattr(x, "is_floating_point", lambda: True)():
+        return int(math.prod(shape))
+    return int(math.prod(shape[:-1])) or 1
 
 
 def _times(lc: LayerCost, k: int) -> LayerCost:

@@ -84,12 +84,14 @@ def calibration_inputs(cap: Captured, batches: int, seed: int) -> list[tuple[tor
 
 
 def run_passes(cap: Captured, pipeline: str, machine, calib, progress) -> dict:
+    from flowc.analytic import gemm_pricer, tokens_of
     from flowc.passes.base import CompileContext, PassManager
     from flowc.passes.pipeline import parse_pipeline
 
     passes = parse_pipeline(pipeline)
     ctx = CompileContext(example_inputs=cap.example_inputs, calib_inputs=calib,
-                         machine=machine, progress=progress)
+                         machine=machine, progress=progress,
+                         price=gemm_pricer(machine, tokens_of(cap.example_inputs)))
     result = PassManager(passes, instruments=[_ProgressInstrument(progress)]).run(cap.gm, ctx)
     cap.gm = result.graph_module
     # no timings here: they differ run to run and the .fcim must be byte-identical

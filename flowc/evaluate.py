@@ -32,7 +32,8 @@ import torch.fx as fx
 from flowc.errors import UsageError
 from flowc.passes.graph import flowc_meta, get_param, linear_nodes, matches
 
-METHODS = ("dense", "uniform", "magnitude", "owl", "flow", "flow-repo")
+METHODS = ("dense", "uniform", "magnitude", "owl", "flow", "flow-repo", "measured",
+           "measured-search")
 REPO_MODE = "locality=repo,direction=repo,candidates=repo,granularity=block"
 
 
@@ -148,6 +149,8 @@ class MethodSpec:
     solver: str = "cbc"
     extra: str = ""  # more selection options, pipeline syntax (e.g. "beta=2.0")
     label: str = ""
+    latency: float = 0.0  # measured methods: latency budget, fraction of dense (0 = none)
+    search: str = ""  # measured-search: nm-search options, pipeline syntax
 
     def name(self) -> str:
         return self.label or method_label(self)
@@ -181,6 +184,15 @@ def method_pipeline(spec: MethodSpec) -> str:
     elif spec.method == "owl":
         m = spec.nm[1] if spec.nm else 8
         select = f"owl-nm{{{_opts(f'm={m},target={spec.target},tau={spec.tau}', common)}}}"
+    elif spec.method in ("measured", "measured-search"):
+        upd = "obs" if spec.update == "obs" else "none"
+        select = "measured-select{" + _opts(f"target={spec.target},update={upd}",
+                                            f"latency={spec.latency}" if spec.latency else "",
+                                            common, spec.extra) + "}"
+        if spec.method == "measured-search":
+            select += ",nm-search{" + _opts(f"target={spec.target}",
+                                            f"latency={spec.latency}" if spec.latency else "",
+                                            common, spec.search) + "}"
     elif spec.method in ("flow", "flow-repo"):
         repo = REPO_MODE if spec.method == "flow-repo" else ""
         if repo and spec.granularity:
@@ -231,6 +243,9 @@ class Calibrated:
     windows: list[tuple[torch.Tensor, ...]]
     norms: dict[str, Any]  # layer name -> input_norm (dense)
     calib_seconds: float
+    tables: dict[str, Any] = field(default_factory=dict)  # sensitivity tables, by updates
+    table_seconds: dict[str, float] = field(default_factory=dict)
+    price: Callable[..., tuple[float, float]] | None = None  # ctx.price for measured methods
 
 
 def calibrate_dense(gm: fx.GraphModule, calib: list[tuple[torch.Tensor, ...]],
@@ -247,7 +262,11 @@ def calibrate_dense(gm: fx.GraphModule, calib: list[tuple[torch.Tensor, ...]],
         by_node = collect_input_norms(gm, calib, progress=lambda _msg: progress.update(1))
         seconds = time.perf_counter() - start
     norms = {r.name: by_node[r.node.name] for r in linear_nodes(gm)}
-    return Calibrated(gm, calib, windows, norms, seconds)
+    from flowc.analytic import gemm_pricer
+    from flowc.machine import load_machine
+
+    price = gemm_pricer(load_machine("flexcim"), int(calib[0][0].numel()))
+    return Calibrated(gm, calib, windows, norms, seconds, price=price)
 
 
 def _fresh_copy(base: Calibrated) -> fx.GraphModule:
@@ -271,8 +290,12 @@ def run_method(base: Calibrated, spec: MethodSpec, bar: bool = False,
 
     pipeline = method_pipeline(spec)
     gm = _fresh_copy(base)
-    ctx = CompileContext(calib_inputs=base.calib, progress=progress if bar else None)
+    ctx = CompileContext(calib_inputs=base.calib, progress=progress if bar else None,
+                         price=base.price)
     ctx.completed.append("calibrate")  # the dense statistics are in meta already
+    if spec.method.startswith("measured"):
+        ctx.options["sensitivity_table"] = sensitivity_table(base, spec.update, spec.skip, bar)
+        ctx.completed.append("sensitivity")
     timing = TimingInstrument()
     PassManager(parse_pipeline(pipeline), instruments=[timing]).run(gm, ctx)
     select = sum(t for n, t in timing.timings if n not in ("nm-prune", "verify-nm"))
@@ -290,6 +313,27 @@ def run_method(base: Calibrated, spec: MethodSpec, bar: bool = False,
     gc.collect()  # GraphModules hold reference cycles: free the pruned copy now
     return MethodResult(spec, pipeline, ppl, table["sparsity"], table["sparsity_all"], seconds,
                         table["layers"], selection)
+
+
+def sensitivity_table(base: Calibrated, update: str, skip: Sequence[str] = ("lm_head",),
+                      bar: bool = False) -> Any:
+    """The measured table of the dense model (measured once per update kind, then reused:
+    it serves every target and budget; its time is `base.table_seconds[kind]`)."""
+    from flowc.passes.flow.problem import resolve_candidates
+    from flowc.passes.flow.sensitivity import measure_graph
+    from flowc.passes.graph import select_layers
+
+    kind = "obs" if update == "obs" else "none"
+    if kind not in base.tables:
+        refs, _ = select_layers(linear_nodes(base.gm), None, skip, what="sensitivity")
+        start = time.perf_counter()
+        base.tables[kind] = measure_graph(base.gm, refs, base.calib, resolve_candidates(None),
+                                          ("none",) if kind == "none" else ("none", "obs"),
+                                          4096, 0.01, 128, bar)
+        base.table_seconds[kind] = time.perf_counter() - start
+        if kind == "obs":  # the obs table holds the plain errors too
+            base.tables.setdefault("none", base.tables["obs"])
+    return base.tables[kind]
 
 
 def dense_result(base: Calibrated, bar: bool = False) -> MethodResult:

@@ -1,4 +1,5 @@
-"""Pass wrappers for measured selection: `measured-select` (ILP over the sensitivity table).
+"""Pass wrappers for measured selection: `measured-select` (ILP over the sensitivity table)
+and `nm-search` (search refinement scored by KL to the dense model).
 
     calibrate,sensitivity{update=obs},measured-select{target=0.5,skip=lm_head,update=obs},
     nm-prune{update=obs,skip=lm_head},verify-nm
@@ -10,6 +11,7 @@ cuts. `keep_dense`, `skip` and `granularity` mean what they mean for `flow-selec
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,7 +21,14 @@ from flowc.errors import UsageError
 from flowc.passes.base import CompileContext, PassResult
 from flowc.passes.registry import register_pass
 
-from .measured import MeasuredProblem, budget_usage, measured_problem, solve_exact, solve_ilp
+from .measured import (
+    MeasuredProblem,
+    budget_usage,
+    measured_problem,
+    selection_of,
+    solve_exact,
+    solve_ilp,
+)
 from .passes import _Selector, machine_supported
 from .problem import Pattern, resolve_candidates
 from .sensitivity import SensitivityTable
@@ -64,7 +73,7 @@ class MeasuredSelect(_Selector):
     selectable layers (kept-dense ones count). `latency` / `energy`: optional upper bounds as
     fractions of the all-dense cycles / energy of the same layers, priced by the target
     machine's cost model (0 = none). `update`: which error column to minimise (none | obs; obs
-    needs `sensitivity{update=obs}`). `solver`: highs (default), cbc, or exact (DP, small).
+    needs `sensitivity{update=obs}`). `solver`: cbc (default), highs, or exact (DP, small).
     """
 
     name = "measured-select"
@@ -75,7 +84,7 @@ class MeasuredSelect(_Selector):
     energy: float = 0.0
     update: Literal["none", "obs"] = "none"
     candidates: Literal["default", "repo"] | tuple[tuple[int, int], ...] = "default"
-    solver: Literal["highs", "cbc", "exact"] = "highs"
+    solver: Literal["cbc", "highs", "exact"] = "cbc"
 
     def __call__(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         if self.update not in UPDATES:
@@ -108,3 +117,133 @@ class MeasuredSelect(_Selector):
                            "max": max((c for c in sel.costs.values() if not math.isinf(c)),
                                       default=0.0)}
         return result
+
+
+@register_pass
+@dataclass(frozen=True)
+class NMSearch(_Selector):
+    """Refine the allocation by an EvoPress-style search scored by KL to the dense model.
+
+    Starts from the current annotation (run `measured-select` first) and from every uniform
+    pattern that meets the budgets (`target`, `tolerance`, `latency`, `energy`: as in
+    `measured-select`). `generations`, `offspring`, `survivors`, `seed`; `max_time` (seconds,
+    0 = no limit) bounds the wall time; `windows` = held-in calibration windows scored (the
+    first ones of the calibration set). `executor` (serial | local | ray | ray:ADDRESS) and
+    `jobs` choose where candidates are scored (flowc.executors).
+    """
+
+    name = "nm-search"
+    requires = ("sensitivity",)
+    target: float = 0.5
+    tolerance: float = 0.005
+    latency: float = 0.0
+    energy: float = 0.0
+    generations: int = 40
+    offspring: int = 6
+    survivors: int = 2
+    windows: int = 2
+    max_time: float = 0.0
+    seed: int = 0
+    executor: str = "serial"
+    jobs: int = 1
+
+    def __call__(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
+        from flowc.executors import make_executor
+
+        from .search import KLScorer, evolve, score_item
+
+        table = table_of(ctx, self.name)
+        refs, unit_of, units, fixed, dense = self._plan(gm, False)
+        members: dict[str, list[str]] = {}
+        for ref in refs:
+            members.setdefault(unit_of[ref.name], []).append(ref.name)
+        cands = candidates_for(table, "default", ctx)
+        prob = measured_problem(table, [u.name for u in units], cands, fixed, self.target,
+                                self.tolerance, "none", ctx.price, self.latency, self.energy,
+                                members)
+        if not ctx.calib_inputs:
+            raise UsageError(f"{self.name}: needs calibration inputs (the KL windows)")
+        starts = self._starts(refs, unit_of, prob)
+        norms = {}
+        for ref in refs:
+            norm = ref.node.meta.get("flowc", {}).get("input_norm")
+            if norm is None:
+                raise UsageError(f"{self.name}: layer {ref.name} has no input_norm; run "
+                                 "calibrate first")
+            norms[ref.name] = norm
+        free_layers = {r.name: r for r in refs if unit_of[r.name] in prob.names}
+        ctx.log(f"{self.name}: scoring allocations by KL on {self.windows} calibration "
+                f"window(s); {self.generations} generations x {self.offspring} offspring")
+        scorer = KLScorer(gm, free_layers, members, norms, cands,
+                          ctx.calib_inputs[:max(1, self.windows)])
+
+        def alloc(choice: Sequence[int]) -> dict[str, Pattern]:
+            return {u: cands[j] for u, j in zip(prob.names, choice, strict=True)}
+
+        with make_executor(self.executor, self.jobs) as ex:
+            def evaluate(choices: list, windows: int | None) -> list[float]:
+                return ex.map(score_item, [(alloc(c), windows) for c in choices],
+                              shared=scorer)
+
+            bar = _bar(self.generations, ctx)
+            try:
+                res = evolve(prob, starts, evaluate, len(scorer.windows), self.generations,
+                             self.offspring, self.survivors, self.seed, self.max_time,
+                             on_generation=lambda g, s: bar(g, s))
+            finally:
+                bar(None, None)
+                scorer.restore()
+        sel = selection_of(prob, res.choice, "search (KL, EvoPress-style)")
+        result = self._finish(gm, ctx, refs, unit_of, units, sel, dense)
+        report = ctx.reports[self.name]
+        report["search"] = {"kl": res.score, "start_kl": res.start_scores,
+                            "generations": res.generations, "evaluations": res.evaluations,
+                            "stopped": res.stopped, "history": res.history,
+                            "windows": len(scorer.windows)}
+        report["budgets"] = budget_usage(prob, res.choice)
+        ctx.options["search_seconds"] = res.seconds
+        ctx.log(f"{self.name}: KL {min(res.start_scores.values()):.5f} -> {res.score:.5f} in "
+                f"{res.generations} generations, {res.evaluations} evaluations, "
+                f"{res.seconds:.1f} s ({res.stopped})")
+        return result
+
+    def _starts(self, refs, unit_of, prob: MeasuredProblem) -> dict[str, tuple[int, ...]]:
+        """The current annotation (if every unit has one) and every uniform candidate."""
+        starts: dict[str, tuple[int, ...]] = {}
+        current: dict[str, Pattern] = {}
+        for ref in refs:
+            sel = ref.node.meta.get("flowc", {}).get("selection")
+            if sel is not None:
+                current[unit_of[ref.name]] = tuple(sel["pattern"])  # type: ignore[assignment]
+        dense_j = next(j for j, (n, m) in enumerate(prob.cands) if n == m)
+
+        def index(p: Pattern) -> int | None:
+            if p[0] == p[1]:
+                return dense_j
+            return prob.cands.index(p) if p in prob.cands else None
+
+        picked = [index(current[u]) if u in current else None for u in prob.names]
+        if all(j is not None for j in picked):  # else: no (usable) annotation to start from
+            starts["annotation"] = tuple(int(j) for j in picked)  # type: ignore[arg-type]
+        for j, (n, m) in enumerate(prob.cands):
+            if n != m and all(not math.isinf(row[j]) for row in prob.costs):
+                starts[f"uniform {n}:{m}"] = tuple(j for _ in prob.names)
+        return starts
+
+
+def _bar(total: int, ctx: CompileContext):
+    """A tqdm bar over generations on stderr when the context shows progress."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="nm-search", unit="gen", disable=ctx.progress is None,
+               leave=False)
+
+    def update(gen: int | None, score: float | None) -> None:
+        if gen is None:
+            bar.close()
+            return
+        bar.n = gen
+        bar.set_postfix(kl=f"{score:.5f}")
+        bar.refresh()
+
+    return update
