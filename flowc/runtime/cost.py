@@ -36,6 +36,8 @@ VECTOR_CLASS = {
     "v.abs": "elementwise", "v.max": "elementwise", "v.min": "elementwise",
     "v.cumsum": "elementwise", "v.sum": "elementwise", "v.amax": "elementwise",
     "v.dwconv": "elementwise",
+    # masks, casts, constant-index gathers (issue 10; docs/attention.md)
+    "v.where": "elementwise", "v.cast": "elementwise", "v.gather": "permute",
 }
 FREE_OPS = ("layer", "halt", "loop.tiles", "loop.end", "v.reshape")
 

@@ -26,7 +26,7 @@ from flowc import isa
 from flowc.backend.image import Image
 from flowc.backend.pack import unpack
 from flowc.errors import ExecutionError, UsageError
-from flowc.runtime import vector
+from flowc.runtime import vector, vector_masks
 from flowc.runtime.events import ExecEvent, Listener, LoopEvent
 
 CANONICAL_BODY = ("ld.tile", "ld.act", "cim", "merge", "acc")
@@ -408,3 +408,4 @@ def _embed(it: Interpreter, st: State, ins) -> dict:
 
 
 vector.register(handles)
+vector_masks.register(handles)

@@ -18,7 +18,8 @@ def test_package_definition_content() -> None:
     assert ISA.version == 1
     assert [t.name for t in ISA.types] == list(KNOWN_TYPES)
     assert [g.title for g in ISA.groups] == ["Control", "CiM macro", "Vector unit",
-                                            "Vector unit: plain ops and scans"]
+                                            "Vector unit: plain ops and scans",
+                                            "Vector unit: masks, casts and indexing"]
     text = (Path(__file__).parents[2] / "flowc/isa/flexcim.isa").read_text()
     assert len(ISA.insns) == sum(line.startswith("insn ") for line in text.splitlines()) >= 27
     ld = ISA.by_mnemonic["ld.tile"]
