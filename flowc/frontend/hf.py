@@ -188,6 +188,36 @@ class EncoderHidden(_Wrapper):
         return self._hf(input_ids=input_ids, return_dict=True).last_hidden_state
 
 
+class EncoderHiddenMasked(_Wrapper):
+    """forward(input_ids, attention_mask [B, T]) -> last_hidden_state (padding masked)."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self._hf(input_ids=input_ids, attention_mask=attention_mask,
+                        return_dict=True).last_hidden_state
+
+
+class EncoderHiddenPair(_Wrapper):
+    """forward(input_ids, attention_mask, token_type_ids [B, T]) -> last_hidden_state: a
+    tokenised sentence pair (segment ids tell the two sentences apart)."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        return self._hf(input_ids=input_ids, attention_mask=attention_mask,
+                        token_type_ids=token_type_ids, return_dict=True).last_hidden_state
+
+
+class MaskedLMLogits(_Wrapper):
+    """forward(input_ids [B, T]) -> logits [B, T, vocab] of a masked LM (BERT-style head)."""
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self._hf(input_ids=input_ids, return_dict=True).logits
+
+
+ENCODER_INPUTS = {("input_ids",): EncoderHidden,
+                  ("input_ids", "attention_mask"): EncoderHiddenMasked,
+                  ("input_ids", "attention_mask", "token_type_ids"): EncoderHiddenPair}
+
+
 def explain_export_failure(model: nn.Module, exc: BaseException) -> str:
     """One line naming the model class and the construct torch.export tripped on.
 
@@ -248,11 +278,26 @@ def is_causal_lm(model: nn.Module) -> bool:
     return hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None
 
 
-def export_program(model: nn.Module, input_ids: torch.Tensor) -> torch.export.ExportedProgram:
-    """The ExportedProgram of `model` as input_ids -> logits (LM) or last_hidden_state
-    (encoder); flowc's loaders prepare its graph with frontend.prepare.prepare_graph."""
-    wrapper = CausalLMLogits(model.eval()) if is_causal_lm(model) else EncoderHidden(model.eval())
-    return _export_ep(wrapper, input_ids)
+def export_program(model: nn.Module, *inputs: torch.Tensor,
+                   names: tuple[str, ...] = ("input_ids",)) -> torch.export.ExportedProgram:
+    """The ExportedProgram of `model` as input_ids -> logits (causal or masked LM) or
+    encoder inputs `names` (see ENCODER_INPUTS) -> last_hidden_state; flowc's loaders
+    prepare its graph with frontend.prepare.prepare_graph."""
+    model = model.eval()
+    if is_causal_lm(model):
+        if names != ("input_ids",):
+            raise ExportFailed(f"{type(model).__name__}: a language model is captured from "
+                               f"input_ids alone, not {', '.join(names)}")
+        decoder = getattr(model.config, "is_decoder", False) or "CausalLM" in type(model).__name__ \
+            or "LMHead" in type(model).__name__
+        wrapper: _Wrapper = CausalLMLogits(model) if decoder else MaskedLMLogits(model)
+    elif names in ENCODER_INPUTS:
+        wrapper = ENCODER_INPUTS[names](model)
+    else:
+        raise ExportFailed(f"{type(model).__name__}: no encoder wrapper for inputs "
+                           f"{', '.join(names)}; known: "
+                           + "; ".join(", ".join(k) for k in ENCODER_INPUTS))
+    return _export_ep(wrapper, *inputs)
 
 
 def capture(

@@ -195,106 +195,22 @@ def _finish(ep: torch.export.ExportedProgram, inputs: tuple[torch.Tensor, ...], 
                     output_names=output_names, source=source, info=info)
 
 
-# -- Hugging Face sources: hf:smollm2-135m, hf:tiny-<arch> -----------------------------------------
+# -- Hugging Face sources live in flowc.frontend.sources (imported lazily: transformers is slow)
 HF_PREFIX = "hf:"
-SMOLLM2 = "smollm2-135m"
-DEFAULT_PROMPT = (
-    "The history of computing is a story of machines that learned to remember. Early "
-    "calculators kept their numbers in gears and relays; later computers stored them in "
-    "magnetic cores, then in tiny capacitors etched into silicon. For decades the processor "
-    "and the memory lived apart, and every multiplication meant a trip across the bus between "
-    "them. Moving the data cost far more energy than the arithmetic itself. Engineers "
-    "therefore began to ask a simple question: what if the memory could compute? In a "
-    "compute-in-memory array, each cell holds a weight and multiplies it by an input as the "
-    "signal passes, so a whole matrix-vector product happens where the numbers already are. "
-    "Language models, which spend most of their time in exactly these products, are the "
-    "obvious customers for such chips, and the next step is to"
-)
 
 
 def is_hf_source(spec: str) -> bool:
     return str(spec).startswith(HF_PREFIX)
 
 
-def hf_source_names() -> list[str]:
-    from flowc.frontend.hf import ARCHS
-
-    return [SMOLLM2] + [f"tiny-{a}" for a in ARCHS]
-
-
 def check_hf_source(spec: str) -> str:
-    """The source name after `hf:`, or a UsageError listing the known sources."""
-    name = str(spec)[len(HF_PREFIX):]
-    if name not in hf_source_names():
-        raise UsageError(f"unknown model source {spec!r}; known: "
-                         + ", ".join(HF_PREFIX + n for n in hf_source_names()))
-    return name
+    from flowc.frontend.sources import check_hf_source as check
+
+    return check(spec)
 
 
-def prompt_ids(tokenizer, prompt: str, seq_len: int | None) -> torch.Tensor:
-    """[1, T] token ids of `prompt`; with seq_len, truncated or cycled to exactly T tokens."""
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise UsageError("--prompt: the prompt has no tokens")
-    if seq_len:
-        ids = (ids * -(-seq_len // len(ids)))[:seq_len]
-    return torch.tensor([ids], dtype=torch.long)
+def load_hf(spec: str, **kwargs) -> Captured:
+    """See flowc.frontend.sources.load_hf."""
+    from flowc.frontend.sources import load_hf as load
 
-
-def calibration_windows(tokenizer, seq_len: int, count: int,
-                        progress=None) -> list[tuple[torch.Tensor, ...]]:
-    """`count` windows of seq_len tokens of the Brown corpus (calibration split), or of the
-    Python docs (pydoc) when Brown cannot be fetched (no npm / offline)."""
-    from flowc.frontend.text import TextSourceError, load_text, split_text
-
-    try:
-        text, source = split_text(load_text("brown"))[0], "brown"
-    except TextSourceError as exc:
-        if progress:
-            progress(f"Brown corpus unavailable ({exc}); calibrating on pydoc text")
-        text, source = load_text("pydoc"), "pydoc"
-    ids = tokenizer(text[: 8 * seq_len * count + 4096], add_special_tokens=False)["input_ids"]
-    if len(ids) < seq_len * count:
-        raise UsageError(f"calibration text ({source}) has only {len(ids)} tokens")
-    if progress:
-        progress(f"calibration: {count} windows x {seq_len} tokens of {source}")
-    return [(torch.tensor([ids[i * seq_len:(i + 1) * seq_len]], dtype=torch.long),)
-            for i in range(count)]
-
-
-def load_hf(spec: str, seq_len: int | None = None, prompt: str | None = None,
-            calib_batches: int = 4, progress=None, seed: int = 0) -> Captured:
-    """Capture `hf:smollm2-135m` (real weights, tokenised prompt) or `hf:tiny-<arch>` (random
-    weights, seeded random token ids): torch.export -> fold_constants -> strip_noops.
-
-    `Captured.info` carries `calib` (calibration input tuples) and `vocab` (the decoded text
-    of every token id, for the report's next-token table; SmolLM2 only).
-    """
-    from flowc.frontend import hf
-
-    name = check_hf_source(spec)
-    say = progress or (lambda msg: None)
-    info: dict = {}
-    if name == SMOLLM2:
-        say("loading SmolLM2-135M (GGUF weights, ~15 s) ...")
-        model, tok = hf.load_smollm2()
-        ids = prompt_ids(tok, prompt or DEFAULT_PROMPT, seq_len or (None if prompt else 128))
-        info["calib"] = calibration_windows(tok, ids.shape[1], calib_batches, say)
-        info["vocab"] = tuple(tok.batch_decode([[i] for i in range(len(tok))]))
-        info["prompt_tokens"] = ids.shape[1]
-    else:  # tiny-<arch>
-        if prompt:
-            raise UsageError(f"--prompt needs a tokenizer; {spec} has random weights and none")
-        model = hf.tiny_model(name[5:], seed=seed)
-        if name == "tiny-gpt2":
-            hf.conv1d_to_linear(model)
-        gen = torch.Generator().manual_seed(seed)
-        vocab = model.config.vocab_size
-        ids = torch.randint(0, vocab, (1, seq_len or 32), generator=gen)
-        info["calib"] = [(torch.randint(0, vocab, tuple(ids.shape), generator=gen),)
-                         for _ in range(calib_batches)]
-    say(f"capturing {type(model).__name__} with torch.export ({ids.shape[1]} tokens) ...")
-    ep = hf.export_program(model, ids)
-    encoder = name[5:] in hf.ENCODER_ARCHS if name.startswith("tiny-") else False
-    return _finish(ep, (ids,), str(spec), info=info,
-                   output_names=("last_hidden_state",) if encoder else ("logits",))
+    return load(spec, **kwargs)
