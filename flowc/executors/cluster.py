@@ -1,0 +1,186 @@
+"""The Ray executor: the same `map` contract as flowc.executors, on a Ray cluster.
+
+Kept apart so that `import flowc.executors` never needs Ray; Ray itself is imported only when
+a RayExecutor is built (an optional extra: `pip install 'flowc[ray]'`).
+
+Work runs as plain Ray tasks (one per item, one CPU each): Ray does the scheduling, the
+transfer and the retries of crashed workers. The shared value is `ray.put` once per binding;
+each task receives its ObjectRef wrapped in a list (so Ray does not resolve it per task) and
+the worker process loads it on its first item and keeps it, like a pool worker's initializer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flowc.errors import UsageError, WorkerError
+from flowc.executors.base import (
+    _WORKER,
+    RAY_INSTALL_HINT,
+    Bound,
+    Progress,
+    _BindingBase,
+    _check_picklable,
+    _ensure_open,
+    _ExecutorBase,
+    _load_binding,
+    _new_scratch_root,
+    _report,
+    _run_item,
+    _tag,
+)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(f"--executor ray needs Ray, which is not installed: {RAY_INSTALL_HINT}"
+                         ) from None
+    return ray
+
+
+def _ray_item(fn: Callable[[Any, Any], Any], index: int, item: Any, box: list[Any], key: str,
+              scratch_name: str) -> Any:
+    """Body of every Ray task: load the binding's shared value once per worker, run the item."""
+    if _WORKER.key != key:
+        import ray
+
+        shared = ray.get(box[0]) if box else None
+        _load_binding(key, shared, os.path.join(tempfile.gettempdir(), scratch_name), threads=1)
+    return _run_item(fn, index, item)
+
+
+def _with_driver_path(runtime_env: dict[str, Any] | None) -> dict[str, Any]:
+    """A local cluster's workers import what the driver can (as spawned pool workers do):
+    the driver's own sys.path entries, i.e. those outside the Python installation, are put
+    on the workers' PYTHONPATH unless the caller set one."""
+    env = dict(runtime_env or {})
+    env_vars = dict(env.get("env_vars") or {})
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    own = [p for p in sys.path if p and os.path.isdir(p)
+           and not any(os.path.realpath(p).startswith(pre) for pre in prefixes)]
+    if own and "PYTHONPATH" not in env_vars:
+        inherited = os.environ.get("PYTHONPATH")
+        env_vars["PYTHONPATH"] = os.pathsep.join(own + ([inherited] if inherited else []))
+        env["env_vars"] = env_vars
+    return env
+
+
+class RayExecutor(_ExecutorBase):
+    """Tasks on a Ray cluster: a new local one (address None; `num_cpus` CPUs, None: all) or an
+    existing one ("auto", "HOST:PORT", "ray://HOST:PORT"; its nodes need flowc installed).
+
+    A cluster this executor started is shut down by close(); one that was already connected
+    in this process (ray.init called by the caller) is left running."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, *,
+                 runtime_env: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if address is not None and num_cpus is not None:
+            raise UsageError(f"executor ray: num_cpus sizes a new local cluster; the cluster at "
+                             f"{address!r} has its own CPUs")
+        self._ray = _import_ray()
+        self.address, self.num_cpus, self.runtime_env = address, num_cpus, runtime_env
+        self.workers: int | None = None  # the cluster's CPUs, known once connected
+        self._owns_cluster = False
+        self._task: Any = None
+
+    def connect(self) -> None:
+        """Start or join the cluster (done by the first bind/map; explicit to time it)."""
+        ray = self._ray
+        if not ray.is_initialized():
+            # Ray would otherwise report usage statistics over the network
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            kwargs: dict[str, Any] = {"address": self.address, "log_to_driver": False,
+                                      "logging_level": logging.WARNING,
+                                      "runtime_env": self.runtime_env}
+            if self.address is None:
+                kwargs.update(num_cpus=self.num_cpus, include_dashboard=False,
+                              runtime_env=_with_driver_path(self.runtime_env))
+            try:
+                ray.init(**kwargs)
+            except (ConnectionError, ValueError) as exc:
+                where = self.address or "a new local cluster"
+                raise UsageError(f"executor ray: cannot start/join {where}: {exc}") from None
+            self._owns_cluster = True
+        if self._task is None:
+            self._task = ray.remote(num_cpus=1)(_ray_item)
+        self.workers = int(ray.cluster_resources().get("CPU", 0))
+
+    def _bind(self, shared: Any) -> Bound:
+        self.connect()
+        return _RayBinding(self, shared)
+
+    def close(self) -> None:
+        super().close()
+        if self._owns_cluster:
+            self._ray.shutdown()
+            self._owns_cluster = False
+
+
+class _RayBinding(_BindingBase):
+    def __init__(self, owner: RayExecutor, shared: Any) -> None:
+        self.shared, self.closed, self._owner = shared, False, owner
+        self.key, root = _new_scratch_root("ray")
+        self.scratch_name = os.path.basename(root)
+        try:
+            self._box = [] if shared is None else [owner._ray.put(shared)]
+        except Exception as exc:
+            raise UsageError(f"executor ray: the shared value ({type(shared).__name__}) cannot "
+                             f"be stored in the object store: {exc}") from None
+
+    def map(self, fn: Callable[[Any, Any], Any], items: Iterable[Any], *,
+            progress: Progress | None = None) -> list[Any]:
+        _ensure_open(self)
+        _check_picklable(fn, "ray")
+        ray, task = self._owner._ray, self._owner._task
+        items = list(items)
+        refs = [task.remote(fn, i, item, self._box, self.key, self.scratch_name)
+                for i, item in enumerate(items)]
+        index = {ref: i for i, ref in enumerate(refs)}
+        results: list[Any] = [None] * len(refs)
+        pending = list(refs)
+        _report(progress, 0, len(refs))
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                if pending:  # collect whatever else finished meanwhile in one go
+                    more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+                    ready += more
+                for ref in sorted(ready, key=index.__getitem__):
+                    results[index[ref]] = _get(ray, ref, index[ref])
+                _report(progress, len(refs) - len(pending), len(refs))
+        finally:
+            for ref in pending:  # the first failure cancels what has not finished
+                ray.cancel(ref)
+        return results
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._box = []  # drop the ObjectRef: Ray frees the object once no task holds it
+        # the local part of the scratch space (remote nodes' workers drop theirs on rebinding)
+        shutil.rmtree(os.path.join(tempfile.gettempdir(), self.scratch_name), ignore_errors=True)
+
+
+def _get(ray: Any, ref: Any, i: int) -> Any:
+    """One task's result; its exception re-raised as the original type with the item index."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        cause = err.cause
+        if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayError):
+            raise _tag(cause, i) from err
+        raise WorkerError(f"item {i}: {err}") from None
+    except ray.exceptions.RayError as err:
+        raise WorkerError(f"item {i}: the Ray task failed: {type(err).__name__}: {err}") from None
