@@ -180,6 +180,7 @@ def supported_ops_summary() -> str:
 def lower(cap: Captured, machine, keep_fp32: bool = True) -> Image:
     """Lower a captured, pruned and quantised graph to an Image for `machine`."""
     import flowc.backend.rules  # noqa: F401  (registers the op rules)
+    import flowc.backend.rules_attention  # noqa: F401  (masks, casts, indexing)
     import flowc.backend.rules_ops  # noqa: F401  (plain ops: math, reductions, scans)
     import flowc.backend.rules_ssm  # noqa: F401  (state-space models: conv1d, select, pad)
     import flowc.backend.rules_tf  # noqa: F401  (transformer ops)

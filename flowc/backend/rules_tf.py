@@ -66,7 +66,12 @@ def _attention_name(lw: Lowering, node: torch.fx.Node) -> str:
 # -- embeddings ------------------------------------------------------------------------------
 @rule(aten.embedding.default)
 def lower_embedding(lw: Lowering, node: torch.fx.Node) -> None:
-    table_node, ids = node.args[0], node.args[1]
+    emit_embedding(lw, node, node.args[0], node.args[1])
+
+
+def emit_embedding(lw: Lowering, node: torch.fx.Node, table_node: torch.fx.Node,
+                   ids: torch.fx.Node) -> None:
+    """`node` = rows `ids` of the parameter `table_node` (embedding, index_select, W[ids])."""
     _vector(lw, node)
     table = lw.param(table_node)
     if table.ndim != 2:
