@@ -127,6 +127,58 @@ def _jsonable(x):
     return x
 
 
+def _logits(gm, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        out = gm(*inputs)
+    out = out[0] if isinstance(out, tuple | list) else out
+    return out.reshape(-1, out.shape[-1]).to(torch.float32)
+
+
+def _nll(gm, windows) -> tuple[float, int]:
+    """Summed next-token NLL and predicted tokens over [1, T] windows (no context carried)."""
+    total, count = 0.0, 0
+    for (ids,) in windows:
+        logits = _logits(gm, (ids,))
+        total += float(torch.nn.functional.cross_entropy(logits[:-1], ids.reshape(-1)[1:],
+                                                         reduction="sum"))
+        count += ids.numel() - 1
+    return total, count
+
+
+def quality_probe(cap: Captured) -> dict | None:
+    """For a language model with held-out windows (`cap.info["eval_windows"]`): the dense
+    fp32 model's next tokens at the prompt and its perplexity, measured before the passes
+    prune anything, so the report can put the pruned model beside it."""
+    windows = cap.info.get("eval_windows")
+    if not windows or cap.output_names[:1] != ("logits",):
+        return None
+    logits = _logits(cap.gm, cap.example_inputs)
+    nll, tokens = _nll(cap.gm, windows)
+    return {"next": logits.argmax(-1).tolist(), "nll": nll, "tokens": tokens}
+
+
+def quality_report(cap: Captured, dense: dict, progress) -> dict:
+    """Dense vs pruned fp32: perplexity on the held-out windows, next tokens at the prompt."""
+    import math
+
+    nll, tokens = _nll(cap.gm, cap.info["eval_windows"])
+    pruned_next = _logits(cap.gm, cap.example_inputs).argmax(-1).tolist()
+    out = {"windows": len(cap.info["eval_windows"]), "tokens": tokens,
+           "eval_text": cap.info.get("eval_text", ""),
+           "dense_ppl": round(math.exp(dense["nll"] / dense["tokens"]), 4),
+           "pruned_ppl": round(math.exp(nll / tokens), 4),
+           "dense_next": dense["next"][-8:], "pruned_next": pruned_next[-8:],
+           "next_agreement": round(sum(a == b for a, b in zip(dense["next"], pruned_next,
+                                                              strict=True)) / len(pruned_next),
+                                   4)}
+    if progress:
+        progress(f"held-out perplexity ({out['windows']} x "
+                 f"{tokens // max(out['windows'], 1) + 1} tokens of {out['eval_text'] or 'text'})"
+                 f": dense {out['dense_ppl']:.2f}, after the passes {out['pruned_ppl']:.2f} "
+                 f"(fp32); next-token agreement with dense {out['next_agreement']:.3f}")
+    return out
+
+
 def export_reference(cap: Captured) -> bytes:
     """ONNX of the pruned fp32 model (the graph after passes; weights are pruned in place)."""
     buf = io.BytesIO()
@@ -154,7 +206,10 @@ def compile_captured(cap: Captured, opts: CompileOptions,
     pipeline = opts.pipeline or default_pipeline(opts)
     if calib is None:
         calib = cap.info.get("calib") or calibration_inputs(cap, opts.calib_batches, opts.seed)
+    dense = quality_probe(cap)
     info = run_passes(cap, pipeline, machine, calib, progress)
+    if dense is not None:
+        info["quality"] = _jsonable(quality_report(cap, dense, progress))
     if progress:
         progress(f"lowering to {machine.name} ...")
     image = lower(cap, machine, keep_fp32=opts.keep_fp32)

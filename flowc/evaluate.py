@@ -34,7 +34,7 @@ from flowc.passes.graph import flowc_meta, get_param, linear_nodes, matches
 
 METHODS = ("dense", "uniform", "magnitude", "owl", "flow", "flow-repo", "measured",
            "measured-search")
-REPO_MODE = "locality=repo,direction=repo,candidates=repo,granularity=block"
+REPO_MODE = "preset=repo"  # FLOW's public code in every point (docs/flow.md)
 
 
 class EvalError(UsageError):
@@ -144,7 +144,7 @@ class MethodSpec:
     skip: tuple[str, ...] = ("lm_head",)
     update: str = "none"  # none | obs
     sequential: bool = True
-    tau: float = 5.0
+    tau: float | None = None  # None: the method's own (5; FLOW's 0.5 for flow-repo)
     granularity: str | None = None  # None: the method's own (layer; block for flow-repo)
     solver: str = "cbc"
     extra: str = ""  # more selection options, pipeline syntax (e.g. "beta=2.0")
@@ -183,7 +183,8 @@ def method_pipeline(spec: MethodSpec) -> str:
         select = f"uniform-nm{{{_opts(f'n={n},m={m}', common)}}}"
     elif spec.method == "owl":
         m = spec.nm[1] if spec.nm else 8
-        select = f"owl-nm{{{_opts(f'm={m},target={spec.target},tau={spec.tau}', common)}}}"
+        tau = 5.0 if spec.tau is None else spec.tau
+        select = f"owl-nm{{{_opts(f'm={m},target={spec.target},tau={tau}', common)}}}"
     elif spec.method in ("measured", "measured-search"):
         upd = "obs" if spec.update == "obs" else "none"
         select = "measured-select{" + _opts(f"target={spec.target},update={upd}",
@@ -195,9 +196,9 @@ def method_pipeline(spec: MethodSpec) -> str:
                                             common, spec.search) + "}"
     elif spec.method in ("flow", "flow-repo"):
         repo = REPO_MODE if spec.method == "flow-repo" else ""
-        if repo and spec.granularity:
-            repo = repo.replace(",granularity=block", "")
-        select = "flow-select{" + _opts(f"target={spec.target},tau={spec.tau}",
+        tau = spec.tau if spec.tau is not None or repo else 5.0  # None: the preset's
+        select = "flow-select{" + _opts(f"target={spec.target}",
+                                         f"tau={tau}" if tau is not None else "",
                                          f"solver={spec.solver}", repo, common,
                                          spec.extra) + "}"
     else:
@@ -304,11 +305,17 @@ def run_method(base: Calibrated, spec: MethodSpec, bar: bool = False,
     seconds = {"select": select, "prune": timing.total("nm-prune"),
                "verify": timing.total("verify-nm"), "eval": time.perf_counter() - start}
     table = sparsity_table(gm, spec.skip)
-    sel_report = next((ctx.reports[n] for n in ("flow-select", "owl-nm", "uniform-nm")
-                       if n in ctx.reports), {})
+    sel_report = next((ctx.reports[n] for n in ("nm-search", "measured-select", "flow-select",
+                                                 "owl-nm", "uniform-nm") if n in ctx.reports), {})
     selection = {"layers": {r["name"]: r["pattern"] for r in table["layers"] if r["pattern"]},
                  "target": sel_report.get("target", spec.target),
                  "achieved": table["sparsity"], "method": sel_report.get("method", spec.method)}
+    if "search" in sel_report:  # nm-search: what the search did, for reports
+        srch = sel_report["search"]
+        selection["search"] = {"kl": srch["kl"], "start": min(srch["start_kl"].values()),
+                               "generations": srch["generations"],
+                               "evaluations": srch["evaluations"], "stopped": srch["stopped"],
+                               "seconds": ctx.options.get("search_seconds", 0.0)}
     del gm, ctx
     gc.collect()  # GraphModules hold reference cycles: free the pruned copy now
     return MethodResult(spec, pipeline, ppl, table["sparsity"], table["sparsity_all"], seconds,

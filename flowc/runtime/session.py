@@ -250,11 +250,14 @@ def next_tokens(image: Image, inputs: Sequence[np.ndarray], sim: np.ndarray,
 
 def _token_table(rows: list[dict]) -> str:
     refs = [k for k in rows[0] if k.startswith("onnxruntime_")] if rows else []
+    dense = bool(rows) and "dense_fp32" in rows[0]
     heads = "".join(f"{'ORT ' + k.removeprefix('onnxruntime_') + ' next':<18}" for k in refs)
+    heads += f"{'dense fp32 next':<18}" if dense else ""
     lines = [f"  {'pos':>4}  {'input':<14} {'flowrun next':<16} {heads}"]
     for r in rows:
         mark = "" if r["same"] else "  <- differs"
         cells = "".join(f"{r[k]!r:<18}" for k in refs)
+        cells += f"{r['dense_fp32']!r:<18}" if dense else ""
         lines.append(f"  {r['position']:>4}  {r['input']!r:<14} {r['flowrun']!r:<16} {cells}{mark}")
     return "\n" + "\n".join(lines)
 
@@ -301,8 +304,18 @@ def _language_notes(image: Image, arrays, outputs, refs: dict, report: RunReport
             agree = "-" if out.decided_top1 is None else f"{out.decided_top1:.4f}"
             notes["  at decided positions (fp32 top-1 margin > 2 x int8 logit noise "
                   f"{out.logit_noise:.3f})"] = f"{agree} over {out.decided_positions} positions"
+    quality = (image.compile_info or {}).get("quality")
+    if quality:
+        notes[f"perplexity on {quality['windows']} held-out windows ({quality['tokens']} "
+              f"predicted tokens, fp32, measured at compile time)"] = (
+            f"dense {quality['dense_ppl']:.2f}, after the passes {quality['pruned_ppl']:.2f}")
     if image.vocab:
         order = [r.reference for r in checks]  # the verdict's reference first
         rows = next_tokens(image, arrays, outputs[i], {k: refs[k][i] for k in order})
+        if quality:  # the dense model's choice beside the pruned model's
+            dense_next = quality["dense_next"][-len(rows):]
+            for row, tok in zip(rows, dense_next, strict=False):
+                row["dense_fp32"] = image.vocab[tok] if 0 <= tok < len(image.vocab) \
+                    else f"<{tok}>"
         report.extra["next_tokens"] = rows
         notes[f"next token at the last {len(rows)} positions"] = _token_table(rows)
