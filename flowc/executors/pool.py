@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import shutil
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -96,30 +96,26 @@ class _PoolBinding(_BindingBase):
 
 def _gather_futures(futures: dict[Future[Any], int], total: int, progress: Progress | None,
                     binding: _PoolBinding) -> list[Any]:
-    """Collect results by index as they complete; the first failure cancels the queued rest."""
+    """Collect results by index as they complete; the first failure cancels the queued rest
+    (as_completed: linear in the number of items, unlike repeated wait() calls)."""
     results: list[Any] = [None] * total
-    pending = set(futures)
-    done_count = 0
     _report(progress, 0, total)
     try:
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in sorted(done, key=futures.__getitem__):  # lowest failing index first
-                i = futures[fut]
-                try:
-                    results[i] = fut.result()
-                except BrokenProcessPool as exc:
-                    binding._broken()
-                    raise WorkerError(
-                        f"item {i}: a worker process died ({exc}): it crashed, ran out of "
-                        "memory or could not start (a script that uses a process pool needs "
-                        "an `if __name__ == '__main__':` guard); rerun with -j 1 to see the "
-                        "item run in-process") from None
-                except Exception as exc:
-                    raise _tag(exc, i)  # noqa: B904 (the worker's exception, remote traceback as cause)
-            done_count += len(done)
-            _report(progress, done_count, total)
+        for done, fut in enumerate(as_completed(futures), 1):
+            i = futures[fut]
+            try:
+                results[i] = fut.result()
+            except BrokenProcessPool as exc:
+                binding._broken()
+                raise WorkerError(
+                    f"item {i}: a worker process died ({exc}): it crashed, ran out of "
+                    "memory or could not start (a script that uses a process pool needs "
+                    "an `if __name__ == '__main__':` guard); rerun with -j 1 to see the "
+                    "item run in-process") from None
+            except Exception as exc:
+                raise _tag(exc, i)  # noqa: B904 (the worker's exception, remote traceback as cause)
+            _report(progress, done, total)
     finally:
-        for fut in pending:
+        for fut in futures:  # no-op for finished ones
             fut.cancel()
     return results
