@@ -45,7 +45,8 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
                    help="obs: SparseGPT-style OBS weight update on the same mask")
     p.add_argument("--one-shot", action="store_true",
                    help="prune every layer with dense statistics (default: sequential)")
-    p.add_argument("--tau", type=float, default=5.0, help="outlier threshold (default 5)")
+    p.add_argument("--tau", type=float, default=None,
+                   help="outlier threshold (default 5; flow-repo: FLOW's 0.5)")
     p.add_argument("--granularity", choices=["layer", "block"], default=None)
     p.add_argument("--solver", choices=["cbc", "highs", "dp"], default="cbc")
     p.add_argument("--no-dense", action="store_true", help="skip the dense perplexity")

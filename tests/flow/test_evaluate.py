@@ -84,8 +84,15 @@ def test_method_pipelines_parse_and_name_their_options():
         names = [p.name for p in parse_pipeline(method_pipeline(MethodSpec(method, 0.6)))]
         assert names[-2:] == ["nm-prune", "verify-nm"]
     repo = parse_pipeline(method_pipeline(MethodSpec("flow-repo", 0.5)))[0]
-    assert (repo.locality, repo.direction, repo.candidates, repo.granularity) == (
-        "repo", "repo", "repo", "block")
+    assert repo.preset == "repo" and repo.tau is None  # FLOW's own tau (0.5) from the preset
+    eff = repo.resolved()
+    assert (eff["locality"], eff["direction"], eff["candidates"], eff["granularity"],
+            eff["tau"], eff["threshold"], eff["constraint"], eff["force_dense_ends"]) == (
+        "repo-block", "repo", "repo", "block", 0.5, "block", "repo-equality", True)
+    given = parse_pipeline(method_pipeline(MethodSpec("flow-repo", 0.5, tau=5.0,
+                                                      granularity="layer",
+                                                      extra="locality=repo")))[0]
+    assert (given.resolved()["tau"], given.resolved()["granularity"]) == (5.0, "layer")
     assert method_pipeline(MethodSpec("dense")) == ""
     with pytest.raises(EvalError, match="unknown method"):
         method_pipeline(MethodSpec("sparsegpt"))

@@ -34,7 +34,7 @@ def test_default_candidates_flexcim():
 
 
 def test_candidate_specs():
-    assert resolve_candidates("repo") == [(2, 4), (4, 4), (2, 8), (4, 8), (8, 8)]
+    assert resolve_candidates("repo") == [(4, 8), (4, 4), (2, 8), (2, 4), (8, 8)]  # FLOW order
     assert resolve_candidates("2:4, 4:8") == [(2, 4), (4, 8)]
     assert resolve_candidates([(1, 4), "1:4"]) == [(1, 4)]
     vegeta = default_candidates(lambda n, m: m == 4 and n in (1, 2, 4))

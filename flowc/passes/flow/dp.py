@@ -50,7 +50,7 @@ def integer_view(prob: Problem) -> IntegerView:
 
     total = sum(prob.params.values()) // g * unit
     start = sum(step(prob.params[k], p) for k, p in prob.fixed.items())
-    steps = [[-1 if math.isinf(cost) else step(layer.params, c)
+    steps = [[-1 if math.isinf(cost) else step(prob.params[layer.name], c)
               for c, cost in zip(prob.cands, row, strict=True)]
              for layer, row in zip(prob.free, prob.costs, strict=True)]
     lo = max(math.ceil(prob.lo * total), 0)
@@ -77,17 +77,24 @@ def achievable_sums(view: IntegerView) -> np.ndarray:
     return reach
 
 
-def nearest_achievable(prob: Problem) -> tuple[float | None, float | None, bool]:
-    """(largest achievable sparsity below the window, smallest above, window_feasible)."""
+def nearest_exact(prob: Problem) -> tuple[Fraction | None, Fraction | None, bool]:
+    """(largest achievable sparsity below the window, smallest above, window_feasible), exact."""
     view = integer_view(prob)
     reach = achievable_sums(view)
     idx = np.flatnonzero(reach)
     inside = idx[(idx >= view.lo) & (idx <= view.hi)]
     below = idx[idx < view.lo]
     above = idx[idx > view.hi]
-    lo_v = float(Fraction(int(below[-1]), view.total)) if below.size else None
-    hi_v = float(Fraction(int(above[0]), view.total)) if above.size else None
+    lo_v = Fraction(int(below[-1]), view.total) if below.size else None
+    hi_v = Fraction(int(above[0]), view.total) if above.size else None
     return lo_v, hi_v, bool(inside.size)
+
+
+def nearest_achievable(prob: Problem) -> tuple[float | None, float | None, bool]:
+    """nearest_exact as floats."""
+    lo_v, hi_v, feasible = nearest_exact(prob)
+    return (None if lo_v is None else float(lo_v), None if hi_v is None else float(hi_v),
+            feasible)
 
 
 def solve_dp(prob: Problem) -> Selection:
@@ -96,7 +103,7 @@ def solve_dp(prob: Problem) -> Selection:
     size = min(_ceiling(view), view.hi) + 1
     if size <= 0 or size * max(len(view.steps), 1) > MAX_DP_CELLS:
         if size <= 0:
-            lo_v, hi_v, _ = nearest_achievable(prob)
+            lo_v, hi_v, _ = nearest_exact(prob)
             raise infeasible_error(prob, lo_v, hi_v)
         raise TooLarge(f"exact DP needs {size} states x {len(view.steps)} layers "
                        f"(limit {MAX_DP_CELLS} cells); use the ILP")
@@ -118,7 +125,7 @@ def solve_dp(prob: Problem) -> Selection:
         choices.append(pick)
     window = cost[view.lo:] if view.lo < size else cost[:0]
     if not window.size or not np.isfinite(window).any():
-        lo_v, hi_v, _ = nearest_achievable(prob)
+        lo_v, hi_v, _ = nearest_exact(prob)
         raise infeasible_error(prob, lo_v, hi_v)
     s = view.lo + int(np.argmin(window))
     path = []

@@ -65,7 +65,8 @@ def _build(prob: Problem, sense, objective: str):
     total = sum(prob.params.values())
     fixed_share = float(sum((prob.params[k] * sparsity_of(p) for k, p in prob.fixed.items()),
                             Fraction(0)) / total)
-    spars = pulp.lpSum((prob.free[i].params / total) * float(sparsity_of(prob.cands[j])) * var
+    spars = pulp.lpSum((prob.params[prob.free[i].name] / total)
+                       * float(sparsity_of(prob.cands[j])) * var
                        for (i, j), var in z.items())
     if objective == "cost":
         model += pulp.lpSum(prob.costs[i][j] * z[i, j] for i, j in z)
@@ -111,7 +112,7 @@ def _probe_nearest(prob: Problem, solver: str, time_limit: float) -> tuple[float
 def _check_feasible(prob: Problem, solver: str, time_limit: float) -> bool:
     """Raise InfeasibleTarget if the window is provably empty; False if unknown (too large)."""
     try:
-        below, above, feasible = dp.nearest_achievable(prob)
+        below, above, feasible = dp.nearest_exact(prob)
     except dp.TooLarge:
         return False
     if not feasible:

@@ -9,8 +9,16 @@ Locality has two definitions, never mixed:
   coordinates normalised to [0, 1] by the matrix shape (row / (out - 1), col / (in - 1)).
   Computed exactly in O(K log K) with the sorted prefix-sum identity
   sum_{a<b} |p_b - p_a| = sum_b p_b (2b - K - 1) (0-based b over the sorted p), per axis.
-- ``"repo"``: what FLOW's public code measures: the flat (row-major) indices of the first
-  10,000 outliers, 1 / their mean pairwise |i_b - i_a| (a "locality", high = clustered).
+- ``"repo"``: FLOW's measure applied to one Linear at a time: the flat (row-major) indices of
+  its first 10,000 outliers, 1 / their mean pairwise |i_b - i_a| (a "locality", high =
+  clustered); a block then takes the outlier-weighted mean of its members' distances.
+- ``"repo-block"``: what FLOW's public code really measures: the first 10,000 outliers of the
+  *block's* scores, all its Linears flattened and concatenated in module order, so distances
+  cross matrix boundaries (`measure_concatenated`; needs granularity="block").
+
+The outlier threshold is tau x the mean score of one Linear (``threshold="layer"``, OWL's
+definition) or of the whole block's concatenated scores (``"block"``, FLOW's code): pass the
+absolute cut from `block_cut` to `measure_scores(cut=...)`.
 
 ND_l always means "normalised distance, high = scattered": in exact mode it is the min-max
 normalised distance; in repo mode it is 1 - min-max normalised locality, so FLOW's locality
@@ -28,7 +36,8 @@ import numpy as np
 from flowc.errors import UsageError
 
 REPO_PREFIX = 10_000
-LOCALITIES = ("exact", "repo")
+LOCALITIES = ("exact", "repo", "repo-block")
+THRESHOLDS = ("layer", "block")
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,18 @@ def outlier_mask(scores: np.ndarray, tau: float = 5.0) -> np.ndarray:
     """Boolean mask of scores strictly above tau * mean(score) (OWL's definition)."""
     mean = float(np.mean(scores, dtype=np.float64))
     return np.asarray(scores) > tau * mean
+
+
+def block_cut(scores: Sequence[np.ndarray], tau: float) -> float:
+    """tau x the mean of several score matrices taken together (FLOW's block-wide threshold).
+
+    The mean of the concatenation is the total of all scores over their total count, summed
+    in float64 per matrix, so the block never needs one concatenated copy in memory.
+    """
+    size = sum(int(np.asarray(s).size) for s in scores)
+    if size == 0:
+        raise UsageError("block_cut: no scores")
+    return tau * (sum(float(np.sum(s, dtype=np.float64)) for s in scores) / size)
 
 
 def outlier_ratio(scores: np.ndarray, tau: float = 5.0) -> float:
@@ -175,14 +196,18 @@ def normalise_minmax(values: Sequence[float | None]) -> list[float]:
 
 
 def measure_scores(name: str, scores: np.ndarray, tau: float = 5.0,
-                   locality: str = "exact") -> RawOutliers:
-    """Count outliers in one layer's score matrix and measure their spread."""
+                   locality: str = "exact", cut: float | None = None) -> RawOutliers:
+    """Count outliers in one layer's score matrix and measure their spread.
+
+    `cut`: an absolute threshold (e.g. `block_cut` of the layer's block) instead of tau x the
+    layer's own mean. "repo-block" on a single matrix is "repo" (one matrix, no boundary).
+    """
     if locality not in LOCALITIES:
         raise UsageError(f"locality must be one of {LOCALITIES}, got {locality!r}")
     scores = np.asarray(scores)
     if scores.ndim != 2:
         raise UsageError(f"layer {name}: scores must be 2-D [out, in], got {scores.shape}")
-    mask = outlier_mask(scores, tau)
+    mask = outlier_mask(scores, tau) if cut is None else scores > cut
     if locality == "exact":
         rows, cols = np.nonzero(mask)
         dist = mean_pairwise_l1(rows, cols, scores.shape)
@@ -192,6 +217,38 @@ def measure_scores(name: str, scores: np.ndarray, tau: float = 5.0,
         dist = repo_mean_distance(flat)
         count = flat.size
     return RawOutliers(name, int(scores.size), int(count), dist, locality, int(scores.shape[1]))
+
+
+def measure_concatenated(name: str, members: Sequence[tuple[np.ndarray, float]],
+                         prefix: int = REPO_PREFIX) -> RawOutliers:
+    """One unit measured on its members' scores flattened and concatenated in the given order.
+
+    `members` are (scores [out, in], absolute cut) in FLOW's order (module registration order
+    within the block). Outliers count over the whole unit; the distance is the mean pairwise
+    |i_b - i_a| of the first `prefix` outliers of the concatenated row-major vector, so pairs
+    may straddle two matrices (FLOW's `calculate_outlier_locality_index` on the block vector).
+    Only the prefix's indices are kept, never the concatenated scores.
+    """
+    offset = count = 0
+    firsts: list[np.ndarray] = []
+    need = prefix
+    ks = []
+    for scores, cut in members:
+        scores = np.asarray(scores)
+        if scores.ndim != 2:
+            raise UsageError(f"unit {name}: scores must be 2-D [out, in], got {scores.shape}")
+        flat = np.flatnonzero(scores > cut)
+        count += flat.size
+        if need > 0:
+            firsts.append(flat[:need].astype(np.int64) + offset)
+            need -= min(need, flat.size)
+        offset += scores.size
+        ks.append(int(scores.shape[1]))
+    if not ks:
+        raise UsageError(f"unit {name}: no member matrices")
+    head = np.concatenate(firsts) if firsts else np.zeros(0, dtype=np.int64)
+    return RawOutliers(name, offset, count, repo_mean_distance(head, prefix), "repo-block",
+                       math.gcd(*ks))
 
 
 def measure_layer(name: str, weight: np.ndarray, input_norm: np.ndarray, tau: float = 5.0,
@@ -212,6 +269,9 @@ def merge_blocks(raw: Sequence[RawOutliers], block_of: Callable[[str], str]) -> 
         groups.setdefault(block_of(r.name), []).append(r)
     merged = []
     for block, members in groups.items():
+        if len(members) == 1 and members[0].name == block and members[0].locality == "repo-block":
+            merged.append(members[0])  # already measured as one unit: keep its distance exact
+            continue
         known = [(m.n_outliers, m.distance) for m in members if m.distance is not None]
         weight = sum(n for n, _ in known)
         dist = sum(n * d for n, d in known) / weight if weight else None

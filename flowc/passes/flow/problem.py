@@ -11,7 +11,10 @@ minimises sum_l alpha * |n - N_max * O^_l| + beta * |m - M_target_l| (SPEC.md 2.
   |m - M_max * (1 - minmax(1 / mean flat distance))|.
 
 The parameter-weighted mean sparsity (1 - n/m) over *all* layers, fixed ones included, must lie
-within target +- tolerance (bounds taken exactly from the float target and tolerance).
+within target +- tolerance. The bounds are exact rationals of the *decimal* the user wrote
+(`exact_fraction`: 0.7 is 7/10, not the binary float 0.69999999999999995559), so a target that
+an assignment reaches exactly is accepted with tolerance 0. `unweighted=True` counts every
+unit once instead (FLOW's code: the plain mean over decoder blocks).
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from typing import Protocol
 from flowc.errors import CompileError, UsageError
 
 Pattern = tuple[int, int]
-REPO_CANDIDATES: tuple[Pattern, ...] = ((2, 4), (4, 4), (2, 8), (4, 8), (8, 8))
+# FLOW's candidates in the order its solver creates and reads them (N in 4, 2, 8 x M in 8, 4,
+# N <= M); the order decides ties (the DP keeps the lowest index, the repo reader the first hit).
+REPO_CANDIDATES: tuple[Pattern, ...] = ((4, 8), (4, 4), (2, 8), (2, 4), (8, 8))
 PATTERN_VALUES = (1, 2, 4, 8)
 DIRECTIONS = ("paper", "repo")
 
@@ -71,6 +76,22 @@ class Selection:
 def flexcim_supported(n: int, m: int) -> bool:
     """FlexCiM (P = 4 sub-macros, 4 activation pairs): N <= 4 or dense, M <= 8."""
     return (n <= 4 or n == m) and m <= 8
+
+
+def exact_fraction(value: float | int | str | Fraction) -> Fraction:
+    """The rational a user meant: floats through their shortest decimal repr (0.7 -> 7/10).
+
+    `Fraction(0.7)` is the binary float 3152519739159347/4503599627370496, which no finite
+    assignment of N:M patterns reaches; the decimal repr round-trips to the same float, so
+    nothing is lost for values that really are binary fractions (0.5, 0.375).
+    """
+    if isinstance(value, bool):
+        raise UsageError(f"expected a number, got {value!r}")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise UsageError(f"expected a finite number, got {value!r}")
+        return Fraction(repr(value))
+    return Fraction(value)
 
 
 def sparsity_of(pattern: Pattern) -> Fraction:
@@ -163,8 +184,12 @@ def prepare(layers: Sequence[SelectLayer], target: float, tolerance: float = 0.0
             candidates: str | Sequence | None = None,
             supported: Callable[[int, int], bool] = flexcim_supported,
             fixed: Mapping[str, Pattern | str] | None = None,
-            direction: str = "paper") -> Problem:
-    """Check the options and precompute every layer x candidate cost."""
+            direction: str = "paper", unweighted: bool = False) -> Problem:
+    """Check the options and precompute every layer x candidate cost.
+
+    `unweighted`: every unit weighs 1 in the sparsity constraint (FLOW's block mean), so
+    `Selection.sparsity` is then that plain mean, not the parameter-weighted one.
+    """
     if direction not in DIRECTIONS:
         raise UsageError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if not 0.0 <= target < 1.0 or tolerance < 0:
@@ -179,6 +204,8 @@ def prepare(layers: Sequence[SelectLayer], target: float, tolerance: float = 0.0
     params = {layer.name: int(layer.params) for layer in layers}
     if not params or any(p <= 0 for p in params.values()):
         raise UsageError("N:M selection needs at least one layer, each with params > 0")
+    if unweighted:
+        params = dict.fromkeys(params, 1)
     cands = resolve_candidates(candidates, supported)
     for name, pattern in fixed_p.items():
         if not fits_layer(_by_name(layers, name), pattern):
@@ -191,8 +218,8 @@ def prepare(layers: Sequence[SelectLayer], target: float, tolerance: float = 0.0
         if all(math.isinf(c) for c in row):
             raise UsageError(f"layer {layer.name}: no candidate pattern has an M dividing its "
                              f"K = {getattr(layer, 'in_features', None)}")
-    lo = Fraction(target) - Fraction(tolerance)
-    hi = Fraction(target) + Fraction(tolerance)
+    lo = exact_fraction(target) - exact_fraction(tolerance)
+    hi = exact_fraction(target) + exact_fraction(tolerance)
     return Problem(free, costs, cands, fixed_p, params, lo, hi, target, tolerance)
 
 
@@ -216,16 +243,29 @@ def finish(prob: Problem, choice: Sequence[int], method: str) -> Selection:
     return Selection(patterns, objective, float(sp), prob.target, prob.tolerance, method, costs)
 
 
-def infeasible_error(prob: Problem, below: float | None, above: float | None,
-                     note: str = "") -> InfeasibleTarget:
-    """The one-line error naming the nearest achievable sparsities around the window."""
-    def fmt(v: float) -> str:  # more digits when 4 would print the target itself
-        text = f"{v:.4f}"
-        return f"{v:.8f}" if text == f"{prob.target:.4f}" else text
+def _distinct(value: Fraction | float, target: Fraction) -> str:
+    """`value` printed with as many digits as it takes to differ from the target's print.
 
-    near = ", ".join(fmt(v) for v in (below, above) if v is not None) or "none"
+    A nearest achievable sparsity is never the target itself (it lies outside the window), so
+    the message must not read as if it were: 4 decimals, more when they coincide, and the
+    exact fraction when even 17 digits do not separate them.
+    """
+    exact = Fraction(value)
+    for digits in (4, 6, 8, 10, 12, 14, 17):
+        text = f"{float(exact):.{digits}f}"
+        if text != f"{float(target):.{digits}f}":
+            return text
+    return f"{exact.numerator}/{exact.denominator}"
+
+
+def infeasible_error(prob: Problem, below: Fraction | float | None,
+                     above: Fraction | float | None, note: str = "") -> InfeasibleTarget:
+    """The one-line error naming the nearest achievable sparsities around the window."""
+    target = exact_fraction(prob.target)
+    found = [v for v in (below, above) if v is not None]
+    near = ", ".join(_distinct(v, target) for v in found) or "none"
     pats = ", ".join(f"{n}:{m}" for n, m in prob.cands)
     return InfeasibleTarget(
         f"target sparsity {prob.target:.4f} +- {prob.tolerance:.4f} is not achievable with "
         f"patterns {pats} ({len(prob.fixed)} fixed layers); nearest achievable: {near}{note}",
-        tuple(v for v in (below, above) if v is not None))
+        tuple(float(v) for v in found))
