@@ -192,8 +192,10 @@ _REDUCE = {aten.sum.dim_IntList: isa.VSum, aten.sum.default: isa.VSum,
 def lower_reduce(lw: Lowering, node: torch.fx.Node) -> None:
     """sum / mean / amax over any dimensions: moved to the end (v.permute), reduced there
     (v.sum, v.mean, v.amax keep a size-1 dim), then reshaped (free) to torch's output shape."""
-    if node.kwargs.get("dtype") is not None or (len(node.args) > 3 and node.args[3] is not None):
-        raise UnsupportedOpError(f"{node.target} with a dtype at node '{node.name}'")
+    dtype = node.kwargs.get("dtype", node.args[3] if len(node.args) > 3 else None)
+    if dtype not in (None, torch.float32):
+        raise UnsupportedOpError(f"{node.target} to {dtype} at node '{node.name}' (the vector "
+                                 "unit computes float32)")
     _vector(lw, node)
     dims = _dims(node, node.args[1] if len(node.args) > 1 else None)
     if _rank(node) == 0:
@@ -226,8 +228,10 @@ def lower_softmax(lw: Lowering, node: torch.fx.Node) -> None:
     """v.softmax along any dimension (a non-last one through two v.permute)."""
     if node.target is aten._softmax.default and node.args[2]:
         raise UnsupportedOpError(f"half-to-float softmax at node '{node.name}'")
-    if node.target is aten.softmax.int and len(node.args) > 2 and node.args[2] is not None:
-        raise UnsupportedOpError(f"softmax with a dtype at node '{node.name}'")
+    dtype = node.args[2] if node.target is aten.softmax.int and len(node.args) > 2 else None
+    if dtype not in (None, torch.float32):
+        raise UnsupportedOpError(f"softmax to {dtype} at node '{node.name}' (the vector unit "
+                                 "computes float32)")
     _vector(lw, node)
     _along(lw, node, int(node.args[1]),
            lambda dst, src: lw.emit(isa.VSoftmax(dst=dst, src=src)))
@@ -236,8 +240,8 @@ def lower_softmax(lw: Lowering, node: torch.fx.Node) -> None:
 @rule(aten.cumsum.default, family="scan", archs=("plain",))
 def lower_cumsum(lw: Lowering, node: torch.fx.Node) -> None:
     """v.cumsum (an inclusive scan) along any dimension (a non-last one through v.permute)."""
-    if node.kwargs.get("dtype") is not None:
-        raise UnsupportedOpError(f"cumsum with a dtype at node '{node.name}'")
+    if node.kwargs.get("dtype") not in (None, torch.float32):
+        raise UnsupportedOpError(f"cumsum to {node.kwargs['dtype']} at node '{node.name}'")
     _vector(lw, node)
     _along(lw, node, int(node.args[1]),
            lambda dst, src: lw.emit(isa.VCumsum(dst=dst, src=src)))
