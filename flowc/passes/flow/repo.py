@@ -104,10 +104,11 @@ def _model(prob: Problem) -> tuple[pulp.LpProblem, dict[tuple[int, int], pulp.Lp
     """FLOW's ILP over the free units; fixed units (none in FLOW) add constants to the mean."""
     model = pulp.LpProblem("Layerwise_Sparsity_Optimization", pulp.LpMinimize)
     usable = [[j for j, c in enumerate(row) if not math.isinf(c)] for row in prob.costs]
-    z = {(i, j): pulp.LpVariable(f"z_{i}_{prob.cands[j][0]}_{prob.cands[j][1]}",
-                                 cat=pulp.LpBinary)
+    # PuLP orders columns by name, so FLOW's names give CBC the same column order
+    z = {(i, j): model.add_variable(f"z_{i}_{prob.cands[j][0]}_{prob.cands[j][1]}", 0, 1,
+                                    cat="Binary")
          for i, js in enumerate(usable) for j in js}
-    aux = [pulp.LpVariable(f"S_{i}", lowBound=0, upBound=1) for i in range(len(usable))]
+    aux = [model.add_variable(f"S_{i}", 0, 1) for i in range(len(usable))]
     spars = [(m - n) / m for n, m in prob.cands]
     model += pulp.lpSum(pulp.lpSum(z[i, j] * prob.costs[i][j] for j in js)
                         for i, js in enumerate(usable))
