@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
-from flowc.frontend.decompose_tf import DECOMPOSE_TF, rewrite_params
+from flowc.frontend.decompose_tf import DECOMPOSE_TF, REWRITES, rewrite_params
+from flowc.frontend.rewrite_ssm import REWRITES_SSM
 
 aten = torch.ops.aten
 LINEAR = aten.linear.default
@@ -72,6 +73,9 @@ DECOMPOSE: dict[object, Callable] = {
 # transformer ops (decompose_tf): SDPA -> eager attention; addmm/mm over a parameter -> linear
 # with the transposed parameter (a graph rewrite: it re-lays out the weight, not traceable)
 DECOMPOSE.update(DECOMPOSE_TF)
+# state-space and plain-model rewrites (rewrite_ssm): matmul over a parameter -> linear,
+# RWKV's in-place output fill -> stack, unit in-place rescale of a parameter -> removed
+REWRITES.update(REWRITES_SSM)
 
 
 # ---------------------------------------------------------------------------------------------
