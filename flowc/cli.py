@@ -74,12 +74,18 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from flowc.frontend.load import HF_PREFIX, check_hf_source, is_hf_source, load_hf, load_model
 
     hf = is_hf_source(args.model)
-    default = (args.model[len(HF_PREFIX):] + ".fcim") if hf else Path(args.model).with_suffix(".fcim").name
+    # hf:ORG/NAME, hf:/path/folder, hf:file.gguf -> NAME.fcim / folder.fcim / file.fcim here
+    name = Path(args.model[len(HF_PREFIX):].rstrip("/")) if hf else Path(args.model)
+    default = (name.name.removesuffix(".gguf") if hf else name.stem) + ".fcim"
     out = Path(args.output or default)
     if out.exists() and out.is_dir():
         raise UsageError(f"-o {out}: is a directory")
     if not hf and (args.seq_len or args.prompt):
         raise UsageError("--seq-len and --prompt apply to hf: model sources only")
+    if not hf and args.trust_remote_code:
+        raise UsageError("--trust-remote-code applies to hf: model sources only")
+    if args.calib_text and args.calib_data:
+        raise UsageError("give --calib-text or --calib-data, not both")
     if hf:
         check_hf_source(args.model)
     opts = CompileOptions(
@@ -92,9 +98,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
         progress(f"loading {args.model} ...")
     if hf:
         cap = load_hf(args.model, seq_len=args.seq_len, prompt=args.prompt,
-                      calib_batches=args.calib_batches, progress=progress)
+                      calib_batches=args.calib_batches, progress=progress,
+                      trust_remote_code=args.trust_remote_code)
     else:
         cap = load_model(args.model, input_shapes=args.input_shape, trust_pickle=args.trust_pickle)
+    _user_calibration(cap, args, progress)
     image = compile_captured(cap, opts, progress=progress)
     if progress:
         progress(f"writing {out} ...")
@@ -112,6 +120,22 @@ def cmd_compile(args: argparse.Namespace) -> int:
                   f"{floor / 1e6:.2f} MB); whole file {sizes['total'] / floor:.3f} x "
                   f"(fp32 check payload {sizes['check'] / 1e6:.2f} MB)")
     return 0
+
+
+def _user_calibration(cap, args: argparse.Namespace, progress) -> None:
+    """--calib-text / --calib-data replace the source's calibration inputs (cap.info)."""
+    from flowc.frontend.calib_data import npz_calibration, text_calibration
+
+    if args.calib_text:
+        calib, record = text_calibration(cap, args.calib_text, args.calib_batches)
+    elif args.calib_data:
+        calib, record = npz_calibration(cap, args.calib_data)
+    else:
+        return
+    cap.info["calib"], cap.info["calib_source"] = calib, record
+    if progress:
+        progress(f"calibration: {record['samples']} samples from {record['source']} "
+                 f"file {record['file']}")
 
 
 # -- flowc disasm / asm ------------------------------------------------------------------------
@@ -156,8 +180,9 @@ def build_flowc_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="compile a PyTorch model to a .fcim program")
     p.add_argument("model", help="model file: torch.export (.pt2/.pt), TorchScript, a pickle; or a "
-                   "model source hf:smollm2-135m (real weights) or hf:tiny-<arch> (random weights; "
-                   "arch: llama, mistral, qwen2, opt, gpt2, bert)")
+                   "model source hf:smollm2-135m, hf:all-minilm-l6-v2 (real weights), "
+                   "hf:tiny-<arch> (random weights), hf:PATH (checkpoint folder with config.json "
+                   "or a .gguf file), hf:ORG/NAME (local Hugging Face cache, offline)")
     p.add_argument("--seq-len", type=int, help="hf: sources: tokens per sequence (SmolLM2 "
                    "default 128 = the built-in prompt; tiny models default 32)")
     p.add_argument("--prompt", help="hf:smollm2-135m: the prompt text (cycled or cut to --seq-len)")
@@ -170,7 +195,14 @@ def build_flowc_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="flexcim", help="built-in machine (default flexcim)")
     p.add_argument("--machine", help="machine description file (TOML/JSON); overrides --target")
     p.add_argument("--input-shape", help="example input shape(s), e.g. 1x784 or 2x16,2x8")
-    p.add_argument("--calib-batches", type=int, default=4, help="calibration batches (wanda)")
+    p.add_argument("--calib-batches", type=int, default=4,
+                   help="calibration samples (synthetic, built-in text or --calib-text)")
+    p.add_argument("--calib-text", metavar="FILE", help="calibrate on this UTF-8 text, tokenised "
+                   "with the model's tokenizer into windows of the example input length")
+    p.add_argument("--calib-data", metavar="NPZ", help="calibrate on these arrays: one per model "
+                   "input (named like the inputs or arr_0..), first dimension = samples")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="hf: checkpoints whose config asks for their own Python code (auto_map)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow loading a pickled nn.Module (unpickling runs arbitrary code)")
     p.add_argument("--no-reference", action="store_true",

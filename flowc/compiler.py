@@ -83,6 +83,40 @@ def calibration_inputs(cap: Captured, batches: int, seed: int) -> list[tuple[tor
     return [example_inputs_for(shapes, dtypes, seed=seed + 1 + i) for i in range(batches)]
 
 
+class _TrackedInputs(list):
+    """Calibration inputs that remember whether a pass read them (a dense compile never
+    does, and its report must not claim that calibration data shaped the program)."""
+
+    used = False
+
+    def __iter__(self):
+        self.used = True
+        return super().__iter__()
+
+    def __getitem__(self, i):
+        self.used = True
+        return super().__getitem__(i)
+
+
+def choose_calibration(cap: Captured, opts: CompileOptions, calib: list | None,
+                       progress) -> tuple[_TrackedInputs, dict]:
+    """The calibration inputs and their record for the report: the caller's (`calib`, with
+    `cap.info["calib_source"]`), the source's own (hf: built-in text), else synthetic."""
+    from flowc.frontend.calib_data import synthetic_source
+
+    record = cap.info.get("calib_source")
+    if calib is None:
+        calib = cap.info.get("calib")
+    if not calib:
+        calib = calibration_inputs(cap, opts.calib_batches, opts.seed)
+        record = synthetic_source(len(calib), opts.seed)
+    record = dict(record or {"source": "caller", "samples": len(calib)})
+    if record["source"] == "synthetic" and progress:
+        progress(f"calibration: synthetic inputs ({record['inputs']}, {len(calib)} samples; "
+                 "give --calib-text or --calib-data for real statistics)")
+    return _TrackedInputs(calib), record
+
+
 def run_passes(cap: Captured, pipeline: str, machine, calib, progress) -> dict:
     from flowc.analytic import gemm_pricer, tokens_of
     from flowc.passes.base import CompileContext, PassManager
@@ -204,10 +238,10 @@ def compile_captured(cap: Captured, opts: CompileOptions,
     torch.manual_seed(opts.seed)
     machine = resolve_machine(opts)
     pipeline = opts.pipeline or default_pipeline(opts)
-    if calib is None:
-        calib = cap.info.get("calib") or calibration_inputs(cap, opts.calib_batches, opts.seed)
+    calib, calib_record = choose_calibration(cap, opts, calib, progress)
     dense = quality_probe(cap)
     info = run_passes(cap, pipeline, machine, calib, progress)
+    info["calibration"] = {**calib_record, "used": calib.used}
     if dense is not None:
         info["quality"] = _jsonable(quality_report(cap, dense, progress))
     if progress:

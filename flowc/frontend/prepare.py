@@ -150,8 +150,9 @@ def drop_guards(gm: fx.GraphModule) -> int:
         if node.op == "call_module" and node.target == "_guards_fn" and not node.users:
             gm.graph.erase_node(node)
             removed += 1
-    if hasattr(gm, "_guards_fn") and removed:
-        delattr(gm, "_guards_fn")
+    # the `_guards_fn` attribute stays: while it exists, torch's pre-forward hook checks only
+    # the input structure (without it the hook re-checks constraints, which the ONNX
+    # exporter's JIT tracing cannot do)
     gm.recompile()
     return removed
 

@@ -95,15 +95,17 @@ def test_truncated_and_tampered_fcim(work, capsys):
 
 
 def test_unsupported_op_names_op_and_node(work, capsys):
-    class Odd(torch.nn.Module):
+    class Odd(torch.nn.Module):  # a Bessel function: no lowering rule, inside a submodule
         def forward(self, x):
-            return torch.cumsum(x, dim=-1)
+            return torch.special.bessel_j0(x)
 
-    ep = torch.export.export(Odd(), (torch.randn(2, 8),))
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), Odd())
+    ep = torch.export.export(model, (torch.randn(2, 8),))
     torch.export.save(ep, str(work / "odd.pt2"))
     out = work / "odd.fcim"
     rc = main(["compile", str(work / "odd.pt2"), "-o", str(out), "-q"])
-    expect_one_line_error(capsys, 3, rc, "unsupported op aten.cumsum.default at node 'cumsum'")
+    expect_one_line_error(capsys, 3, rc, "unsupported op aten.special_bessel_j0.default at "
+                          "node 'special_bessel_j0' in module '1'")
     assert not out.exists()
 
 
