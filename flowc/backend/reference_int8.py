@@ -10,7 +10,8 @@ is bit-exact), but a 1-ulp difference can flip a rounding, a flip is a whole qua
 step, and a deep model spreads it: SmolLM2's 30 blocks end at int8 noise level (cosine 0.992
 to the simulator; the simulator against itself with a numpy RMSNorm: 0.997).
 
-Mapping (every other op stays float32, as in the simulator):
+Mapping (every other op stays float32, as in the simulator, including a depthwise Conv:
+`v.dwconv` runs on the vector unit in float32):
 - CiM linear: MatMul with weight [in, out] (recipe form `dense_t`) or Gemm with transB and
   weight [out, in] (form `dense`) of packed weight W ->
   `q, s = quant(x, axis=-1)`; `y = MatMulInteger(q, Wq^T) -> float * s * wscale[:out]`,
@@ -103,6 +104,8 @@ class _Rewriter:
                 self._gemm(node)
             elif op == "Gather" and self._is_float_table(node.input[0]):
                 self._gather(node)
+            elif op == "Conv" and self._depthwise(node):
+                self.nodes.append(node)  # v.dwconv: float32 on the vector unit
             elif op in FLOAT_GEMMS:
                 raise ImageError(f"int8 reference: node {node.name} ({op}) has no int8 mapping")
             else:
@@ -112,6 +115,14 @@ class _Rewriter:
         self.graph.node.extend(self.nodes)
         self.graph.initializer.extend(numpy_helper.from_array(a, n) for n, a in self.added.items())
         self._drop_unused()
+
+    def _depthwise(self, node: onnx.NodeProto) -> bool:
+        """A Conv with one filter per channel (group = channels): the simulator's v.dwconv,
+        which runs float32 on the vector unit, so the reference keeps it float32 too."""
+        w = self._const_value(node.input[1])
+        group = next((helper.get_attribute_value(at) for at in node.attribute
+                      if at.name == "group"), 1)
+        return w is not None and w.ndim == 3 and w.shape[1] == 1 and w.shape[0] == group
 
     def _drop_unused(self) -> None:
         used = {i for n in self.graph.node for i in n.input} | {o.name for o in self.graph.output}

@@ -58,7 +58,7 @@ def lower_conv1d(lw: Lowering, node: torch.fx.Node) -> None:
     if isinstance(padding, str):
         raise UnsupportedOpError(f"conv1d padding={padding!r} at node '{node.name}' "
                                  f"(in {lw.layer_of(node)}); give the padding as a number")
-    w = lw.param(w_node)
+    w = static_value(lw, w_node)
     channels = int(x.meta["val"].shape[-2])
     where = f"at node '{node.name}' (in {lw.layer_of(node)})"
     if w.ndim != 3 or len(x.meta["val"].shape) != 3:
@@ -80,6 +80,24 @@ def lower_conv1d(lw: Lowering, node: torch.fx.Node) -> None:
     bt = lw.tensor(f"{name}.b", bias.astype(np.float32))
     lw.emit(isa.VDwconv(dst=lw.out(node), src=lw.buf(x), w=wt, b=bt, taps=taps,
                         pad=int(padding[0])))
+
+
+_SHAPE_ONLY = {aten.squeeze.dim, aten.squeeze.default, aten.unsqueeze.default,
+               aten.view.default, aten.reshape.default, aten.permute.default,
+               aten.transpose.int, aten.t.default}
+
+
+def static_value(lw: Lowering, node: torch.fx.Node) -> np.ndarray:
+    """A parameter, or a parameter through shape-only ops (Mamba passes its conv weight as
+    `weight.squeeze(1).unsqueeze(1)`): evaluated at compile time, float32."""
+    if node.op == "get_attr":
+        return lw.param(node)
+    if node.op != "call_function" or node.target not in _SHAPE_ONLY or \
+            not isinstance(node.args[0], torch.fx.Node):
+        raise UnsupportedOpError(f"node {node.name} ({node.target}, in {lw.layer_of(node)}): "
+                                 "expected a parameter (possibly reshaped), got a computed value")
+    base = torch.from_numpy(static_value(lw, node.args[0]))
+    return node.target(base, *node.args[1:], **node.kwargs).contiguous().numpy()
 
 
 @rule(aten.pad.default, aten.constant_pad_nd.default, family="layout", archs=("rwkv",))
