@@ -208,6 +208,24 @@ def test_local_function_is_refused_before_any_work():
         ex.map(lambda s, x: x, [1])
 
 
+def test_unpicklable_shared_value_is_refused_at_bind():
+    import threading
+
+    with LocalPoolExecutor(2) as ex, pytest.raises(UsageError, match="shared value .lock. cannot"):
+        ex.bind(threading.Lock())
+
+
+def test_spawn_start_method_gives_the_same_results():
+    shared = np.arange(5, dtype=np.int64)
+    with LocalPoolExecutor(2, start_method="spawn") as ex:
+        assert ex.start_method == "spawn"
+        out = ex.map(affine, [3, 1, 2], shared=shared)
+    assert all(np.array_equal(o, shared * i + np.float32(i) / 3) for o, i in zip(out, [3, 1, 2],
+                                                                                strict=True))
+    with pytest.raises(UsageError, match="start method 'fork'"):
+        LocalPoolExecutor(2, start_method="fork")
+
+
 # -- worker environment ---------------------------------------------------------------------------
 
 

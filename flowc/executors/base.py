@@ -177,13 +177,18 @@ def _pin_threads() -> None:
         _WORKER.pinned = True
 
 
-def _pool_init(key: str, payload: bytes, scratch_root: str, threads: int) -> None:
-    """ProcessPoolExecutor initializer: runs once per worker process, before any item."""
+def _pool_init(key: str, payload: str | None, scratch_root: str, threads: int) -> None:
+    """ProcessPoolExecutor initializer: runs once per worker process, before any item; loads
+    the shared value from the file the binding pickled it to (None: no shared value)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)  # for a torch imported after this point
     _WORKER.threads = threads
     _pin_threads()
-    _load_binding(key, pickle.loads(payload), scratch_root, threads)
+    shared = None
+    if payload is not None:
+        with open(payload, "rb") as f:
+            shared = pickle.load(f)
+    _load_binding(key, shared, scratch_root, threads)
 
 
 def _run_item(fn: Callable[[Any, Any], Any], index: int, item: Any) -> Any:
@@ -232,10 +237,14 @@ def _check_picklable(fn: Callable[..., Any], executor: str) -> None:
                          f"({exc}); use a function defined at the top level of a module") from None
 
 
-def _dumps_shared(shared: Any, executor: str) -> bytes:
+def _dump_shared(shared: Any, path: str, executor: str) -> None:
+    """Pickle the shared value once, straight into a file (no extra in-memory copy); on
+    failure the binding's directory, which holds nothing else yet, goes."""
     try:
-        return pickle.dumps(shared, protocol=pickle.HIGHEST_PROTOCOL)
+        with open(path, "wb") as f:
+            pickle.dump(shared, f, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
         raise UsageError(f"executor {executor}: the shared value ({type(shared).__name__}) "
                          f"cannot be pickled: {exc}") from None
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import shutil
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -15,7 +17,7 @@ from flowc.executors.base import (
     Progress,
     _BindingBase,
     _check_picklable,
-    _dumps_shared,
+    _dump_shared,
     _ensure_open,
     _ExecutorBase,
     _new_scratch_root,
@@ -31,39 +33,61 @@ from flowc.executors.base import (
 class LocalPoolExecutor(_ExecutorBase):
     """`jobs` worker processes on this machine (concurrent.futures.ProcessPoolExecutor).
 
-    Workers are started with 'spawn' by default, not 'fork': forking a parent that has torch's
-    OpenMP/intra-op thread pools (or any other thread) running copies locks held by threads
-    that do not exist in the child, which can deadlock; spawn starts clean interpreters and
-    behaves the same on every OS. 'forkserver' (forks from a clean server process) is accepted
-    too. Each worker pins torch to `threads_per_worker` threads."""
+    Workers never start with 'fork': forking a parent whose threads (torch's intra-op pool,
+    ORT, a progress bar) hold locks gives a child with locks nobody will release. The default
+    is 'forkserver' where the OS has it: a clean single-threaded server process is started
+    once per program and every worker is forked from it, so a new pool (each new shared value)
+    starts in a fraction of a second and modules the server preloaded (the main module, torch
+    if the caller has it loaded, `preload`) are not imported again by every worker. 'spawn'
+    (a fresh interpreter per worker, ~2 s more with torch) is the fallback and can be asked for.
+    Each worker pins torch to `threads_per_worker` threads."""
 
     name = "local"
 
-    def __init__(self, jobs: int, *, start_method: str = "spawn", threads_per_worker: int = 1):
+    def __init__(self, jobs: int, *, start_method: str | None = None, threads_per_worker: int = 1,
+                 preload: Sequence[str] = ()) -> None:
         super().__init__()
         if jobs < 1:
             raise UsageError(f"executor local: jobs must be >= 1, got {jobs}")
-        if start_method not in ("spawn", "forkserver"):
-            raise UsageError(f"executor local: start method {start_method!r}: use 'spawn' or "
-                             "'forkserver' ('fork' is unsafe once torch has started threads)")
-        self.workers, self.start_method, self.threads = jobs, start_method, threads_per_worker
+        methods = multiprocessing.get_all_start_methods()
+        method = start_method or ("forkserver" if "forkserver" in methods else "spawn")
+        if method not in ("spawn", "forkserver") or method not in methods:
+            raise UsageError(f"executor local: start method {method!r}: use 'spawn' or "
+                             "'forkserver' where available ('fork' is unsafe once threads run)")
+        self.workers, self.start_method, self.threads = jobs, method, threads_per_worker
+        self.preload = list(preload)
+
+    def _context(self) -> Any:
+        ctx = multiprocessing.get_context(self.start_method)
+        if self.start_method == "forkserver":  # takes effect when the server first starts
+            wanted = ["__main__", "flowc.executors.base", *self.preload]
+            wanted += [m for m in ("numpy", "torch") if m in sys.modules]
+            ctx.set_forkserver_preload(list(dict.fromkeys(wanted)))
+        return ctx
 
     def _bind(self, shared: Any) -> Bound:
-        return _PoolBinding(self, shared, _dumps_shared(shared, self.name))
+        return _PoolBinding(self, shared)
 
 
 class _PoolBinding(_BindingBase):
-    def __init__(self, owner: LocalPoolExecutor, shared: Any, payload: bytes) -> None:
-        self.shared, self.closed, self._owner, self._payload = shared, False, owner, payload
+    """The shared value is pickled once into a file of this binding's scratch root; each worker
+    reads it in its initializer (no per-worker copy through the parent's pipes)."""
+
+    def __init__(self, owner: LocalPoolExecutor, shared: Any) -> None:
+        self.shared, self.closed, self._owner = shared, False, owner
         self.key, self.scratch_root = _new_scratch_root("pool")
+        self._payload: str | None = None
+        if shared is not None:
+            os.makedirs(self.scratch_root)
+            self._payload = os.path.join(self.scratch_root, "shared.pickle")
+            _dump_shared(shared, self._payload, owner.name)
         self._pool: ProcessPoolExecutor | None = None
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:  # workers start on demand, each runs _pool_init once
             o = self._owner
             self._pool = ProcessPoolExecutor(
-                max_workers=o.workers, mp_context=multiprocessing.get_context(o.start_method),
-                initializer=_pool_init,
+                max_workers=o.workers, mp_context=o._context(), initializer=_pool_init,
                 initargs=(self.key, self._payload, self.scratch_root, o.threads))
         return self._pool
 
