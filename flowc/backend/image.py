@@ -41,13 +41,15 @@ class LayerInfo:
     in_features: int = 0
     out_features: int = 0
     nonzeros: int = 0  # kept weights
+    k_pad: int = 0  # zero columns appended to K so every N:M group is whole ((-K) mod M)
+    padded_in: int = 0  # K the macro passes cover (k_tiles * K_pass): zero columns fill rows
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "kind": self.kind}
         if self.kind == "gemm":
             d.update(pattern=list(self.pattern), native=list(self.native),
                      in_features=self.in_features, out_features=self.out_features,
-                     nonzeros=self.nonzeros)
+                     nonzeros=self.nonzeros, k_pad=self.k_pad, padded_in=self.padded_in)
         elif self.kind == "attention":  # mm.act: K and N of one head's GEMM
             d.update(in_features=self.in_features, out_features=self.out_features)
         return d
@@ -57,7 +59,8 @@ class LayerInfo:
         def tup(v):
             return (tuple(v) if v is not None else None)
         return cls(d["name"], d["kind"], tup(d.get("pattern")), tup(d.get("native")),
-                   d.get("in_features", 0), d.get("out_features", 0), d.get("nonzeros", 0))
+                   d.get("in_features", 0), d.get("out_features", 0), d.get("nonzeros", 0),
+                   d.get("k_pad", 0), d.get("padded_in", 0))
 
 
 @dataclass

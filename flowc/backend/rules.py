@@ -35,7 +35,8 @@ def lower_linear(lw: Lowering, node: torch.fx.Node) -> None:
 
     lw.enter(name, "gemm")
     lw.layers[name] = LayerInfo(name, "gemm", asked, native, fp32.shape[1], fp32.shape[0],
-                                int(np.count_nonzero(fp32)))
+                                int(np.count_nonzero(fp32)), (-fp32.shape[1]) % asked[1],
+                                geo.padded_in)
     src = lw.buf(x)
     if src not in lw.quantised:
         lw.quantised[src] = (f"{src}.q", f"{src}.s")

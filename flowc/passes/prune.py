@@ -49,7 +49,7 @@ _ROW_CHUNK = 4096  # rows sorted at once: bounds the float64/int64 temporaries o
 
 
 class PruneError(CompileError):
-    """Pruning cannot be done as asked (bad pattern, K not a multiple of M, missing stats)."""
+    """Pruning cannot be done as asked (bad pattern, NaN scores, missing stats)."""
 
 
 def check_pattern(keep_n: int, group_m: int, layer: str = "<array>") -> None:
@@ -74,19 +74,33 @@ def nm_mask(
         raise PruneError(f"layer {layer}: scores must be 2-D [out, in], got shape {s.shape}")
     check_pattern(keep_n, group_m, layer)
     rows, k = s.shape
-    if k % group_m:
-        raise PruneError(f"layer {layer}: in_features K={k} is not a multiple of M={group_m}")
     if np.isnan(s).any():
         raise PruneError(f"layer {layer}: scores contain NaN")
-    mask = np.zeros((rows, k // group_m, group_m), dtype=bool)
+    pad = k_pad(k, group_m)
     if keep_n == group_m:
-        mask[:] = True
-        return mask.reshape(rows, k)
+        return np.ones((rows, k), dtype=bool)
+    if pad:  # zero columns that are never kept while a real weight of the group is left
+        s = np.concatenate([np.asarray(s, dtype=np.float64),
+                            np.full((rows, pad), -np.inf)], axis=1)
+    kp = k + pad
+    mask = np.zeros((rows, kp // group_m, group_m), dtype=bool)
     for start in range(0, rows, _ROW_CHUNK):
-        g = s[start : start + _ROW_CHUNK].astype(np.float64).reshape(-1, k // group_m, group_m)
+        g = s[start : start + _ROW_CHUNK].astype(np.float64).reshape(-1, kp // group_m, group_m)
         best = np.argsort(-g, axis=-1, kind="stable")[..., :keep_n]
         np.put_along_axis(mask[start : start + _ROW_CHUNK], best, True, axis=-1)
-    return mask.reshape(rows, k)
+    return mask.reshape(rows, kp)[:, :k]
+
+
+def k_pad(k: int, group_m: int) -> int:
+    """Zero columns appended to K so that every N:M group is whole: (-K) mod M.
+
+    Decision (docs/flow.md, "K not a multiple of M"): the groups run over K padded with zero
+    columns, and the pad counts as *pruned* slots. The last, partial group of r = K mod M real
+    inputs therefore keeps min(N, r) real weights: it is stored in the macro as a full group
+    of M (N slots, the pad never selected), exactly what the hardware holds. verify-nm counts
+    nonzeros over the same padded groups, so its check stays exact.
+    """
+    return (-int(k)) % int(group_m)
 
 
 def wanda_scores(weight: np.ndarray, input_norm: np.ndarray, layer: str = "<array>") -> np.ndarray:
@@ -230,10 +244,7 @@ class NMPrune(Pass):
         chosen, _ = select_layers(refs, self.layers, self.skip, what=self.name)
         skipped = [r for r in refs if matches(r.name, self.skip)]
         plan = [(r, p) for r in chosen if (p := self._pattern(r)) is not None]
-        for ref, (_, m) in plan:  # validate everything before touching anything
-            k = get_param(gm, ref.weight_target).shape[1]
-            if k % m:
-                raise PruneError(f"layer {ref.name}: in_features K={k} is not a multiple of M={m}")
+        for ref, _ in plan:  # validate everything before touching anything
             if self.score == "wanda" and not self.layerwise \
                     and "input_norm" not in flowc_meta(ref.node):
                 raise PruneError(f"layer {ref.name}: no input_norm for wanda; run calibrate first")
@@ -296,8 +307,12 @@ class NMPrune(Pass):
         meta["prune"] = {"method": self.score, "sparsity": sparsity}
         if self.layerwise:  # only then: the one-shot record stays as documented
             meta["prune"].update(sequential=True, update=self.update)
-        return {"pattern": [n, m], "params": int(pruned.size), "sparsity": sparsity,
-                "nominal": 1.0 - n / m}
+        pad = k_pad(pruned.shape[1], m)
+        if pad:
+            meta["k_pad"] = pad
+        out = {"pattern": [n, m], "params": int(pruned.size), "sparsity": sparsity,
+               "nominal": 1.0 - n / m}
+        return {**out, "k_pad": pad} if pad else out
 
 
 def _summary(

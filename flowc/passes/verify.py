@@ -25,13 +25,14 @@ class VerifyError(CompileError):
 
 
 def check_nm(weight: np.ndarray, keep_n: int, group_m: int, layer: str, what: str = "") -> None:
-    """Raise VerifyError at the first group (row-major) holding more than `keep_n` nonzeros."""
+    """Raise VerifyError at the first group (row-major) holding more than `keep_n` nonzeros;
+    a K that is not a multiple of M is checked over groups padded with zero columns."""
     w = np.asarray(weight)
     rows, k = w.shape
-    if k % group_m:
-        raise VerifyError(
-            f"layer {layer}{what}: in_features K={k} is not a multiple of M={group_m}"
-        )
+    pad = (-k) % group_m  # groups over K padded with zero columns (prune.k_pad)
+    if pad:
+        w = np.concatenate([w, np.zeros((rows, pad), dtype=w.dtype)], axis=1)
+        k += pad
     counts = np.count_nonzero(w.reshape(rows, k // group_m, group_m), axis=-1)
     bad = np.argwhere(counts > keep_n)
     if bad.size:

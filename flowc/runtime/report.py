@@ -180,6 +180,7 @@ class RunReport:
                 "cycles": lc.cycles, "energy_pj": lc.energy_pj, "macs": lc.macs,
                 "kept_macs": lc.kept_macs, "tokens": lc.tokens, "actions": lc.actions,
                 "setup_cycles": lc.setup_cycles, "setup_energy_pj": lc.setup_energy_pj,
+                **_padding(self.infos.get(lc.name)),
             } for lc in self.layers],
             "check": self.check.to_dict() if self.check else None,
             "simulation_wall_s": self.wall_seconds, "check_wall_s": self.check_seconds,
@@ -209,6 +210,10 @@ class RunReport:
         if self.setup_cycles:
             lines.append(f"setup (program load, once, not in the totals above): "
                          f"{self.setup_cycles:,} cycles, {self.setup_energy_pj / 1e6:.4f} uJ")
+        padded = [_pad_text(i) for i in self.infos.values() if i.kind == "gemm" and i.k_pad]
+        if padded:
+            lines.append("zero-padded K (whole N:M groups; the zero columns fill macro rows and "
+                         "are priced): " + ", ".join(padded))
         if self.check is None:
             lines.append("check: skipped (--no-check or no reference in the .fcim)")
         else:
@@ -219,6 +224,19 @@ class RunReport:
         for k, v in self.extra.get("notes", {}).items():
             lines.append(f"{k}: {v}")
         return "\n".join(lines)
+
+
+def _padding(info: LayerInfo | None) -> dict:
+    """K, its N:M group pad and the K the macro passes cover, for a CiM layer."""
+    if info is None or info.kind != "gemm":
+        return {}
+    return {"in_features": info.in_features, "k_pad": info.k_pad, "padded_in": info.padded_in}
+
+
+def _pad_text(info: LayerInfo) -> str:
+    k = info.in_features
+    return (f"{info.name} K={k} -> {k + info.k_pad} (+{info.k_pad}), macro rows cover "
+            f"{info.padded_in}")
 
 
 def _check_line(title: str, check: CheckResult) -> str:

@@ -45,9 +45,22 @@ def test_matches_a_per_group_reference_on_random_ties() -> None:
         assert (mask.reshape(37, -1, m).sum(-1) == n).all()
 
 
-def test_k_not_multiple_of_m_names_layer() -> None:
-    with pytest.raises(PruneError, match=r"^layer fc9: in_features K=10 is not a multiple of M=4$"):
-        nm_mask(np.ones((3, 10)), 2, 4, layer="fc9")
+def test_k_not_multiple_of_m_groups_over_zero_padded_k() -> None:
+    """K = 10 at M = 4: groups [0..3], [4..7], [8, 9, pad, pad]; the pad counts as pruned, so
+    the partial group keeps min(N, 2) real weights (the best by score, lower index on ties)."""
+    rng = np.random.default_rng(3)
+    scores = rng.random((6, 10))
+    for n in (1, 2, 3):
+        mask = nm_mask(scores, n, 4, layer="fc9")
+        assert mask.shape == (6, 10)
+        padded = np.concatenate([scores, np.full((6, 2), -np.inf)], axis=1)
+        for r in range(6):
+            for g in range(0, 12, 4):
+                group = list(padded[r, g:g + 4])
+                keep = sorted(range(4), key=lambda i, grp=group: (-grp[i], i))[:n]
+                want = [g + i for i in keep if g + i < 10]
+                assert sorted(np.flatnonzero(mask[r, g:g + 4]) + g) == sorted(want)
+        assert (mask[:, 8:].sum(axis=1) == min(n, 2)).all()
 
 
 @pytest.mark.parametrize("n,m", [(0, 4), (5, 4), (-1, 2)])

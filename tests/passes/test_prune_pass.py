@@ -10,7 +10,8 @@ import torch.nn as nn
 from flowc.frontend.calibrate import Calibrate
 from flowc.passes.base import CompileContext, PassError, PassManager
 from flowc.passes.graph import flowc_meta, get_param, linear_nodes
-from flowc.passes.prune import NMPrune, PruneError, nm_mask
+from flowc.passes.prune import NMPrune, nm_mask
+from flowc.passes.verify import VerifyNM
 
 
 def _export(model: nn.Module, *args: torch.Tensor) -> torch.fx.GraphModule:
@@ -86,14 +87,22 @@ def test_annotation_mode_skip_and_layer_filter() -> None:
         NMPrune(n=2, m=4, score="magnitude", skip=("fc7",))(gm, ctx)
 
 
-def test_k_not_multiple_of_m_fails_before_any_write() -> None:
+def test_k_not_multiple_of_m_prunes_over_padded_groups_and_verifies() -> None:
+    """K = 6 at 2:4: the second group is inputs 4, 5 plus two zero columns that count as
+    pruned; the report and the node record the pad, and verify-nm passes on the result."""
+    torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
     gm = _export(model, torch.randn(2, 8))
-    before = {k: v.clone() for k, v in gm.state_dict().items()}
-    with pytest.raises(PruneError, match=r"^layer 2: in_features K=6 is not a multiple of M=4$"):
-        NMPrune(n=2, m=4, score="magnitude")(gm, CompileContext())
-    for k, v in gm.state_dict().items():
-        assert torch.equal(v, before[k])
+    ctx = CompileContext()
+    PassManager([NMPrune(n=2, m=4, score="magnitude"), VerifyNM()]).run(gm, ctx)
+    layers = ctx.reports["nm-prune"]["layers"]
+    assert "k_pad" not in layers["0"] and layers["2"]["k_pad"] == 2
+    ref = linear_nodes(gm)[1]
+    assert flowc_meta(ref.node)["k_pad"] == 2
+    w = get_param(gm, ref.weight_target).detach().numpy()
+    dense = model[2].weight.detach().numpy()
+    assert (np.count_nonzero(w[:, :4], axis=1) == 2).all()
+    assert np.array_equal(w[:, 4:], dense[:, 4:])  # 2 real weights in the partial group: kept
 
 
 class _Tied(nn.Module):

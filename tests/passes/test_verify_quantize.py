@@ -90,3 +90,16 @@ def test_quantize_pass_meta_and_report() -> None:
     assert set(report["layers"]) == {"0", "2"}
     assert 0 < report["rel_err"] < 0.01
     assert report["max_abs_err"] == max(v["max_abs_err"] for v in report["layers"].values())
+
+
+def test_check_nm_pads_k_with_zero_columns() -> None:
+    """K = 6 at 2:4: the last group is columns 4, 5 plus two zero columns; three nonzeros in
+    the first group, or two in the partial group at 1:4, are judged over the same groups."""
+    w = np.zeros((2, 6), np.float32)
+    w[:, [0, 3, 4, 5]] = 1.0
+    check_nm(w, 2, 4, "x")
+    w[1, 1] = 1.0
+    with pytest.raises(VerifyError, match=r"row 1, group starting at input 0 holds 3 nonzeros"):
+        check_nm(w, 2, 4, "x")
+    with pytest.raises(VerifyError, match=r"row 0, group starting at input 4 holds 2 nonzeros"):
+        check_nm(np.array([[1, 0, 0, 0, 1, 1]], np.float32), 1, 4, "x")
