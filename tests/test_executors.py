@@ -110,10 +110,14 @@ def ray_executor():
 
     from flowc.executors import RayExecutor
 
+    # Ray workers cannot import this module by name (pytest put tests/ on the driver's path
+    # only), so its functions travel by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ex = RayExecutor(num_cpus=2)
     ex.connect()
     yield ex
     ex.close()
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert not ray.is_initialized()
 
 

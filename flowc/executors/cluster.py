@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -57,25 +56,14 @@ def _ray_item(fn: Callable[[Any, Any], Any], index: int, item: Any, box: list[An
     return _run_item(fn, index, item)
 
 
-def _with_driver_path(runtime_env: dict[str, Any] | None) -> dict[str, Any]:
-    """A local cluster's workers import what the driver can (as spawned pool workers do):
-    the driver's own sys.path entries, i.e. those outside the Python installation, are put
-    on the workers' PYTHONPATH unless the caller set one."""
-    env = dict(runtime_env or {})
-    env_vars = dict(env.get("env_vars") or {})
-    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    own = [p for p in sys.path if p and os.path.isdir(p)
-           and not any(os.path.realpath(p).startswith(pre) for pre in prefixes)]
-    if own and "PYTHONPATH" not in env_vars:
-        inherited = os.environ.get("PYTHONPATH")
-        env_vars["PYTHONPATH"] = os.pathsep.join(own + ([inherited] if inherited else []))
-        env["env_vars"] = env_vars
-    return env
-
-
 class RayExecutor(_ExecutorBase):
     """Tasks on a Ray cluster: a new local one (address None; `num_cpus` CPUs, None: all) or an
     existing one ("auto", "HOST:PORT", "ray://HOST:PORT"; its nodes need flowc installed).
+
+    Ray workers import `fn` by its module name; besides installed packages they see the
+    driver's working directory and script directory. Code elsewhere needs Ray's own means:
+    `runtime_env` (e.g. {"working_dir": ...} or {"env_vars": {"PYTHONPATH": ...}}; workers
+    with a runtime env start fresh, ~4 s here) or ray.cloudpickle.register_pickle_by_value.
 
     A cluster this executor started is shut down by close(); one that was already connected
     in this process (ray.init called by the caller) is left running."""
@@ -104,8 +92,7 @@ class RayExecutor(_ExecutorBase):
                                       "logging_level": logging.WARNING,
                                       "runtime_env": self.runtime_env}
             if self.address is None:
-                kwargs.update(num_cpus=self.num_cpus, include_dashboard=False,
-                              runtime_env=_with_driver_path(self.runtime_env))
+                kwargs.update(num_cpus=self.num_cpus, include_dashboard=False)
             try:
                 ray.init(**kwargs)
             except (ConnectionError, ValueError) as exc:
