@@ -104,16 +104,16 @@ def run(args: argparse.Namespace, data: dict, save) -> dict:
                                 "hw": hardware({"layers": {}})})
         save(data)
     for update in args.updates:
-        start = time.perf_counter()
-        sensitivity_table(base, update, bar=True)
+        if not args.methods or any(m.startswith("measured") for m in args.methods):
+            sensitivity_table(base, update, bar=True)
         kind = "obs" if update == "obs" else "none"
-        data.setdefault("table_seconds", {})[kind] = base.table_seconds.get(
-            kind, time.perf_counter() - start)
-        say(f"sensitivity table ({kind}): {data['table_seconds'][kind]:.1f} s")
+        if kind in base.table_seconds:
+            data.setdefault("table_seconds", {})[kind] = base.table_seconds[kind]
+            say(f"sensitivity table ({kind}): {data['table_seconds'][kind]:.1f} s")
         for target in args.targets:
             for spec, note in rows_for(target, update, args.search):
                 key = f"{target}|{spec.name()}"
-                if key in done:
+                if key in done or (args.methods and spec.method not in args.methods):
                     continue
                 r, spec, note = _run_feasible(run_method, base, spec, note, say)
                 row = {**r.to_dict(), "key": key, "row": f"{target}", "note": note,
@@ -246,6 +246,8 @@ def main() -> int:
     p.add_argument("--updates", type=lambda s: s.split(","), default=["none", "obs"])
     p.add_argument("--search", default="generations=60,offspring=6,windows=2,max_time=240",
                    help="nm-search options (pipeline syntax)")
+    p.add_argument("--methods", type=lambda s: s.split(","), default=None,
+                   help="only these methods (e.g. uniform,owl,flow); with --resume fills in")
     p.add_argument("--quick", action="store_true", help="tiny llama on pydoc (smoke test)")
     p.add_argument("--write", action="store_true", help="update docs/results.md and the plot")
     p.add_argument("--resume", action="store_true", help="skip rows already in the JSON")

@@ -148,8 +148,6 @@ class NMSearch(_Selector):
     jobs: int = 1
 
     def __call__(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
-        from flowc.executors import make_executor
-
         from .search import KLScorer, evolve, score_item
 
         table = table_of(ctx, self.name)
@@ -180,7 +178,7 @@ class NMSearch(_Selector):
         def alloc(choice: Sequence[int]) -> dict[str, Pattern]:
             return {u: cands[j] for u, j in zip(prob.names, choice, strict=True)}
 
-        with make_executor(self.executor, self.jobs) as ex:
+        with _executor(self.executor, self.jobs) as ex:
             def evaluate(choices: list, windows: int | None) -> list[float]:
                 return ex.map(score_item, [(alloc(c), windows) for c in choices],
                               shared=scorer)
@@ -229,6 +227,27 @@ class NMSearch(_Selector):
             if n != m and all(not math.isinf(row[j]) for row in prob.costs):
                 starts[f"uniform {n}:{m}"] = tuple(j for _ in prob.names)
         return starts
+
+
+class _InProcess:
+    """Scoring in this process (the default: the scorer holds the model, no copy is made)."""
+
+    def __enter__(self) -> _InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def map(self, fn, items, shared=None) -> list:
+        return [fn(shared, item) for item in items]
+
+
+def _executor(spec: str, jobs: int):
+    if spec == "serial" or (spec == "local" and jobs == 1):
+        return _InProcess()
+    from flowc.executors import make_executor
+
+    return make_executor(spec, jobs)
 
 
 def _bar(total: int, ctx: CompileContext):
