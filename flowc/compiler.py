@@ -80,7 +80,9 @@ def calibration_inputs(cap: Captured, batches: int, seed: int) -> list[tuple[tor
     """
     shapes = [tuple(x.shape) for x in cap.example_inputs]
     dtypes = [x.dtype for x in cap.example_inputs]
-    return [example_inputs_for(shapes, dtypes, seed=seed + 1 + i) for i in range(batches)]
+    high = cap.info.get("index_high")  # token ids stay inside the embedding tables
+    return [example_inputs_for(shapes, dtypes, seed=seed + 1 + i, high=high)
+            for i in range(batches)]
 
 
 class _TrackedInputs(list):

@@ -19,6 +19,7 @@ import torch
 import torch.fx
 
 from flowc.errors import ModelLoadError, UsageError
+from flowc.frontend.index_range import DEFAULT_HIGH, index_bounds
 from flowc.frontend.prepare import (  # noqa: F401  (module_path, annotate_layer_names: re-exported)
     annotate_layer_names,
     module_path,
@@ -73,8 +74,11 @@ def archive_kind(path: Path) -> str:
 
 
 def example_inputs_for(shapes: Sequence[Sequence[int]], dtypes: Sequence[torch.dtype] | None = None,
-                       seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Deterministic example inputs: standard normal floats, small non-negative integers."""
+                       seed: int = 0, high: Sequence[int | None] | None = None
+                       ) -> tuple[torch.Tensor, ...]:
+    """Deterministic example inputs: standard normal floats; integers (token ids) in
+    [0, high[i]), the rows of the smallest embedding table input i indexes
+    (flowc.frontend.index_range), or [0, 100) when no table bounds it."""
     gen = torch.Generator().manual_seed(seed)
     out = []
     for i, shape in enumerate(shapes):
@@ -82,7 +86,8 @@ def example_inputs_for(shapes: Sequence[Sequence[int]], dtypes: Sequence[torch.d
         if dtype.is_floating_point:
             out.append(torch.randn(*shape, generator=gen, dtype=torch.float32).to(dtype))
         else:
-            out.append(torch.randint(0, 100, tuple(shape), generator=gen, dtype=dtype))
+            top = (high[i] if high is not None and i < len(high) else None) or DEFAULT_HIGH
+            out.append(torch.randint(0, top, tuple(shape), generator=gen, dtype=dtype))
     return tuple(out)
 
 
@@ -109,13 +114,14 @@ def load_model(path: str | Path, input_shapes: str | None = None,
         except Exception as exc:  # torch raises many types for a damaged archive
             raise ModelLoadError(f"{path}: cannot load ExportedProgram: {exc}") from exc
         specs = _exported_input_specs(ep)
+        high = index_bounds(ep.graph, tuple(ep.graph_signature.user_inputs))
         if shapes is None:
-            inputs = example_inputs_for([s for s, _ in specs], [d for _, d in specs])
+            inputs = example_inputs_for([s for s, _ in specs], [d for _, d in specs], high=high)
             return _finish(ep, inputs, f"exported:{path.name}")
         if len(shapes) != len(specs):
             raise UsageError(f"--input-shape gives {len(shapes)} shapes, the model takes {len(specs)}")
         module: torch.nn.Module = ep.module()
-        inputs = example_inputs_for(shapes, [d for _, d in specs])
+        inputs = example_inputs_for(shapes, [d for _, d in specs], high=high)
     elif kind == "torchscript":
         if shapes is None:
             raise UsageError(f"{path}: TorchScript archives record no input shapes; pass --input-shape")
@@ -135,7 +141,11 @@ def load_model(path: str | Path, input_shapes: str | None = None,
         if shapes is None:
             raise UsageError(f"{path}: a pickled module records no input shapes; pass --input-shape")
         inputs = example_inputs_for(shapes)
-    return capture(module, inputs, source=f"{kind}:{path.name}")
+    cap = capture(module, inputs, source=f"{kind}:{path.name}")
+    # the ids were drawn before the graph was known: redraw them inside the tables' rows
+    cap.example_inputs = example_inputs_for(shapes, [x.dtype for x in inputs],
+                                            high=cap.info["index_high"])
+    return cap
 
 
 def _torchscript_to_exported(module, inputs, path: Path) -> torch.export.ExportedProgram:
@@ -191,6 +201,7 @@ def _finish(ep: torch.export.ExportedProgram, inputs: tuple[torch.Tensor, ...], 
         output_names = tuple(ep.graph_signature.user_outputs)
     info = dict(info or {})
     info["prepare"] = report.to_dict()
+    info["index_high"] = index_bounds(gm.graph, gm=gm)  # valid id range per input
     return Captured(gm=gm, example_inputs=tuple(inputs), input_names=input_names,
                     output_names=output_names, source=source, info=info)
 
