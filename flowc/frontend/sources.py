@@ -40,7 +40,7 @@ ENCODER_SEQ = 32  # encoders: the pair is padded to this many tokens (the mask h
 
 
 def builtin_names() -> list[str]:
-    from flowc.frontend.hf import ARCHS
+    from flowc.frontend.hf import ALL_ARCHS as ARCHS
 
     return [SMOLLM2, MINILM] + [f"tiny-{a}" for a in ARCHS]
 
