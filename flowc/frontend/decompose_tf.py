@@ -11,14 +11,14 @@ simulator runs as `mm.act`), and the prune/quantise passes see every static-weig
   additive mask, `softmax(-1)`, `matmul(p, v)` (docs/attention.md). A boolean mask `m`
   becomes the additive `where(m, 0, finfo.min)` (a folded buffer when `m` is a constant, one
   `aten.where.Scalar` when it is a run-time input such as BERT's attention_mask); `is_causal`
-  becomes a folded upper-triangular additive mask; `enable_gqa` repeats each key/value head
+  becomes a folded causal (lower-triangular) mask; `enable_gqa` repeats each key/value head
   (unsqueeze + expand + reshape, as `repeat_kv`).
 - `aten.addmm(b, x, W)` / `aten.mm(x, W)` with a parameter W[in, out] (GPT-2's Conv1D as a
   user exports it) become `aten.linear(x, W^T, b)` with the transposed weight stored as the
   parameter, so it is a prunable CiM GEMM.
 
-Each rewrite is `fn(gm, node) -> bool` (True when it replaced the node) and is listed in
-`REWRITES` by ATen op, for the frontend's decomposition table.
+`DECOMPOSE_TF` (traced decompositions) and `REWRITES` (graph rewrites `fn(gm, node) ->
+replaced?`, run first) are merged into the frontend's preparation (flowc.frontend.prepare).
 """
 
 from __future__ import annotations
@@ -146,10 +146,33 @@ def _transposed_param(gm: fx.GraphModule, w: fx.Node) -> fx.Node:
         return gm.graph.get_attr(f"{owner_path}.{name}" if owner_path else name)
 
 
+def check_sdpa(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Refuse, with the node and module path, what `sdpa` cannot decompose (it is traced
+    without the node, so it could not say where); never replaces the node."""
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
+    args = dict(zip(names, node.args, strict=False))
+    args.update(node.kwargs)
+    if args.get("dropout_p"):
+        raise UnsupportedOpError(f"scaled_dot_product_attention with dropout_p="
+                                 f"{args['dropout_p']}{_where(node)} (export in eval mode)")
+    if args.get("is_causal") and args.get("attn_mask") is not None:
+        raise UnsupportedOpError(f"scaled_dot_product_attention with both attn_mask and "
+                                 f"is_causal{_where(node)}")
+    mask = args.get("attn_mask")
+    if isinstance(mask, fx.Node):
+        const = _const_tensor(gm, mask)
+        dtype = const.dtype if const is not None else mask.meta["val"].dtype
+        if dtype != torch.bool and not dtype.is_floating_point:
+            raise UnsupportedOpError(f"scaled_dot_product_attention with a {dtype} mask"
+                                     f"{_where(node)} (need bool or float)")
+    return False
+
+
 # for the frontend's preparation (flowc.frontend.prepare): traced decompositions ...
 DECOMPOSE_TF: dict[object, Callable] = {SDPA: sdpa}
 # ... and graph rewrites fn(gm, node) -> replaced?
 REWRITES: dict[object, Callable[[fx.GraphModule, fx.Node], bool]] = {
+    SDPA: check_sdpa,  # runs before the traced decomposition
     aten.addmm.default: addmm_to_linear,
     aten.mm.default: addmm_to_linear,
 }

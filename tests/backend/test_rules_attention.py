@@ -4,11 +4,13 @@ outputs are checked against torch itself (fp32, independent of flowc) and ONNX R
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from flowc import isa
 from flowc.compiler import CompileOptions, compile_captured
+from flowc.errors import UnsupportedOpError
 from flowc.frontend.decompose_tf import sdpa
 from flowc.frontend.load import capture
 from flowc.runtime.session import check_outputs, simulate
@@ -98,3 +100,19 @@ def test_sdpa_decomposition_equals_torch_sdpa():
             want = Attn(**kw)(q, k, v, mask)
             got = sdpa(q, k, v, mask, **kw)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_sdpa_with_dropout_is_refused_with_node_and_module():
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = Attn(dropout_p=0.1)
+
+        def forward(self, q):
+            return self.attn(q, q, q)
+
+    with pytest.raises(UnsupportedOpError) as err:
+        capture(Block().eval(), (torch.randn(1, 2, 3, 4),))
+    msg = str(err.value)
+    assert "dropout_p=0.1" in msg and "node 'scaled_dot_product_attention'" in msg, msg
+    assert "(in attn)" in msg, msg
