@@ -15,7 +15,7 @@ from flowc.backend.reference_int8 import int8_reference
 from flowc.cli import flowrun_main
 from flowc.cli import main as flowc_main
 from flowc.compiler import CompileOptions, compile_captured
-from flowc.frontend.hf import ARCHS, ExportFailed
+from flowc.frontend.hf import ARCHS, USER_ARCHS, ExportFailed
 from flowc.frontend.load import load_hf
 from flowc.runtime.session import check_outputs, simulate
 
@@ -35,7 +35,10 @@ def tiny_images():
     return get
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+# the architectures added in issue 10 run here in the slow suite: the user-export test
+# (tests/e2e/test_user_export.py) covers them in the fast one
+@pytest.mark.parametrize("arch", [a if a not in USER_ARCHS else
+                                  pytest.param(a, marks=pytest.mark.slow) for a in ARCHS])
 def test_tiny_architecture_passes_the_ort_check(tiny_images, arch):
     image = tiny_images(arch)
     kinds = {info.kind for info in image.layers}
