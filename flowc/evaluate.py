@@ -327,16 +327,18 @@ def sensitivity_table(base: Calibrated, update: str, skip: Sequence[str] = ("lm_
     """The measured table of the dense model (measured once per update kind, then reused:
     it serves every target and budget; its time is `base.table_seconds[kind]`)."""
     from flowc.passes.flow.problem import resolve_candidates
-    from flowc.passes.flow.sensitivity import measure_graph
+    from flowc.passes.flow.sensitivity import kl_scales, measure_graph
     from flowc.passes.graph import select_layers
 
     kind = "obs" if update == "obs" else "none"
     if kind not in base.tables:
         refs, _ = select_layers(linear_nodes(base.gm), None, skip, what="sensitivity")
         start = time.perf_counter()
-        base.tables[kind] = measure_graph(base.gm, refs, base.calib, resolve_candidates(None),
-                                          ("none",) if kind == "none" else ("none", "obs"),
-                                          4096, 0.01, 128, bar)
+        table = measure_graph(base.gm, refs, base.calib, resolve_candidates(None),
+                              ("none",) if kind == "none" else ("none", "obs"), 4096, 0.01,
+                              128, bar)
+        table.scale = kl_scales(base.gm, refs, base.norms, table, base.calib[:1])
+        base.tables[kind] = table
         base.table_seconds[kind] = time.perf_counter() - start
         if kind == "obs":  # the obs table holds the plain errors too
             base.tables.setdefault("none", base.tables["obs"])

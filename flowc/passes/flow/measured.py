@@ -275,7 +275,7 @@ def measured_problem(table: Any, names: Sequence[str], cands: Sequence[Pattern],
         return sum(float(price(*table.shape[x], pattern)[idx]) for x in parts(unit))
 
     free = [n for n in names if n not in fixed]
-    costs = [[sum(table.error(layer, c, update) for layer in parts(u)) for c in cands]
+    costs = [[sum(table.cost(layer, c, update) for layer in parts(u)) for c in cands]
              for u in free]
     budgets = []
     for kind, idx, frac in (("latency", 0, latency), ("energy", 1, energy)):

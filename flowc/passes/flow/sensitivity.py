@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ class SensitivityTable:
     tokens: int = 0  # tokens the Gram matrices were estimated on
     updates: tuple[str, ...] = ("none",)
     info: dict[str, Any] = field(default_factory=dict)
+    scale: dict[str, float] = field(default_factory=dict)  # end-to-end weight per layer
 
     @property
     def layers(self) -> list[str]:
@@ -88,9 +90,15 @@ class SensitivityTable:
             return math.inf
         return row[update]
 
+    def cost(self, layer: str, pattern: Pattern, update: str = "none") -> float:
+        """What selection minimises: the relative error times the layer's end-to-end weight
+        (`scale`, 1 when not calibrated; see `kl_scales`)."""
+        err = self.error(layer, pattern, update)
+        return err if err == 0 or math.isinf(err) else err * self.scale.get(layer, 1.0)
+
     def to_dict(self) -> dict[str, Any]:
         return {"version": TABLE_VERSION, "tokens": self.tokens, "updates": list(self.updates),
-                "info": self.info,
+                "info": self.info, "scale": self.scale,
                 "layers": {name: {"shape": list(self.shape[name]),
                                   "errors": self.errors.get(name, {})} for name in self.shape}}
 
@@ -100,7 +108,8 @@ class SensitivityTable:
             raise UsageError(f"{source}: not a flowc sensitivity table (version "
                              f"{TABLE_VERSION} expected)")
         table = cls(tokens=int(d.get("tokens", 0)), updates=tuple(d.get("updates", ("none",))),
-                    info=dict(d.get("info", {})))
+                    info=dict(d.get("info", {})),
+                    scale={k: float(v) for k, v in d.get("scale", {}).items()})
         for name, row in d["layers"].items():
             table.shape[name] = (int(row["shape"][0]), int(row["shape"][1]))
             table.errors[name] = {k: {u: float(v) for u, v in e.items()}
@@ -199,6 +208,48 @@ def layer_errors(weight: np.ndarray, hessian: np.ndarray, input_norm: np.ndarray
     return out
 
 
+def layer_type(name: str) -> str:
+    """`model.layers.3.mlp.up_proj` -> `model.layers.*.mlp.up_proj`: the layer's role."""
+    return re.sub(r"\.\d+(?=\.|$)", ".*", name)
+
+
+def kl_scales(gm: fx.GraphModule, refs: Sequence[LinearRef], norms: Mapping[str, np.ndarray],
+              table: SensitivityTable, windows: Sequence[tuple], groups: str = "type",
+              pattern: Pattern = (4, 8)) -> dict[str, float]:
+    """End-to-end weight of each layer's relative error, measured by KL to the dense model.
+
+    Relative errors of different layer roles are not comparable (an error in a small k_proj
+    and one in a down_proj that writes into the residual stream move the output very
+    differently). For each group (`type`: one role across all blocks, e.g. every up_proj;
+    `layer`: every Linear alone, 1 forward per layer) we prune only its layers to `pattern`
+    (Wanda masks, as the table), measure KL(dense || pruned) per token on `windows`, and
+    set the group's scale = KL / sum of its layers' relative errors at `pattern`. Costs
+    scale x error then estimate each layer's share of the end-to-end KL.
+    """
+    from .search import KLScorer
+
+    if groups not in ("type", "layer"):
+        raise UsageError(f"sensitivity: kl groups must be type, layer or none, got {groups!r}")
+    members: dict[str, list[str]] = {}
+    for ref in refs:
+        if math.isfinite(table.error(ref.name, pattern)):
+            members.setdefault(layer_type(ref.name) if groups == "type" else ref.name,
+                               []).append(ref.name)
+    layers = {r.name: r for r in refs if any(r.name in v for v in members.values())}
+    scorer = KLScorer(gm, layers, {}, norms, [pattern], windows)
+    scales: dict[str, float] = {}
+    try:
+        for names in members.values():
+            kl = scorer.score({n: pattern for n in names})
+            scorer.apply({n: (1, 1) for n in names})  # back to dense for the next group
+            denom = sum(table.error(n, pattern) for n in names)
+            for n in names:
+                scales[n] = kl / denom if denom > 0 else 0.0
+    finally:
+        scorer.restore()
+    return scales
+
+
 # ---------------------------------------------------------------------------------------------
 # The pass
 
@@ -245,7 +296,8 @@ class Sensitivity(Pass):
     Options: `candidates` (default: the machine's native set), `update` = none | obs | both
     (which errors to measure; obs also measures none), `tokens` (Gram-matrix subsample, 0 =
     all), `skip` (layers left out, e.g. lm_head), `save` / `load` (a JSON table; `load` skips
-    the measurement and checks the table covers the graph's layers), `damp`, `blocksize`.
+    the measurement and checks the table covers the graph's layers), `damp`, `blocksize`,
+    `kl` = type | layer | none and `kl_windows` (end-to-end scales, see `kl_scales`).
     The table goes to `ctx.reports["sensitivity"]` and `ctx.options["sensitivity_table"]`.
     """
 
@@ -258,6 +310,8 @@ class Sensitivity(Pass):
     load: str = ""
     damp: float = 0.01
     blocksize: int = 128
+    kl: Literal["type", "layer", "none"] = "type"
+    kl_windows: int = 1
 
     def __call__(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         if self.update not in UPDATES:
@@ -279,7 +333,17 @@ class Sensitivity(Pass):
                     f"updates {'+'.join(updates)}")
             table = measure_graph(gm, refs, ctx.calib_inputs, patterns, updates, self.tokens,
                                   self.damp, self.blocksize, bar=ctx.progress is not None)
-            table.info = {"windows": len(ctx.calib_inputs), "seconds": time.perf_counter() - start}
+            if self.kl != "none":
+                ctx.log(f"sensitivity: end-to-end scales per {self.kl} (KL on "
+                        f"{self.kl_windows} window(s))")
+                norms = {r.name: flowc_meta(r.node).get("input_norm") for r in refs}
+                if any(v is None for v in norms.values()):
+                    raise UsageError("sensitivity: kl scales need the calibrate pass first "
+                                     "(Wanda norms), or kl=none")
+                table.scale = kl_scales(gm, refs, norms, table,  # type: ignore[arg-type]
+                                        ctx.calib_inputs[:max(1, self.kl_windows)], self.kl)
+            table.info = {"windows": len(ctx.calib_inputs), "kl": self.kl,
+                          "seconds": time.perf_counter() - start}
             if self.save:
                 table.save(self.save)
         for ref in refs:
