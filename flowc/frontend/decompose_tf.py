@@ -94,6 +94,48 @@ def _repeat_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return aten.reshape.default(x, [*lead, heads, t, d])
 
 
+# -- layout helpers some exports carry (traced decompositions) -------------------------------
+def unbind(x: torch.Tensor, dim: int = 0) -> list[torch.Tensor]:
+    """unbind = split into size-1 pieces, each squeezed (getitem users pick one)."""
+    return [aten.squeeze.dim(t, dim) for t in aten.split.Tensor(x, 1, dim)]
+
+
+def transpose_2d(x: torch.Tensor) -> torch.Tensor:
+    """x.t(): a permute of the (at most two) dimensions."""
+    return aten.permute.default(x, list(reversed(range(x.dim()))))
+
+
+def movedim(x: torch.Tensor, source: int, destination: int) -> torch.Tensor:
+    rank = x.dim()
+    order = [d for d in range(rank) if d != source % rank]
+    order.insert(destination % rank, source % rank)
+    return aten.permute.default(x, order)
+
+
+def repeat_interleave(x: torch.Tensor, repeats: int, dim: int | None = None,
+                      output_size: int | None = None) -> torch.Tensor:
+    """x.repeat_interleave(r, dim) with an integer r (GQA written without repeat_kv):
+    unsqueeze after dim, expand r times, merge the two dimensions."""
+    if dim is None:
+        x, dim = aten.reshape.default(x, [-1]), 0
+    dim = dim % x.dim()
+    shape = [int(s) for s in x.shape]
+    x = aten.unsqueeze.default(x, dim + 1)
+    x = aten.expand.default(x, [*shape[:dim + 1], int(repeats), *shape[dim + 1:]])
+    return aten.reshape.default(x, [*shape[:dim], shape[dim] * int(repeats), *shape[dim + 1:]])
+
+
+def baddbmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: float = 1,
+            alpha: float = 1) -> torch.Tensor:
+    """bias + a @ b (batched activation GEMM, e.g. ALiBi attention scores): bmm then add."""
+    out = aten.bmm.default(a, b)
+    if alpha != 1:
+        out = aten.mul.Tensor(out, float(alpha))
+    if beta == 0:
+        return out
+    return aten.add.Tensor(out, bias if beta == 1 else aten.mul.Tensor(bias, float(beta)))
+
+
 # -- addmm / mm with a static weight -> linear -------------------------------------------------
 def addmm_to_linear(gm: fx.GraphModule, node: fx.Node) -> bool:
     """addmm(b, x, W) or mm(x, W) with W a parameter [in, out] -> linear(x, W^T, b).
@@ -169,7 +211,14 @@ def check_sdpa(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 
 # for the frontend's preparation (flowc.frontend.prepare): traced decompositions ...
-DECOMPOSE_TF: dict[object, Callable] = {SDPA: sdpa}
+DECOMPOSE_TF: dict[object, Callable] = {
+    SDPA: sdpa,
+    aten.unbind.int: unbind,
+    aten.t.default: transpose_2d,
+    aten.movedim.int: movedim,
+    aten.repeat_interleave.self_int: repeat_interleave,
+    aten.baddbmm.default: baddbmm,
+}
 # ... and graph rewrites fn(gm, node) -> replaced?
 REWRITES: dict[object, Callable[[fx.GraphModule, fx.Node], bool]] = {
     SDPA: check_sdpa,  # runs before the traced decomposition

@@ -116,3 +116,35 @@ def test_sdpa_with_dropout_is_refused_with_node_and_module():
     msg = str(err.value)
     assert "dropout_p=0.1" in msg and "node 'scaled_dot_product_attention'" in msg, msg
     assert "(in attn)" in msg, msg
+
+
+class Layouts(nn.Module):
+    """unbind, t, movedim, repeat_interleave and baddbmm as a user's code writes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(6, 6)
+
+    def forward(self, x):  # x [2, 3, 6]
+        a, b = self.proj(x).unbind(0)  # [3, 6] each
+        kv = b.reshape(3, 2, 3).repeat_interleave(2, dim=1)  # [3, 4, 3]
+        s = torch.baddbmm(kv.movedim(1, 0)[:, :, :1], kv.movedim(1, 0), kv.permute(1, 2, 0))
+        return s.sum(-1) + (a.t() @ a).sum()
+
+
+def test_layout_decompositions_lower_and_match_torch():
+    torch.manual_seed(0)
+    module, x = Layouts().eval(), torch.randn(2, 3, 6)
+    ops = {"aten.unbind.int", "aten.t.default", "aten.movedim.int",
+           "aten.repeat_interleave.self_int", "aten.baddbmm.default"}
+    exported = torch.export.export(module, (x,), strict=False).graph.nodes
+    assert ops <= {str(n.target) for n in exported if n.op == "call_function"}
+    cap = capture(module, (x,))
+    left = {str(n.target) for n in cap.gm.graph.nodes if n.op == "call_function"}
+    assert not left & ops, left
+    image = compile_captured(cap, CompileOptions(), progress=None)
+    y, _ = simulate(image, [x.numpy()], numerics="fp32")
+    with torch.no_grad():
+        ref = module(x).numpy()
+    assert np.abs(y[0] - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert check_outputs(image, [x.numpy()], y, "fp32").passed
