@@ -129,3 +129,14 @@ def test_minilm_inputs_are_a_tokenised_pair_with_padding_masked() -> None:
         ref = model(**{k: enc[k] for k in cap.input_names}).last_hidden_state
     torch.testing.assert_close(cap.gm(*cap.example_inputs), ref, rtol=0, atol=1e-5)
     assert cap.info["calib_source"]["source"] == "builtin-text" and len(cap.info["calib"]) == 2
+
+
+@pytest.mark.slow
+def test_gguf_file_is_a_checkpoint_source() -> None:
+    """hf:FILE.gguf: SmolLM2's GGUF through the generic loader (dequantised by transformers)."""
+    path = hf.smollm2_gguf()
+    ckpt = checkpoint.resolve(str(path))
+    assert ckpt.folder == path.parent and ckpt.gguf_file == path.name
+    model, tok = checkpoint.load_checkpoint(ckpt)
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 30
+    assert tok is not None and len(tok("compute in memory")["input_ids"]) > 0
