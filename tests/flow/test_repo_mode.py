@@ -167,8 +167,8 @@ def test_force_dense_ends_on_30_equal_blocks_ships_7_15():
     sel = select_repo(units, 0.5, candidates="2:4,4:8", solver_status="check")
     assert sel.sparsity == 0.5 and set(sel.patterns.values()) <= {(2, 4), (4, 8)}
     unit_of = {f"model.layers.{i}.mlp.up_proj": f"model.layers.{i}" for i in range(30)}
-    shipped, changed = force_dense_ends(sel.patterns, unit_of, block_of)
-    assert changed == ["model.layers.0", "model.layers.29"]
+    shipped, forced = force_dense_ends(sel.patterns, unit_of, block_of)
+    assert forced == ["model.layers.0", "model.layers.29"]
     assert shipped["model.layers.0"] == shipped["model.layers.29"] == (8, 8)
     params = {u.name: u.params for u in units}
     total = sum((params[k] * (1 - Fraction(n, m)) for k, (n, m) in shipped.items()), Fraction(0))
@@ -180,6 +180,7 @@ def test_repo_preset_ships_below_target_and_reports_it():
                              "skip=lm_head},nm-prune{skip=lm_head},verify-nm")
     rep = ctx.reports["flow-select"]
     assert rep["ilp_sparsity"] == 0.5 and rep["forced_dense"] == ["layers.0", "layers.2"]
+    assert set(rep["ilp_patterns"].values()) <= {"2:4", "4:8"}  # sparse in the ILP
     assert rep["achieved"] == 1 / 6  # three equal blocks, only the middle one at 0.5
     assert rep["shipped_unweighted"] == 1 / 6
     refs = {r.name: r for r in linear_nodes(gm)}

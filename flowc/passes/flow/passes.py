@@ -337,7 +337,7 @@ class FlowSelect(_Selector):
         extra = {"ilp_sparsity": sel.sparsity, "constraint": o["constraint"],
                  "forced_dense": forced,
                  "shipped_unweighted": repo.unweighted_sparsity(shipped)}
-        if forced:
+        if forced:  # what the ILP had chosen for them (FLOW's ILP counts them)
             extra["ilp_patterns"] = {u: f"{n}:{m}" for u, (n, m) in sel.patterns.items()
                                      if u in forced}
         if o["force_dense_ends"] or o["constraint"] == "repo-equality":

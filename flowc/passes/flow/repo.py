@@ -209,18 +209,15 @@ def force_dense_ends(patterns: Mapping[str, Pattern], unit_of: Mapping[str, str]
                      block_of: Callable[[str], str]) -> tuple[dict[str, Pattern], list[str]]:
     """Every unit holding a Linear of the first or last block becomes 8:8 (prune_flow).
 
-    Returns (patterns, the units changed from a sparse choice), in unit order.
+    Returns (patterns, the forced units in unit order, whatever the ILP had chosen for them).
     """
     ends = set(end_blocks(list(unit_of), block_of))
     units = {u for name, u in unit_of.items() if block_of(name) in ends}
     out = dict(patterns)
-    changed = []
-    for unit in out:
-        if unit in units:
-            if out[unit][0] != out[unit][1]:
-                changed.append(unit)
-            out[unit] = REPO_DENSE
-    return out, changed
+    forced = [unit for unit in out if unit in units]
+    for unit in forced:
+        out[unit] = REPO_DENSE
+    return out, forced
 
 
 def weighted_sparsity(patterns: Mapping[str, Pattern], params: Mapping[str, int]) -> float:
