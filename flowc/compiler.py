@@ -103,7 +103,8 @@ class _TrackedInputs(list):
 def choose_calibration(cap: Captured, opts: CompileOptions, calib: list | None,
                        progress) -> tuple[_TrackedInputs, dict]:
     """The calibration inputs and their record for the report: the caller's (`calib`, with
-    `cap.info["calib_source"]`), the source's own (hf: built-in text), else synthetic."""
+    `cap.info["calib_source"]`), the source's own (hf: built-in text), else synthetic (the
+    compile log says so once a pass has read them)."""
     from flowc.frontend.calib_data import synthetic_source
 
     record = cap.info.get("calib_source")
@@ -113,9 +114,6 @@ def choose_calibration(cap: Captured, opts: CompileOptions, calib: list | None,
         calib = calibration_inputs(cap, opts.calib_batches, opts.seed)
         record = synthetic_source(len(calib), opts.seed)
     record = dict(record or {"source": "caller", "samples": len(calib)})
-    if record["source"] == "synthetic" and progress:
-        progress(f"calibration: synthetic inputs ({record['inputs']}, {len(calib)} samples; "
-                 "give --calib-text or --calib-data for real statistics)")
     return _TrackedInputs(calib), record
 
 
@@ -244,6 +242,9 @@ def compile_captured(cap: Captured, opts: CompileOptions,
     dense = quality_probe(cap)
     info = run_passes(cap, pipeline, machine, calib, progress)
     info["calibration"] = {**calib_record, "used": calib.used}
+    if calib.used and calib_record["source"] == "synthetic" and progress:
+        progress(f"calibration: synthetic inputs ({calib_record['inputs']}, {len(calib)} "
+                 "samples; give --calib-text or --calib-data for real statistics)")
     if dense is not None:
         info["quality"] = _jsonable(quality_report(cap, dense, progress))
     if progress:

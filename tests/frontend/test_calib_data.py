@@ -165,6 +165,10 @@ def test_cli_reports_synthetic_then_npz(tmp_path, capsys) -> None:
     assert "calibration: synthetic" not in err and "calibration: 3 samples from npz file" in err
     info = container.load(out_n).compile_info["calibration"]
     assert info == {"source": "npz", "file": str(tmp_path / "x.npz"), "samples": 3, "used": True}
+    out_d = tmp_path / "d.fcim"  # dense: nothing reads calibration inputs, nothing is said
+    assert main(["compile", str(pt2), "-o", str(out_d), "--no-reference"]) == 0
+    assert "calibration: synthetic" not in capsys.readouterr().err
+    assert container.load(out_d).compile_info["calibration"]["used"] is False
     a, b = container.load(out_s), container.load(out_n)
     differ = [k for k in a.tensors if k.endswith(".meta") and not np.array_equal(a.tensors[k],
                                                                                 b.tensors[k])]
