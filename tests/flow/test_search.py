@@ -119,3 +119,24 @@ def test_nm_search_pass_on_a_tiny_llama(tmp_path):
     assert "annotation" in rep["search"]["start_kl"]  # measured-select's answer was a start
     for r in linear_nodes(cap.gm):  # the search restored the dense weights
         assert torch.equal(get_param(cap.gm, r.weight_target), before[r.name])
+
+
+@pytest.mark.slow
+def test_nm_search_on_a_process_pool_matches_in_process():
+    """Candidates scored by two forked workers give the same search as in-process scoring."""
+    from flowc.frontend.load import load_hf
+    from flowc.passes.base import CompileContext, PassManager
+    from flowc.passes.pipeline import parse_pipeline
+
+    results = []
+    for executor in ("executor=local,jobs=1", "executor=local,jobs=2"):
+        cap = load_hf("hf:tiny-llama", seq_len=16, calib_batches=2)
+        ctx = CompileContext(example_inputs=cap.example_inputs, calib_inputs=cap.info["calib"])
+        pipe = ("calibrate,sensitivity{skip=lm_head,kl=none},"
+                "measured-select{target=0.5,skip=lm_head},"
+                "nm-search{target=0.5,skip=lm_head,generations=3,offspring=3,windows=2,"
+                + executor + "}")
+        PassManager(parse_pipeline(pipe)).run(cap.gm, ctx)
+        results.append(ctx.reports["nm-search"])
+    assert results[0]["units"] == results[1]["units"]
+    assert results[0]["search"]["kl"] == pytest.approx(results[1]["search"]["kl"], rel=1e-6)

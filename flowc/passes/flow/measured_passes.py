@@ -128,8 +128,10 @@ class NMSearch(_Selector):
     pattern that meets the budgets (`target`, `tolerance`, `latency`, `energy`: as in
     `measured-select`). `generations`, `offspring`, `survivors`, `seed`; `max_time` (seconds,
     0 = no limit) bounds the wall time; `windows` = held-in calibration windows scored (the
-    first ones of the calibration set). `executor` (serial | local | ray | ray:ADDRESS) and
-    `jobs` choose where candidates are scored (flowc.executors).
+    first ones of the calibration set). `executor` (local | serial | ray | ray:ADDRESS) and
+    `jobs` choose where candidates are scored (flowc.executors): the default is the local
+    pool with one job, i.e. in this process, because one forward already uses every core
+    through torch's threads; `jobs=2` forks workers that each hold a copy of the model.
     """
 
     name = "nm-search"
@@ -144,7 +146,7 @@ class NMSearch(_Selector):
     windows: int = 2
     max_time: float = 0.0
     seed: int = 0
-    executor: str = "serial"
+    executor: str = "local"
     jobs: int = 1
 
     def __call__(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
@@ -178,7 +180,9 @@ class NMSearch(_Selector):
         def alloc(choice: Sequence[int]) -> dict[str, Pattern]:
             return {u: cands[j] for u, j in zip(prob.names, choice, strict=True)}
 
-        with _executor(self.executor, self.jobs) as ex:
+        from flowc.executors import make_executor
+
+        with make_executor(self.executor, self.jobs) as ex:
             def evaluate(choices: list, windows: int | None) -> list[float]:
                 return ex.map(score_item, [(alloc(c), windows) for c in choices],
                               shared=scorer)
@@ -227,27 +231,6 @@ class NMSearch(_Selector):
             if n != m and all(not math.isinf(row[j]) for row in prob.costs):
                 starts[f"uniform {n}:{m}"] = tuple(j for _ in prob.names)
         return starts
-
-
-class _InProcess:
-    """Scoring in this process (the default: the scorer holds the model, no copy is made)."""
-
-    def __enter__(self) -> _InProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def map(self, fn, items, shared=None) -> list:
-        return [fn(shared, item) for item in items]
-
-
-def _executor(spec: str, jobs: int):
-    if spec == "serial" or (spec == "local" and jobs == 1):
-        return _InProcess()
-    from flowc.executors import make_executor
-
-    return make_executor(spec, jobs)
 
 
 def _bar(total: int, ctx: CompileContext):

@@ -28,6 +28,7 @@ run in-process, on a local process pool or on Ray with the same code.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -63,7 +64,7 @@ class KLScorer:
                  members: dict[str, Sequence[str]], norms: dict[str, np.ndarray],
                  patterns: Sequence[Pattern], windows: Sequence[tuple[Any, ...]]) -> None:
         self.gm = gm
-        self.refs = layers
+        self.targets = {name: ref.weight_target for name, ref in layers.items()}
         self.members = members
         self.patterns = list(patterns)
         self.windows = list(windows)
@@ -96,7 +97,7 @@ class KLScorer:
                 if pattern[0] != pattern[1]:
                     bits = np.unpackbits(self.masks[(name, pattern)], count=w.numel())
                     w = w * torch.from_numpy(bits.reshape(w.shape).astype(bool))
-                set_param(self.gm, self.refs[name].weight_target, w)
+                set_param(self.gm, self.targets[name], w)
                 self.current[name] = pattern
 
     def score(self, alloc: dict[str, Pattern], windows: int | None = None) -> float:
@@ -112,9 +113,20 @@ class KLScorer:
 
     def restore(self) -> None:
         """Put the dense weights back (the pass annotates; nm-prune cuts later)."""
-        for name, ref in self.refs.items():
-            set_param(self.gm, ref.weight_target, self.dense[name])
+        for name, target in self.targets.items():
+            set_param(self.gm, target, self.dense[name])
         self.current.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable for process-pool and Ray workers: the graph travels as a plain
+        GraphModule (code + parameters; torch.export's module class holds local lambdas and a
+        tracer that cannot be rebuilt on the other side)."""
+        state = dict(self.__dict__)
+        graph = copy.deepcopy(self.gm.graph)
+        graph._tracer_cls = None
+        graph._tracer_extras = {}
+        state["gm"] = fx.GraphModule(self.gm, graph)
+        return state
 
 
 def score_item(scorer: KLScorer, item: tuple[dict[str, Pattern], int | None]) -> float:
