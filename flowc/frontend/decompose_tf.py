@@ -138,7 +138,8 @@ def baddbmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: float
 
 # -- addmm / mm with a static weight -> linear -------------------------------------------------
 def addmm_to_linear(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """addmm(b, x, W) or mm(x, W) with W a parameter [in, out] -> linear(x, W^T, b).
+    """addmm(b, x, W), mm(x, W) or matmul(x, W) with W a 2-D parameter [in, out] ->
+    linear(x, W^T, b).
 
     A graph rewrite rather than a traced decomposition: the parameter itself is re-laid out,
     so the linear reads a get_attr (a static weight the prune pass can mask). Returns False
@@ -151,7 +152,8 @@ def addmm_to_linear(gm: fx.GraphModule, node: fx.Node) -> bool:
             raise UnsupportedOpError(f"addmm with beta={beta}, alpha={alpha}{_where(node)}")
     else:
         bias, (x, w) = None, node.args[:2]
-    if _const_tensor(gm, w) is None or w.target not in _param_names(gm):
+    weight = _const_tensor(gm, w)
+    if weight is None or weight.dim() != 2 or w.target not in _param_names(gm):
         return False
     if bias is not None and _const_tensor(gm, bias) is None:
         return False
@@ -224,6 +226,7 @@ REWRITES: dict[object, Callable[[fx.GraphModule, fx.Node], bool]] = {
     SDPA: check_sdpa,  # runs before the traced decomposition
     aten.addmm.default: addmm_to_linear,
     aten.mm.default: addmm_to_linear,
+    aten.matmul.default: addmm_to_linear,  # x @ W with W a 2-D parameter (not attention)
 }
 
 

@@ -148,3 +148,32 @@ def test_layout_decompositions_lower_and_match_torch():
         ref = module(x).numpy()
     assert np.abs(y[0] - ref).max() <= 1e-5 * np.abs(ref).max()
     assert check_outputs(image, [x.numpy()], y, "fp32").passed
+
+
+class MatmulWeight(nn.Module):
+    """x @ W and torch.addmm with a parameter W[in, out]: static-weight GEMMs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(8, 16) / 4)
+        self.w2 = nn.Parameter(torch.randn(16, 8) / 4)
+        self.b2 = nn.Parameter(torch.randn(8))
+
+    def forward(self, x):  # [3, 8]
+        return torch.addmm(self.b2, torch.relu(x @ self.w1), self.w2)
+
+
+def test_matmul_and_addmm_over_parameters_become_prunable_gemms():
+    torch.manual_seed(0)
+    module, x = MatmulWeight().eval(), torch.randn(3, 8)
+    with torch.no_grad():
+        ref = module(x).numpy()
+    cap = capture(module, (x,))
+    assert sum(n.target is torch.ops.aten.linear.default for n in cap.gm.graph.nodes) == 2
+    image = compile_captured(cap, CompileOptions(), progress=None)
+    assert sorted((v["in"], v["out"]) for v in image.packed.values()) == [(8, 16), (16, 8)]
+    assert not any(i.mnemonic == "mm.act" for i in image.program.instructions)
+    y, _ = simulate(image, [x.numpy()], numerics="fp32")
+    assert np.abs(y[0] - ref).max() <= 1e-5 * np.abs(ref).max()
+    y8, _ = simulate(image, [x.numpy()], numerics="int8")
+    assert check_outputs(image, [x.numpy()], y8, "int8").passed
