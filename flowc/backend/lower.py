@@ -177,12 +177,19 @@ def supported_ops_summary() -> str:
     return ", ".join(names)
 
 
-def lower(cap: Captured, machine, keep_fp32: bool = True) -> Image:
-    """Lower a captured, pruned and quantised graph to an Image for `machine`."""
+def register_rules() -> dict[object, Rule]:
+    """Import every rule module (each registers its rules into RULES); returns RULES. The
+    one list of rule modules: lowering and the generated ops table (opsdoc) both use it."""
     import flowc.backend.rules  # noqa: F401  (registers the op rules)
     import flowc.backend.rules_attention  # noqa: F401  (masks, casts, indexing)
     import flowc.backend.rules_ops  # noqa: F401  (plain ops: math, reductions, scans)
     import flowc.backend.rules_ssm  # noqa: F401  (state-space models: conv1d, select, pad)
     import flowc.backend.rules_tf  # noqa: F401  (transformer ops)
 
+    return RULES
+
+
+def lower(cap: Captured, machine, keep_fp32: bool = True) -> Image:
+    """Lower a captured, pruned and quantised graph to an Image for `machine`."""
+    register_rules()
     return Lowering(cap, machine, keep_fp32).run()

@@ -7,6 +7,7 @@ import torch
 import torch.fx
 
 from flowc import isa
+from flowc.backend.archs import ALL, PLAIN, TRANSFORMERS
 from flowc.backend.image import LayerInfo
 from flowc.backend.lower import Lowering, label, rule
 from flowc.backend.pack import geometry_for, pack
@@ -21,8 +22,9 @@ def machine_geometry(machine) -> tuple[int, int, int]:
     return m.subarrays, m.rows, m.cols
 
 
-@rule(aten.linear.default)
+@rule(aten.linear.default, family="gemm", archs=ALL)
 def lower_linear(lw: Lowering, node: torch.fx.Node) -> None:
+    """Static-weight GEMM: an N:M tile loop on the CiM macros (v.quant, ld.tile, cim, v.deq)."""
     x, w_node = node.args[0], node.args[1]
     b_node = node.args[2] if len(node.args) > 2 else None
     meta = node.meta.get("flowc") or {}
@@ -93,22 +95,26 @@ def _vector(lw: Lowering, node: torch.fx.Node) -> None:
     lw.enter(lw.layer_of(node), "vector")
 
 
-@rule(aten.relu.default)
+@rule(aten.relu.default, family="activation", archs=("opt", "rwkv", PLAIN))
 def lower_relu(lw: Lowering, node: torch.fx.Node) -> None:
+    """v.relu."""
     _vector(lw, node)
     src = lw.buf(node.args[0])
     lw.emit(isa.VRelu(dst=lw.out(node), src=src))
 
 
-@rule(aten.silu.default)
+@rule(aten.silu.default, family="activation",
+      archs=("llama", "mistral", "qwen2", "phi3", "mamba", PLAIN))
 def lower_silu(lw: Lowering, node: torch.fx.Node) -> None:
+    """v.silu."""
     _vector(lw, node)
     src = lw.buf(node.args[0])
     lw.emit(isa.VSilu(dst=lw.out(node), src=src))
 
 
-@rule(aten.gelu.default)
+@rule(aten.gelu.default, family="activation", archs=("bert", "gpt_neox", "gemma", PLAIN))
 def lower_gelu(lw: Lowering, node: torch.fx.Node) -> None:
+    """v.gelu, exact (erf) or tanh approximation."""
     _vector(lw, node)
     approx = node.kwargs.get("approximate", node.args[1] if len(node.args) > 1 else "none")
     if approx not in ("none", "tanh"):
@@ -120,8 +126,10 @@ def lower_gelu(lw: Lowering, node: torch.fx.Node) -> None:
 # softmax (any dimension): flowc.backend.rules_ops
 
 
-@rule(aten.layer_norm.default)
+@rule(aten.layer_norm.default, family="norm",
+      archs=("opt", "gpt2", "bert", "gpt_neox", "rwkv", PLAIN))
 def lower_layer_norm(lw: Lowering, node: torch.fx.Node) -> None:
+    """v.layernorm over the last dimension."""
     _vector(lw, node)
     x, shape = node.args[0], node.args[1]
     if len(shape) != 1:
@@ -136,8 +144,9 @@ def lower_layer_norm(lw: Lowering, node: torch.fx.Node) -> None:
     lw.emit(isa.VLayernorm(dst=lw.out(node), src=src, w=wt, b=bt, eps=_f32(eps)))
 
 
-@rule(aten.rms_norm.default)
+@rule(aten.rms_norm.default, family="norm", archs=(PLAIN,))
 def lower_rms_norm(lw: Lowering, node: torch.fx.Node) -> None:
+    """v.rmsnorm (transformers write RMSNorm out as six ops: fused to v.rmsnorm too)."""
     _vector(lw, node)
     x, shape = node.args[0], node.args[1]
     w = node.args[2] if len(node.args) > 2 else None
@@ -161,8 +170,9 @@ def _scalar_operand(lw: Lowering, node: torch.fx.Node, value: float) -> str:
     return dst
 
 
-@rule(aten.add.Tensor, aten.mul.Tensor, aten.sub.Tensor)
+@rule(aten.add.Tensor, aten.mul.Tensor, aten.sub.Tensor, family="element-wise", archs=ALL)
 def lower_binary(lw: Lowering, node: torch.fx.Node) -> None:
+    """v.add / v.mul (broadcasting); scalar factors as v.scale, subtraction as v.add of v.scale -1."""
     _vector(lw, node)
     a, b = node.args[0], node.args[1]
     alpha = node.kwargs.get("alpha", 1)
@@ -190,22 +200,26 @@ def lower_binary(lw: Lowering, node: torch.fx.Node) -> None:
     lw.emit(cls(dst=lw.out(node), a=ra, b=rb))
 
 
-@rule(aten.view.default, aten.reshape.default, aten._unsafe_view.default)
+@rule(aten.view.default, aten.reshape.default, aten._unsafe_view.default, family="layout",
+      archs=(*TRANSFORMERS, PLAIN))
 def lower_view(lw: Lowering, node: torch.fx.Node) -> None:
+    """v.reshape (a view: free)."""
     _vector(lw, node)
     shape = tuple(int(s) for s in node.meta["val"].shape)
     lw.emit(isa.VReshape(dst=lw.out(node), src=lw.buf(node.args[0]), shape=shape))
 
 
-@rule(aten.permute.default)
+@rule(aten.permute.default, family="layout", archs=(PLAIN,))
 def lower_permute(lw: Lowering, node: torch.fx.Node) -> None:
+    """v.permute (a priced copy)."""
     _vector(lw, node)
     dims = tuple(int(d) for d in node.args[1])
     lw.emit(isa.VPermute(dst=lw.out(node), src=lw.buf(node.args[0]), dims=dims))
 
 
-@rule(aten.transpose.int)
+@rule(aten.transpose.int, family="layout", archs=(*TRANSFORMERS, "mamba", PLAIN))
 def lower_transpose(lw: Lowering, node: torch.fx.Node) -> None:
+    """v.permute swapping two dimensions (a priced copy)."""
     _vector(lw, node)
     rank = len(node.args[0].meta["val"].shape)
     d0, d1 = int(node.args[1]) % rank, int(node.args[2]) % rank
@@ -215,7 +229,7 @@ def lower_transpose(lw: Lowering, node: torch.fx.Node) -> None:
 
 
 @rule(aten.dropout.default, aten.clone.default, aten.contiguous.default, aten.alias.default,
-      aten.detach.default)
+      aten.detach.default, family="layout", archs=ALL)
 def lower_identity(lw: Lowering, node: torch.fx.Node) -> None:
     """Identity at inference: the output is the input buffer (no instruction, no cost)."""
     lw.alias(node, node.args[0])

@@ -17,6 +17,7 @@ import torch
 import torch.fx
 
 from flowc import isa
+from flowc.backend.archs import RMSNORM, TRANSFORMERS
 from flowc.backend.lower import Lowering, label, rule
 from flowc.backend.rules import _f32, _scalar_operand, _vector
 from flowc.errors import UnsupportedOpError
@@ -188,7 +189,7 @@ _REDUCE = {aten.sum.dim_IntList: isa.VSum, aten.sum.default: isa.VSum,
            aten.mean.dim: isa.VMean, aten.mean.default: isa.VMean, aten.amax.default: isa.VAmax}
 
 
-@rule(*_REDUCE, family="reduction", archs=("llama", "mamba", "rwkv", "plain"))
+@rule(*_REDUCE, family="reduction", archs=(*RMSNORM, "plain"))
 def lower_reduce(lw: Lowering, node: torch.fx.Node) -> None:
     """sum / mean / amax over any dimensions: moved to the end (v.permute), reduced there
     (v.sum, v.mean, v.amax keep a size-1 dim), then reshaped (free) to torch's output shape."""
@@ -223,7 +224,7 @@ def _along(lw: Lowering, node: torch.fx.Node, dim: int, emit) -> None:
 
 
 @rule(aten.softmax.int, aten._softmax.default, family="reduction",
-      archs=("llama", "mistral", "qwen2", "opt", "gpt2", "bert", "plain"))
+      archs=(*TRANSFORMERS, "plain"))
 def lower_softmax(lw: Lowering, node: torch.fx.Node) -> None:
     """v.softmax along any dimension (a non-last one through two v.permute)."""
     if node.target is aten._softmax.default and node.args[2]:

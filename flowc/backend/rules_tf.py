@@ -17,6 +17,7 @@ import torch
 import torch.fx
 
 from flowc import isa
+from flowc.backend.archs import ALL, GQA, PLAIN, RMSNORM, ROPE, TRANSFORMERS
 from flowc.backend.image import LayerInfo
 from flowc.backend.lower import Lowering, label, rule
 from flowc.backend.rules import _f32, _vector, linear_pattern, store_packed
@@ -40,8 +41,9 @@ def _dim(node: torch.fx.Node, dim: int) -> int:
 
 
 # -- attention -------------------------------------------------------------------------------
-@rule(aten.matmul.default, aten.bmm.default)
+@rule(aten.matmul.default, aten.bmm.default, family="attention", archs=(*TRANSFORMERS, "mamba"))
 def lower_matmul(lw: Lowering, node: torch.fx.Node) -> None:
+    """Activation x activation GEMM (Q K^T, A V; Mamba's state readout) as mm.act on the macros."""
     a, b = node.args[0], node.args[1]
     if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)):
         raise UnsupportedOpError(f"matmul with a non-tensor operand at node '{node.name}'")
@@ -64,8 +66,9 @@ def _attention_name(lw: Lowering, node: torch.fx.Node) -> str:
 
 
 # -- embeddings ------------------------------------------------------------------------------
-@rule(aten.embedding.default)
+@rule(aten.embedding.default, family="embedding", archs=ALL)
 def lower_embedding(lw: Lowering, node: torch.fx.Node) -> None:
+    """v.embed from a dense packed table (shared with a tied, dense lm_head)."""
     emit_embedding(lw, node, node.args[0], node.args[1])
 
 
@@ -102,26 +105,30 @@ def _tied_dense_linear(lw: Lowering, table_node: torch.fx.Node) -> torch.fx.Node
 
 
 # -- element-wise math -----------------------------------------------------------------------
-@rule(aten.pow.Tensor_Scalar)
+@rule(aten.pow.Tensor_Scalar, family="element-wise", archs=(*RMSNORM, "gpt2"))
 def lower_pow(lw: Lowering, node: torch.fx.Node) -> None:
+    """v.pow with a scalar exponent."""
     _vector(lw, node)
     lw.emit(isa.VPow(dst=lw.out(node), src=lw.buf(node.args[0]), e=_f32(float(node.args[1]))))
 
 
-@rule(aten.rsqrt.default)
+@rule(aten.rsqrt.default, family="element-wise", archs=RMSNORM)
 def lower_rsqrt(lw: Lowering, node: torch.fx.Node) -> None:
+    """v.rsqrt."""
     _vector(lw, node)
     lw.emit(isa.VRsqrt(dst=lw.out(node), src=lw.buf(node.args[0])))
 
 
-@rule(aten.tanh.default)
+@rule(aten.tanh.default, family="element-wise", archs=("gpt2",))
 def lower_tanh(lw: Lowering, node: torch.fx.Node) -> None:
+    """v.tanh."""
     _vector(lw, node)
     lw.emit(isa.VTanh(dst=lw.out(node), src=lw.buf(node.args[0])))
 
 
-@rule(aten.neg.default)
+@rule(aten.neg.default, family="element-wise", archs=(*ROPE, "mamba", "rwkv"))
 def lower_neg(lw: Lowering, node: torch.fx.Node) -> None:
+    """v.scale by -1."""
     _vector(lw, node)
     lw.emit(isa.VScale(dst=lw.out(node), src=lw.buf(node.args[0]), s=-1.0))
 
@@ -130,21 +137,24 @@ def lower_neg(lw: Lowering, node: torch.fx.Node) -> None:
 
 
 # -- layout ----------------------------------------------------------------------------------
-@rule(aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.default, aten.flatten.using_ints)
+@rule(aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.default, aten.flatten.using_ints,
+      family="layout", archs=(*GQA, "mamba", "rwkv", PLAIN))
 def lower_unsqueeze(lw: Lowering, node: torch.fx.Node) -> None:
     """Shape-only: a v.reshape (free) to the node's recorded shape."""
     _vector(lw, node)
     lw.emit(isa.VReshape(dst=lw.out(node), src=lw.buf(node.args[0]), shape=_shape(node)))
 
 
-@rule(aten.expand.default)
+@rule(aten.expand.default, family="layout", archs=GQA)
 def lower_expand(lw: Lowering, node: torch.fx.Node) -> None:
+    """v.expand (materialised broadcast, e.g. GQA's repeat_kv)."""
     _vector(lw, node)
     lw.emit(isa.VExpand(dst=lw.out(node), src=lw.buf(node.args[0]), shape=_shape(node)))
 
 
-@rule(aten.slice.Tensor)
+@rule(aten.slice.Tensor, family="layout", archs=(*ROPE, "mamba", PLAIN))
 def lower_slice(lw: Lowering, node: torch.fx.Node) -> None:
+    """v.slice (a full slice is the input itself)."""
     _vector(lw, node)
     args = list(node.args) + [None] * (5 - len(node.args))
     dim = _dim(node, int(args[1] if args[1] is not None else 0))
@@ -160,8 +170,9 @@ def lower_slice(lw: Lowering, node: torch.fx.Node) -> None:
                        end=end, step=step))
 
 
-@rule(aten.cat.default)
+@rule(aten.cat.default, family="layout", archs=(*ROPE, "mamba", "rwkv"))
 def lower_cat(lw: Lowering, node: torch.fx.Node) -> None:
+    """A chain of v.cat (stack is decomposed to cat of unsqueezes)."""
     _vector(lw, node)
     parts = [p for p in node.args[0] if int(np.prod(p.meta["val"].shape)) > 0]
     rank = len(node.meta["val"].shape)
@@ -176,14 +187,16 @@ def lower_cat(lw: Lowering, node: torch.fx.Node) -> None:
         acc = dst
 
 
-@rule(aten.split.Tensor, aten.split_with_sizes.default)
+@rule(aten.split.Tensor, aten.split_with_sizes.default, family="layout",
+      archs=("gpt2", "gpt_neox", "phi3", "mamba"))
 def lower_split(lw: Lowering, node: torch.fx.Node) -> None:
     """No instruction: each getitem of the split becomes one v.slice of the input."""
     lw.alias(node, node.args[0])
 
 
-@rule(operator.getitem)
+@rule(operator.getitem, family="layout", archs=("gpt2", "gpt_neox", "phi3", "mamba"))
 def lower_getitem(lw: Lowering, node: torch.fx.Node) -> None:
+    """One piece of a split: v.slice of the split's input."""
     src, index = node.args[0], int(node.args[1])
     if src.target not in (aten.split.Tensor, aten.split_with_sizes.default):
         raise UnsupportedOpError(f"getitem of {src.target} at node '{node.name}' "
