@@ -94,9 +94,9 @@ def nm_mask(
 def k_pad(k: int, group_m: int) -> int:
     """Zero columns appended to K so that every N:M group is whole: (-K) mod M.
 
-    Decision (docs/flow.md, "K not a multiple of M"): the groups run over K padded with zero
-    columns, and the pad counts as *pruned* slots. The last, partial group of r = K mod M real
-    inputs therefore keeps min(N, r) real weights: it is stored in the macro as a full group
+    Decision (docs/models.md, "Layers whose K is not a multiple of M"): the groups run over K
+    padded with zero columns, and the pad counts as *pruned* slots. The last, partial group of
+    r = K mod M real inputs therefore keeps min(N, r) real weights: it is stored as a full group
     of M (N slots, the pad never selected), exactly what the hardware holds. verify-nm counts
     nonzeros over the same padded groups, so its check stays exact.
     """
