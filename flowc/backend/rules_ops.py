@@ -21,6 +21,7 @@ from flowc.backend.archs import RMSNORM, TRANSFORMERS
 from flowc.backend.lower import Lowering, label, rule
 from flowc.backend.rules import _f32, _scalar_operand, _vector
 from flowc.errors import UnsupportedOpError
+from flowc.frontend.diagnose import node_location
 
 aten = torch.ops.aten
 
@@ -39,7 +40,7 @@ def _operand(lw: Lowering, node: torch.fx.Node, value: object, tag: str) -> str:
         return lw.buf(value)
     if not isinstance(value, (int, float)):
         raise UnsupportedOpError(f"{node.target} with a {type(value).__name__} operand at "
-                                 f"node '{node.name}'")
+                                 f"{node_location(node)}")
     t = lw.tensor(f"{lw.current}.{node.name}.{tag}", np.asarray(value, dtype=np.float32))
     dst = f"{label(node.name)}.{tag}"
     lw.emit(isa.VConst(dst=dst, t=t))
@@ -77,8 +78,8 @@ def lower_div(lw: Lowering, node: torch.fx.Node) -> None:
     """v.div (tensor / tensor, tensor / scalar, scalar / tensor: exact IEEE division)."""
     mode = node.kwargs.get("rounding_mode", node.args[2] if len(node.args) > 2 else None)
     if mode is not None:
-        raise UnsupportedOpError(f"division with rounding_mode={mode!r} at node '{node.name}' "
-                                 f"(in {lw.layer_of(node)}); flowc lowers true division only")
+        raise UnsupportedOpError(f"division with rounding_mode={mode!r} at "
+                                 f"{node_location(node)}; flowc lowers true division only")
     _vector(lw, node)
     a = _operand(lw, node, node.args[0], "a")
     b = _operand(lw, node, node.args[1], "b")
@@ -120,8 +121,8 @@ def lower_clamp(lw: Lowering, node: torch.fx.Node) -> None:
         lo, hi = node.kwargs.get("min", args[1]), node.kwargs.get("max", args[2])
     for bound in (lo, hi):
         if bound is not None and not isinstance(bound, (int, float)):
-            raise UnsupportedOpError(f"{t} with a tensor bound at node '{node.name}' "
-                                     f"(in {lw.layer_of(node)}); flowc lowers scalar bounds")
+            raise UnsupportedOpError(f"{t} with a tensor bound at {node_location(node)}; "
+                                     "flowc lowers scalar bounds")
     src, steps = lw.buf(node.args[0]), [(isa.VMax, lo, "lo"), (isa.VMin, hi, "hi")]
     steps = [s for s in steps if s[1] is not None]
     if not steps:
@@ -138,7 +139,7 @@ def lower_rsub(lw: Lowering, node: torch.fx.Node) -> None:
     """other - x (torch's reverse subtraction): v.scale -1 then v.add."""
     alpha = node.kwargs.get("alpha", node.args[2] if len(node.args) > 2 else 1)
     if alpha != 1:
-        raise UnsupportedOpError(f"{node.target} with alpha={alpha} at node '{node.name}'")
+        raise UnsupportedOpError(f"{node.target} with alpha={alpha} at {node_location(node)}")
     _vector(lw, node)
     neg = f"{label(node.name)}.neg"
     lw.emit(isa.VScale(dst=neg, src=lw.buf(node.args[0]), s=-1.0))
@@ -162,7 +163,7 @@ def _dims(node: torch.fx.Node, dims: object) -> list[int]:
     dims = [dims] if isinstance(dims, int) else list(dims)
     for d in dims:
         if not -rank <= int(d) < max(rank, 1):
-            raise UnsupportedOpError(f"{node.target} dim {d} out of range at node '{node.name}'")
+            raise UnsupportedOpError(f"{node.target} dim {d} out of range at {node_location(node)}")
     return sorted({int(d) % max(rank, 1) for d in dims})
 
 
@@ -195,7 +196,7 @@ def lower_reduce(lw: Lowering, node: torch.fx.Node) -> None:
     (v.sum, v.mean, v.amax keep a size-1 dim), then reshaped (free) to torch's output shape."""
     dtype = node.kwargs.get("dtype", node.args[3] if len(node.args) > 3 else None)
     if dtype not in (None, torch.float32):
-        raise UnsupportedOpError(f"{node.target} to {dtype} at node '{node.name}' (the vector "
+        raise UnsupportedOpError(f"{node.target} to {dtype} at {node_location(node)} (the vector "
                                  "unit computes float32)")
     _vector(lw, node)
     dims = _dims(node, node.args[1] if len(node.args) > 1 else None)
@@ -228,10 +229,10 @@ def _along(lw: Lowering, node: torch.fx.Node, dim: int, emit) -> None:
 def lower_softmax(lw: Lowering, node: torch.fx.Node) -> None:
     """v.softmax along any dimension (a non-last one through two v.permute)."""
     if node.target is aten._softmax.default and node.args[2]:
-        raise UnsupportedOpError(f"half-to-float softmax at node '{node.name}'")
+        raise UnsupportedOpError(f"half-to-float softmax at {node_location(node)}")
     dtype = node.args[2] if node.target is aten.softmax.int and len(node.args) > 2 else None
     if dtype not in (None, torch.float32):
-        raise UnsupportedOpError(f"softmax to {dtype} at node '{node.name}' (the vector unit "
+        raise UnsupportedOpError(f"softmax to {dtype} at {node_location(node)} (the vector unit "
                                  "computes float32)")
     _vector(lw, node)
     _along(lw, node, int(node.args[1]),
@@ -242,7 +243,7 @@ def lower_softmax(lw: Lowering, node: torch.fx.Node) -> None:
 def lower_cumsum(lw: Lowering, node: torch.fx.Node) -> None:
     """v.cumsum (an inclusive scan) along any dimension (a non-last one through v.permute)."""
     if node.kwargs.get("dtype") not in (None, torch.float32):
-        raise UnsupportedOpError(f"cumsum to {node.kwargs['dtype']} at node '{node.name}'")
+        raise UnsupportedOpError(f"cumsum to {node.kwargs['dtype']} at {node_location(node)}")
     _vector(lw, node)
     _along(lw, node, int(node.args[1]),
            lambda dst, src: lw.emit(isa.VCumsum(dst=dst, src=src)))

@@ -19,6 +19,7 @@ from flowc import isa
 from flowc.backend.lower import Lowering, label, rule
 from flowc.backend.rules import _vector
 from flowc.errors import UnsupportedOpError
+from flowc.frontend.diagnose import node_location
 
 aten = torch.ops.aten
 
@@ -49,18 +50,17 @@ def lower_conv1d(lw: Lowering, node: torch.fx.Node) -> None:
     if node.target is aten.convolution.default:
         stride, padding, dilation, transposed, _, groups = node.args[3:9]
         if transposed:
-            raise UnsupportedOpError(f"transposed convolution at node '{node.name}' "
-                                     f"(in {lw.layer_of(node)})")
+            raise UnsupportedOpError(f"transposed convolution at {node_location(node)}")
     else:
         args = list(node.args) + [None] * (7 - len(node.args))
         stride, padding, dilation, groups = (args[3] or [1], args[4] or [0], args[5] or [1],
                                              args[6] or 1)
     if isinstance(padding, str):
-        raise UnsupportedOpError(f"conv1d padding={padding!r} at node '{node.name}' "
-                                 f"(in {lw.layer_of(node)}); give the padding as a number")
+        raise UnsupportedOpError(f"conv1d padding={padding!r} at {node_location(node)}; "
+                                 "give the padding as a number")
     w = static_value(lw, w_node)
     channels = int(x.meta["val"].shape[-2])
-    where = f"at node '{node.name}' (in {lw.layer_of(node)})"
+    where = f"at {node_location(node)}"
     if w.ndim != 3 or len(x.meta["val"].shape) != 3:
         raise UnsupportedOpError(f"{node.target}: only 1-D convolutions lower (weight of rank "
                                  f"{w.ndim}) {where}")
@@ -94,7 +94,7 @@ def static_value(lw: Lowering, node: torch.fx.Node) -> np.ndarray:
         return lw.param(node)
     if node.op != "call_function" or node.target not in _SHAPE_ONLY or \
             not isinstance(node.args[0], torch.fx.Node):
-        raise UnsupportedOpError(f"node {node.name} ({node.target}, in {lw.layer_of(node)}): "
+        raise UnsupportedOpError(f"{node.target} at {node_location(node)}: "
                                  "expected a parameter (possibly reshaped), got a computed value")
     base = torch.from_numpy(static_value(lw, node.args[0]))
     return node.target(base, *node.args[1:], **node.kwargs).contiguous().numpy()
@@ -106,8 +106,7 @@ def lower_pad(lw: Lowering, node: torch.fx.Node) -> None:
     crop, v.cat with a v.const block of the pad value for the growth."""
     mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
     if node.target is aten.pad.default and mode != "constant":
-        raise UnsupportedOpError(f"pad mode={mode!r} at node '{node.name}' "
-                                 f"(in {lw.layer_of(node)}); flowc lowers constant padding")
+        raise UnsupportedOpError(f"pad mode={mode!r} at {node_location(node)}; flowc lowers constant padding")
     value = node.args[3] if node.target is aten.pad.default and len(node.args) > 3 else (
         node.args[2] if node.target is aten.constant_pad_nd.default and len(node.args) > 2
         else 0.0)

@@ -137,8 +137,9 @@ def test_unsupported_conv_names_op_node_and_module(tmp_path):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.conv(x)
 
-    with pytest.raises(UnsupportedOpError, match=r"groups=1 over 8 channels at node 'conv1d' "
-                                                 r"\(in conv\).*depthwise"):
+    with pytest.raises(UnsupportedOpError, match=r"^aten.conv1d.default with groups=1 over 8 "
+                                                 r"channels at node 'conv1d' in module 'conv': "
+                                                 r"flowc lowers depthwise"):
         compile_module(tmp_path, "dense_conv", Dense(), torch.randn(1, 8, 10), None)
 
 
