@@ -175,6 +175,14 @@ def quadratic_error(delta: np.ndarray, hessian: np.ndarray) -> float:
     return float(((d @ h) * d).sum(dtype=torch.float64))
 
 
+def stacked_errors(deltas: Sequence[np.ndarray], hessian: np.ndarray) -> list[float]:
+    """[tr(D H D^T) for D in deltas], all D stacked into one fp32 matmul with H."""
+    d = torch.as_tensor(np.concatenate(deltas), dtype=torch.float32)
+    h = torch.as_tensor(hessian, dtype=torch.float32)
+    per_row = ((d @ h) * d).sum(dim=1, dtype=torch.float64)
+    return [float(v) for v in per_row.reshape(len(deltas), -1).sum(dim=1)]
+
+
 def layer_errors(weight: np.ndarray, hessian: np.ndarray, input_norm: np.ndarray,
                  patterns: Sequence[Pattern], updates: Sequence[str] = ("none",),
                  damp: float = 0.01, blocksize: int = 128, layer: str = "<array>"
@@ -192,19 +200,20 @@ def layer_errors(weight: np.ndarray, hessian: np.ndarray, input_norm: np.ndarray
         base = 1.0  # a layer whose inputs never fire: every error is 0 anyway
     scores = np.abs(w) * np.asarray(input_norm, dtype=np.float64)[None, :]
     usable = [p for p in patterns if p[0] != p[1] and k % p[1] == 0]
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, float]] = {pattern_key(p): {} for p in usable}
     masks = [nm_mask(scores, n, m, layer) for n, m in usable]
-    for p, mask in zip(usable, masks, strict=True):
-        out[pattern_key(p)] = {}
-        if "none" in updates:
-            out[pattern_key(p)]["none"] = quadratic_error(np.where(mask, 0.0, w), hessian) / base
+    if "none" in updates and usable:  # every pattern in one matmul (better BLAS use)
+        errs = stacked_errors([np.where(mask, 0.0, w) for mask in masks], hessian)
+        for p, e in zip(usable, errs, strict=True):
+            out[pattern_key(p)]["none"] = e / base
     if "obs" in updates and usable:
         rows = w.shape[0]
         stacked = obs_update(np.concatenate([w] * len(usable)), np.concatenate(masks),
                              hessian, damp, blocksize, layer)
-        for i, p in enumerate(usable):
-            delta = w - stacked[i * rows:(i + 1) * rows]
-            out[pattern_key(p)]["obs"] = quadratic_error(delta, hessian) / base
+        errs = stacked_errors([w - stacked[i * rows:(i + 1) * rows]
+                               for i in range(len(usable))], hessian)
+        for p, e in zip(usable, errs, strict=True):
+            out[pattern_key(p)]["obs"] = e / base
     return out
 
 
