@@ -168,13 +168,6 @@ def output_energy(weight: np.ndarray, hessian: np.ndarray) -> float:
     return float(((w @ h) * w).sum())
 
 
-def quadratic_error(delta: np.ndarray, hessian: np.ndarray) -> float:
-    """tr(D H D^T) = ||X D^T||_F^2 for D = W - W' (float32 product, float64 sum)."""
-    d = torch.as_tensor(delta, dtype=torch.float32)
-    h = torch.as_tensor(hessian, dtype=torch.float32)
-    return float(((d @ h) * d).sum(dtype=torch.float64))
-
-
 def stacked_errors(deltas: Sequence[np.ndarray], hessian: np.ndarray) -> list[float]:
     """[tr(D H D^T) for D in deltas], all D stacked into one fp32 matmul with H."""
     d = torch.as_tensor(np.concatenate(deltas), dtype=torch.float32)
