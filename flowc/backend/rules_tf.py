@@ -58,11 +58,15 @@ def lower_matmul(lw: Lowering, node: torch.fx.Node) -> None:
 
 
 def _attention_name(lw: Lowering, node: torch.fx.Node) -> str:
-    """`<module>.qk` for the first matmul of a module, `.av` for the second, then `.mm<i>`."""
+    """`<module>.qk` and `.av` for the two matmuls of an attention module; in a module with
+    another count (Mamba's per-step state readouts) every one is `.mm<i>`."""
     base = label(lw.layer_of(node))
     i = lw.mm_counts.get(base, 0)
     lw.mm_counts[base] = i + 1
-    return f"{base}.{ATTENTION_NAMES[i] if i < len(ATTENTION_NAMES) else f'mm{i}'}"
+    total = sum(1 for n in lw.gm.graph.nodes if n.op == "call_function"
+                and n.target in (aten.matmul.default, aten.bmm.default)
+                and label(lw.layer_of(n)) == base)
+    return f"{base}.{ATTENTION_NAMES[i] if total == len(ATTENTION_NAMES) else f'mm{i}'}"
 
 
 # -- embeddings ------------------------------------------------------------------------------

@@ -56,6 +56,17 @@ def _call(gm: fx.GraphModule, target: object, args: tuple, like: fx.Node,
     return new
 
 
+def _owner_scope(node: fx.Node, weight: fx.Node) -> None:
+    """Record the weight's owner module (`...dt_proj` for `...dt_proj.weight`) as the
+    innermost module of `node`, so the new linear is reported under the parameter's module
+    and not under the calling module (whose vector ops share that name)."""
+    owner = str(weight.target).rpartition(".")[0]
+    stack = dict(node.meta.get("nn_module_stack") or {})
+    if owner and (not stack or list(stack.values())[-1][0] != owner):
+        stack[f"flowc_owner_{owner}"] = (owner, torch.nn.Module)
+        node.meta["nn_module_stack"] = stack
+
+
 def matmul_param(gm: fx.GraphModule, node: fx.Node) -> bool:
     """matmul(W, x) -> transpose(linear(transpose(x), W)); matmul(x, W) -> linear(x, W^T)."""
     a, b = node.args[0], node.args[1]
@@ -65,6 +76,7 @@ def matmul_param(gm: fx.GraphModule, node: fx.Node) -> bool:
         with gm.graph.inserting_before(node):
             xt = _call(gm, aten.transpose.int, (b, -1, -2), node, xs[:-2] + (xs[-1], xs[-2]))
             lin = _call(gm, aten.linear.default, (xt, a), node, out[:-2] + (out[-1], out[-2]))
+            _owner_scope(lin, a)
             y = _call(gm, aten.transpose.int, (lin, -1, -2), node, out)
     elif _param_2d(gm, b) and isinstance(a, fx.Node) and not _param_2d(gm, a):
         from flowc.frontend.decompose_tf import _transposed_param
@@ -72,6 +84,7 @@ def matmul_param(gm: fx.GraphModule, node: fx.Node) -> bool:
         with gm.graph.inserting_before(node):
             y = _call(gm, aten.linear.default, (a, _transposed_param(gm, b)), node,
                       tuple(int(s) for s in node.meta["val"].shape))
+        _owner_scope(y, b)
     else:
         return False
     node.replace_all_uses_with(y)
