@@ -99,7 +99,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if hf:
         cap = load_hf(args.model, seq_len=args.seq_len, prompt=args.prompt,
                       calib_batches=args.calib_batches, progress=progress,
-                      trust_remote_code=args.trust_remote_code)
+                      trust_remote_code=args.trust_remote_code, eval_windows=args.eval_windows)
     else:
         cap = load_model(args.model, input_shapes=args.input_shape, trust_pickle=args.trust_pickle)
     _user_calibration(cap, args, progress)
@@ -197,6 +197,9 @@ def build_flowc_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", help="example input shape(s), e.g. 1x784 or 2x16,2x8")
     p.add_argument("--calib-batches", type=int, default=4,
                    help="calibration samples (synthetic, built-in text or --calib-text)")
+    p.add_argument("--eval-windows", type=int, default=8, metavar="N",
+                   help="hf: language models: held-out windows (last 10 %% of the built-in text) "
+                        "on which the compile measures dense vs pruned fp32 perplexity; 0: off")
     p.add_argument("--calib-text", metavar="FILE", help="calibrate on this UTF-8 text, tokenised "
                    "with the model's tokenizer into windows of the example input length")
     p.add_argument("--calib-data", metavar="NPZ", help="calibrate on these arrays: one per model "

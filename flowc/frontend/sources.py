@@ -95,6 +95,22 @@ def calibration_windows(tokenizer, seq_len: int, count: int,
     return windows, source
 
 
+def heldout_windows(tokenizer, seq_len: int, count: int,
+                    progress=None) -> tuple[list[tuple[torch.Tensor, ...]], str]:
+    """`count` windows of seq_len tokens from the last 10 % of the built-in text (never seen
+    by calibration): what the compile's dense-vs-pruned perplexity is measured on."""
+    from flowc.frontend.text import TextSourceError, load_text, split_text, token_windows
+
+    try:
+        text, source = split_text(load_text("brown"))[1], "brown (last 10 %)"
+    except TextSourceError:
+        text, source = split_text(load_text("pydoc"))[1], "pydoc (last 10 %)"
+    windows = token_windows(tokenizer, text, count, seq_len)
+    if progress:
+        progress(f"held-out evaluation: {len(windows)} windows x {seq_len} tokens of {source}")
+    return windows, source
+
+
 def encoder_inputs(tokenizer, first: str, second: str | None, seq_len: int
                    ) -> dict[str, torch.Tensor]:
     """A sentence (pair) tokenised with special tokens, padded / cut to seq_len: the input
@@ -115,12 +131,13 @@ def sentence_pairs(text: str, count: int) -> list[tuple[str, str]]:
 
 def load_hf(spec: str, seq_len: int | None = None, prompt: str | None = None,
             calib_batches: int = 4, progress=None, seed: int = 0,
-            trust_remote_code: bool = False) -> Captured:
+            trust_remote_code: bool = False, eval_windows: int = 0) -> Captured:
     """Capture an `hf:` source (see the module docstring) and prepare its graph.
 
     `Captured.info` carries `calib` (calibration input tuples) with `calib_source`, `vocab`
     (decoded text of every token id, for the next-token table) and `tokenizer` when the
-    source has one.
+    source has one. `eval_windows` > 0: a language model with a tokenizer also gets that many
+    held-out windows (`eval_windows`, `eval_text`) for the compile's quality report.
     """
     from flowc.frontend import checkpoint, hf
 
@@ -137,7 +154,11 @@ def load_hf(spec: str, seq_len: int | None = None, prompt: str | None = None,
         say(f"loading {ckpt.label} ...")
         model, tok = checkpoint.load_checkpoint(ckpt, trust_remote_code=trust_remote_code)
     if hf.is_causal_lm(model):
-        return _capture_lm(spec, model, tok, seq_len, prompt, calib_batches, say, seed)
+        cap = _capture_lm(spec, model, tok, seq_len, prompt, calib_batches, say, seed)
+        if eval_windows > 0 and tok is not None:
+            cap.info["eval_windows"], cap.info["eval_text"] = heldout_windows(
+                tok, cap.example_inputs[0].shape[1], eval_windows, say)
+        return cap
     return _capture_encoder(spec, model, tok, seq_len, prompt, calib_batches, say, seed)
 
 
