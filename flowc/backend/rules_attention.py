@@ -89,6 +89,7 @@ def lower_cast(lw: Lowering, node: torch.fx.Node) -> None:
 @rule(aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf, aten.where.Scalar,
       family=FAMILY, archs=ENCODERS)
 def lower_where(lw: Lowering, node: torch.fx.Node) -> None:
+    """v.where; a scalar operand becomes a one-element v.const (BERT's additive mask)."""
     _vector(lw, node)
     cond, a, b = node.args[0], node.args[1], node.args[2]
     lw.emit(isa.VWhere(dst=lw.out(node), c=lw.buf(cond), a=_operand(lw, node, a, "a"),
@@ -125,6 +126,7 @@ def lower_logic(lw: Lowering, node: torch.fx.Node) -> None:
 
 @rule(aten.logical_not.default, aten.bitwise_not.default, family=FAMILY, archs=ENCODERS)
 def lower_not(lw: Lowering, node: torch.fx.Node) -> None:
+    """not x = where(x, 0, 1) on 0.0 / 1.0 values."""
     _booleans(node)
     _vector(lw, node)
     lw.emit(isa.VWhere(dst=lw.out(node), c=lw.buf(node.args[0]), a=_const(lw, node, 0.0, "f"),
@@ -151,8 +153,9 @@ def _run_time(node: torch.fx.Node, what: str) -> UnsupportedOpError:
                               "rows of a parameter table at run-time ids, or constant indices)")
 
 
-@rule(aten.index.Tensor, family=FAMILY, archs=ENCODERS)
+@rule(aten.index.Tensor, family=FAMILY)
 def lower_index(lw: Lowering, node: torch.fx.Node) -> None:
+    """W[ids] of a parameter table: v.embed; constant indices into a tensor: v.gather."""
     src, indices = node.args[0], list(node.args[1])
     if len(indices) == 1 and _is_param(lw, src) and isinstance(indices[0], torch.fx.Node) \
             and _constant(lw, indices[0]) is None:
@@ -165,8 +168,9 @@ def lower_index(lw: Lowering, node: torch.fx.Node) -> None:
     _gather(lw, node, src, lambda ar: ar[key])
 
 
-@rule(aten.index_select.default, family=FAMILY, archs=ENCODERS)
+@rule(aten.index_select.default, family=FAMILY)
 def lower_index_select(lw: Lowering, node: torch.fx.Node) -> None:
+    """Rows of a parameter table at run-time ids: v.embed; constant indices: v.gather."""
     src, dim, index = node.args[0], int(node.args[1]), node.args[2]
     const = _constant(lw, index)
     if const is None:
@@ -178,8 +182,9 @@ def lower_index_select(lw: Lowering, node: torch.fx.Node) -> None:
     _gather(lw, node, src, lambda ar: torch.index_select(ar, dim, const))
 
 
-@rule(aten.gather.default, family=FAMILY, archs=ENCODERS)
+@rule(aten.gather.default, family=FAMILY)
 def lower_gather(lw: Lowering, node: torch.fx.Node) -> None:
+    """torch.gather with a constant index: v.gather (flat indices computed at compile time)."""
     src, dim, index = node.args[0], int(node.args[1]), node.args[2]
     const = _constant(lw, index)
     if const is None:
