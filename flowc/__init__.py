@@ -10,6 +10,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_model": "flowc.frontend.load",
     "capture": "flowc.frontend.load",
+    "load_hf": "flowc.frontend.load",
+    "prepare_graph": "flowc.frontend.prepare",
     "compile_captured": "flowc.compiler",
     "CompileOptions": "flowc.compiler",
     "simulate": "flowc.runtime.session",
