@@ -85,3 +85,20 @@ def test_user_exported_ssm_compiles_runs_and_checks(arch, tmp_path):
 @pytest.mark.parametrize("batch,seq,nm", MATRIX)
 def test_user_exported_ssm_matrix(arch, batch, seq, nm, tmp_path):
     check_case(arch, batch, seq, tmp_path, nm)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", hf.SSM_ARCHS)
+def test_builtin_tiny_ssm_source_compiles_and_checks(arch, tmp_path):
+    """`flowc compile hf:tiny-mamba` / `hf:tiny-rwkv`: flowc's own capture of the same models."""
+    fcim = tmp_path / f"{arch}.fcim"
+    assert flowc_main(["compile", f"hf:tiny-{arch}", "--seq-len", "7", "--nm", "2:4",
+                       "-o", str(fcim), "-q"]) == 0
+    image = container.load(fcim)
+    samples = list(image.samples)
+    for numerics in ("fp32", "int8"):
+        outs, _ = simulate(image, samples, numerics=numerics)
+        check = check_outputs(image, samples, outs, numerics)
+        assert check.passed, (arch, numerics, check.to_dict())
+        if numerics == "fp32":
+            assert check.max_abs_error <= 1e-4 * check.outputs[0].max_abs_reference
