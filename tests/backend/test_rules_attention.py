@@ -177,3 +177,35 @@ def test_matmul_and_addmm_over_parameters_become_prunable_gemms():
     assert np.abs(y[0] - ref).max() <= 1e-5 * np.abs(ref).max()
     y8, _ = simulate(image, [x.numpy()], numerics="int8")
     assert check_outputs(image, [x.numpy()], y8, "int8").passed
+
+
+def test_mask_and_gather_instructions_are_priced_by_their_class():
+    """cycles = ceil(max(elements, in_elements) / lanes) x cycles-per-element of the class
+    (docs/hardware.md): v.where / v.cast elementwise, v.gather permute reading 2 per output."""
+    from flowc.machine import load_machine
+    from flowc.runtime.cost import CostModel
+    from flowc.runtime.events import ExecEvent
+    from flowc.runtime.vector_masks import register
+
+    machine = load_machine("flexcim")
+    model, vec = CostModel(machine), machine.vector
+    handlers = {}
+    register(lambda name: lambda fn: handlers.setdefault(name, fn))
+
+    class St:
+        bufs = {"c": np.ones((4, 50), np.float32), "x": np.arange(200, dtype=np.float32)}
+
+    class It:
+        class image:  # noqa: N801
+            tensors = {"idx": np.arange(300, dtype=np.int32).reshape(3, 100) % 200}
+
+    cases = [("v.where", isa.VWhere(dst="y", c="c", a="c", b="c"), vec.elementwise),
+             ("v.cast", isa.VCast(dst="y", src="c", to="bool"), vec.elementwise),
+             ("v.gather", isa.VGather(dst="y", src="x", idx="idx"), vec.permute)]
+    for name, ins, per in cases:
+        sizes = handlers[name](It, St, ins)
+        ev = ExecEvent(ins, "l", elements=sizes["elements"], in_elements=sizes["in_elements"])
+        work = max(sizes["elements"], sizes["in_elements"])
+        assert model.instr_cost(ev).cycles == -(-work // vec.lanes) * per > 0
+    assert sizes["in_elements"] == 2 * sizes["elements"] == 600
+    np.testing.assert_array_equal(St.bufs["y"], It.image.tensors["idx"].astype(np.float32))
