@@ -24,8 +24,8 @@ class CalibDataError(UsageError):
     """The calibration file does not fit the model (shape, dtype, names, tokenizer)."""
 
 
-SYNTHETIC = ("seeded standard-normal floats and random integers 0..99 of the example input "
-             "shapes")
+SYNTHETIC = ("seeded standard-normal floats and random integers (below the rows of the "
+             "embedding table an input indexes, else 0..99) of the example input shapes")
 
 
 def synthetic_source(batches: int, seed: int) -> dict:
