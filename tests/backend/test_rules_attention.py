@@ -209,3 +209,21 @@ def test_mask_and_gather_instructions_are_priced_by_their_class():
         assert model.instr_cost(ev).cycles == -(-work // vec.lanes) * per > 0
     assert sizes["in_elements"] == 2 * sizes["elements"] == 600
     np.testing.assert_array_equal(St.bufs["y"], It.image.tensors["idx"].astype(np.float32))
+
+
+def test_causal_gqa_sdpa_compiles_to_two_mm_act_and_matches_torch():
+    """is_causal and enable_gqa through the whole path: preparation folds the causal mask,
+    the two matmuls run as mm.act, fp32 equals torch's SDPA kernel."""
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(1, 4, 6, 8, generator=gen)
+    k, v = torch.randn(1, 2, 6, 8, generator=gen), torch.randn(1, 2, 6, 8, generator=gen)
+    module = Attn(is_causal=True, enable_gqa=True)
+    image = _compile(module, (q, k, v))
+    names = [i.mnemonic for i in image.program.instructions]
+    assert names.count("mm.act") == 2 and "v.softmax" in names
+    arrays = [t.numpy() for t in (q, k, v)]
+    y, _ = simulate(image, arrays, numerics="fp32")
+    with torch.no_grad():
+        ref = module(q, k, v).numpy()
+    assert np.abs(y[0] - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert check_outputs(image, arrays, y, "fp32").passed
