@@ -138,3 +138,42 @@ def test_infeasible_budget_names_what_is_achievable():
                           tolerance=0.0, budgets=prob.budgets)
     with pytest.raises(InfeasibleTarget, match="max achievable sparsity"):
         solve_ilp(tight, "cbc")
+
+
+def test_cost_uses_the_scale_of_the_patterns_sparsity_level():
+    from flowc.passes.flow.sensitivity import SensitivityTable, level_key
+
+    t = SensitivityTable(errors={"a": {"4:8": {"none": 0.2}, "2:4": {"none": 0.3},
+                                       "2:8": {"none": 0.5}, "1:8": {"none": 0.9}}},
+                         shape={"a": (4, 8)}, scale={"a": {"1/2": 2.0, "3/4": 10.0}})
+    assert level_key((2, 8)) == "3/4" and level_key((4, 8)) == "1/2"
+    assert t.cost("a", (4, 8)) == pytest.approx(0.4)
+    assert t.cost("a", (2, 4)) == pytest.approx(0.6)  # same level, its own error
+    assert t.cost("a", (2, 8)) == pytest.approx(5.0)
+    assert t.cost("a", (1, 8)) == pytest.approx(9.0)  # 7/8 not measured: nearest level 3/4
+    assert t.cost("a", (8, 8)) == 0.0
+    again = SensitivityTable.from_dict(t.to_dict())
+    assert again.cost("a", (2, 8)) == t.cost("a", (2, 8))
+
+
+def test_kl_scales_reproduce_the_measured_kl_of_each_group():
+    from flowc.frontend.load import load_hf
+    from flowc.passes.base import CompileContext, PassManager
+    from flowc.passes.flow.search import KLScorer
+    from flowc.passes.flow.sensitivity import layer_type
+    from flowc.passes.graph import flowc_meta, linear_nodes
+    from flowc.passes.pipeline import parse_pipeline
+
+    cap = load_hf("hf:tiny-llama", seq_len=16, calib_batches=2)
+    ctx = CompileContext(example_inputs=cap.example_inputs, calib_inputs=cap.info["calib"])
+    PassManager(parse_pipeline("calibrate,sensitivity{skip=lm_head}")).run(cap.gm, ctx)
+    table = ctx.options["sensitivity_table"]
+    refs = [r for r in linear_nodes(cap.gm) if r.name != "lm_head"]
+    ups = [r for r in refs if layer_type(r.name).endswith("mlp.up_proj")]
+    norms = {r.name: flowc_meta(r.node)["input_norm"] for r in refs}
+    scorer = KLScorer(cap.gm, {r.name: r for r in ups}, {}, norms, [(4, 8)],
+                      cap.info["calib"][:1])
+    kl = scorer.score({r.name: (4, 8) for r in ups})
+    scorer.restore()
+    predicted = sum(table.cost(r.name, (4, 8)) for r in ups)
+    assert kl > 0 and predicted == pytest.approx(kl, rel=1e-6)

@@ -33,6 +33,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,7 +71,7 @@ class SensitivityTable:
     tokens: int = 0  # tokens the Gram matrices were estimated on
     updates: tuple[str, ...] = ("none",)
     info: dict[str, Any] = field(default_factory=dict)
-    scale: dict[str, float] = field(default_factory=dict)  # end-to-end weight per layer
+    scale: dict[str, dict[str, float]] = field(default_factory=dict)  # layer -> level -> w
 
     @property
     def layers(self) -> list[str]:
@@ -91,10 +92,16 @@ class SensitivityTable:
         return row[update]
 
     def cost(self, layer: str, pattern: Pattern, update: str = "none") -> float:
-        """What selection minimises: the relative error times the layer's end-to-end weight
-        (`scale`, 1 when not calibrated; see `kl_scales`)."""
+        """What selection minimises: the relative error times the layer's end-to-end weight at
+        the pattern's sparsity level (`scale`, 1 when not calibrated; see `kl_scales`; a
+        level not measured takes the nearest measured one)."""
         err = self.error(layer, pattern, update)
-        return err if err == 0 or math.isinf(err) else err * self.scale.get(layer, 1.0)
+        levels = self.scale.get(layer)
+        if err == 0 or math.isinf(err) or not levels:
+            return err
+        want = 1 - Fraction(pattern[0], pattern[1])
+        key = min(levels, key=lambda k: (abs(Fraction(k) - want), Fraction(k)))
+        return err * levels[key]
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": TABLE_VERSION, "tokens": self.tokens, "updates": list(self.updates),
@@ -109,7 +116,8 @@ class SensitivityTable:
                              f"{TABLE_VERSION} expected)")
         table = cls(tokens=int(d.get("tokens", 0)), updates=tuple(d.get("updates", ("none",))),
                     info=dict(d.get("info", {})),
-                    scale={k: float(v) for k, v in d.get("scale", {}).items()})
+                    scale={k: {lv: float(x) for lv, x in v.items()}
+                           for k, v in d.get("scale", {}).items()})
         for name, row in d["layers"].items():
             table.shape[name] = (int(row["shape"][0]), int(row["shape"][1]))
             table.errors[name] = {k: {u: float(v) for u, v in e.items()}
@@ -215,38 +223,55 @@ def layer_type(name: str) -> str:
     return re.sub(r"\.\d+(?=\.|$)", ".*", name)
 
 
+def level_key(pattern: Pattern) -> str:
+    """The sparsity level of a pattern as an exact fraction: (2, 8) -> '3/4'."""
+    return str(1 - Fraction(pattern[0], pattern[1]))
+
+
 def kl_scales(gm: fx.GraphModule, refs: Sequence[LinearRef], norms: Mapping[str, np.ndarray],
               table: SensitivityTable, windows: Sequence[tuple], groups: str = "type",
-              pattern: Pattern = (4, 8)) -> dict[str, float]:
-    """End-to-end weight of each layer's relative error, measured by KL to the dense model.
+              patterns: Sequence[Pattern] | None = None) -> dict[str, dict[str, float]]:
+    """End-to-end weight of each layer's relative error per sparsity level, measured by KL.
 
     Relative errors of different layer roles are not comparable (an error in a small k_proj
     and one in a down_proj that writes into the residual stream move the output very
-    differently). For each group (`type`: one role across all blocks, e.g. every up_proj;
-    `layer`: every Linear alone, 1 forward per layer) we prune only its layers to `pattern`
-    (Wanda masks, as the table), measure KL(dense || pruned) per token on `windows`, and
-    set the group's scale = KL / sum of its layers' relative errors at `pattern`. Costs
-    scale x error then estimate each layer's share of the end-to-end KL.
+    differently), and damage grows faster than the error at high sparsity. For each group
+    (`type`: one role across all blocks, e.g. every up_proj; `layer`: every Linear alone) and
+    each sparsity level of the candidates, we prune only the group's layers to the level's
+    least-damaging pattern (Wanda masks, as the table), measure KL(dense || pruned) per token
+    on `windows`, and set scale = KL / sum of the group's relative errors at that pattern.
+    `cost = scale[level] x error` then estimates each layer's share of the end-to-end KL.
+    Forwards: groups x levels (SmolLM2, FlexCiM: 7 roles x 3 levels = 21).
     """
     from .search import KLScorer
 
     if groups not in ("type", "layer"):
         raise UsageError(f"sensitivity: kl groups must be type, layer or none, got {groups!r}")
+    measured = sorted({tuple(int(v) for v in k.split(":")) for row in table.errors.values()
+                       for k in row}, key=lambda p: (-p[1], p[0]))
+    pats = [p for p in (patterns or measured) if p[0] != p[1]]
     members: dict[str, list[str]] = {}
     for ref in refs:
-        if math.isfinite(table.error(ref.name, pattern)):
-            members.setdefault(layer_type(ref.name) if groups == "type" else ref.name,
-                               []).append(ref.name)
-    layers = {r.name: r for r in refs if any(r.name in v for v in members.values())}
-    scorer = KLScorer(gm, layers, {}, norms, [pattern], windows)
-    scales: dict[str, float] = {}
+        members.setdefault(layer_type(ref.name) if groups == "type" else ref.name,
+                           []).append(ref.name)
+    layers = {r.name: r for r in refs}
+    scorer = KLScorer(gm, layers, {}, norms, pats, windows)
+    scales: dict[str, dict[str, float]] = {}
     try:
         for names in members.values():
-            kl = scorer.score({n: pattern for n in names})
+            by_level: dict[str, Pattern] = {}
+            for p in pats:  # per level, the pattern with the least summed error
+                if all(math.isfinite(table.error(n, p)) for n in names):
+                    key, err = level_key(p), sum(table.error(n, p) for n in names)
+                    if key not in by_level or err < sum(table.error(n, by_level[key])
+                                                        for n in names):
+                        by_level[key] = p
+            for key, p in by_level.items():
+                kl = scorer.score({n: p for n in names})
+                denom = sum(table.error(n, p) for n in names)
+                for n in names:
+                    scales.setdefault(n, {})[key] = kl / denom if denom > 0 else 0.0
             scorer.apply({n: (1, 1) for n in names})  # back to dense for the next group
-            denom = sum(table.error(n, pattern) for n in names)
-            for n in names:
-                scales[n] = kl / denom if denom > 0 else 0.0
     finally:
         scorer.restore()
     return scales
