@@ -102,6 +102,23 @@ def _exported_input_specs(ep: torch.export.ExportedProgram) -> list[tuple[tuple[
     return specs
 
 
+def recorded_inputs(ep: torch.export.ExportedProgram,
+                    specs: list[tuple[tuple[int, ...], torch.dtype]]) -> tuple | None:
+    """The example inputs the user exported with (torch.export.save keeps them), when they
+    are positional tensors of the recorded shapes and dtypes: real token ids and attention
+    masks make better samples than random ones. None when absent or not of that form."""
+    recorded = getattr(ep, "example_inputs", None)
+    if not recorded:
+        return None
+    args, kwargs = recorded
+    if kwargs or len(args) != len(specs):
+        return None
+    for arg, (shape, dtype) in zip(args, specs, strict=True):
+        if not isinstance(arg, torch.Tensor) or tuple(arg.shape) != shape or arg.dtype != dtype:
+            return None
+    return tuple(a.detach().clone() for a in args)
+
+
 def load_model(path: str | Path, input_shapes: str | None = None,
                trust_pickle: bool = False) -> Captured:
     """Load `path` and capture it; `input_shapes` (e.g. '1x784') overrides recorded shapes."""
@@ -116,8 +133,12 @@ def load_model(path: str | Path, input_shapes: str | None = None,
         specs = _exported_input_specs(ep)
         high = index_bounds(ep.graph, tuple(ep.graph_signature.user_inputs))
         if shapes is None:
-            inputs = example_inputs_for([s for s, _ in specs], [d for _, d in specs], high=high)
-            return _finish(ep, inputs, f"exported:{path.name}")
+            inputs = recorded_inputs(ep, specs)
+            info = {"example_inputs": "recorded" if inputs else "synthetic"}
+            if inputs is None:
+                inputs = example_inputs_for([s for s, _ in specs], [d for _, d in specs],
+                                            high=high)
+            return _finish(ep, inputs, f"exported:{path.name}", info=info)
         if len(shapes) != len(specs):
             raise UsageError(f"--input-shape gives {len(shapes)} shapes, the model takes {len(specs)}")
         module: torch.nn.Module = ep.module()

@@ -180,3 +180,15 @@ def test_prepare_report_is_json_ready() -> None:
     assert report["stripped"]["aten.dropout.default"] > 0
     assert report["ops"] == dict(sorted(_ops(cap.gm).items()))
     assert isinstance(prepare.DECOMPOSE, dict) and prepare.DECOMPOSE
+
+
+def test_pt2_samples_are_the_inputs_the_user_exported_with(tmp_path) -> None:
+    """A real attention mask recorded in the .pt2 becomes the program's sample input."""
+    model = Masked()
+    x, mask = torch.randn(2, 5), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+    torch.export.save(torch.export.export(model, (x, mask)), str(tmp_path / "m.pt2"))
+    cap = load_model(tmp_path / "m.pt2")
+    assert torch.equal(cap.example_inputs[0], x) and torch.equal(cap.example_inputs[1], mask)
+    assert cap.info["example_inputs"] == "recorded"
+    other = load_model(tmp_path / "m.pt2", input_shapes="3x5,3x5")  # new shapes: synthetic
+    assert other.example_inputs[0].shape == (3, 5) and "example_inputs" not in other.info
