@@ -25,7 +25,8 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
         description=__doc__.splitlines()[0])
     p.add_argument("model", help="hf:smollm2-135m, or hf:tiny-<arch> (random weights, bytes)")
     p.add_argument("--method", default="flow",
-                   choices=["dense", "uniform", "magnitude", "owl", "flow", "flow-repo"])
+                   choices=["dense", "uniform", "magnitude", "owl", "flow", "flow-repo",
+                            "measured", "measured-search"])
     p.add_argument("--target", type=float, default=0.5,
                    help="target sparsity of the prunable layers (flow, owl; default 0.5)")
     p.add_argument("--nm", default=None,
@@ -49,6 +50,10 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
                    help="outlier threshold (default 5; flow-repo: FLOW's 0.5)")
     p.add_argument("--granularity", choices=["layer", "block"], default=None)
     p.add_argument("--solver", choices=["cbc", "highs", "dp"], default="cbc")
+    p.add_argument("--latency", type=float, default=0.0,
+                   help="measured methods: latency budget, fraction of the dense cycles (0: none)")
+    p.add_argument("--search", default="max_time=120",
+                   help="measured-search: nm-search options (default max_time=120)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense perplexity")
     p.add_argument("--per-layer", action="store_true", help="print every layer's sparsity")
     p.add_argument("--json", metavar="FILE", help="write all results as JSON")
@@ -81,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         target = 1.0 - (nm or (2, 4))[0] / (nm or (2, 4))[1]
     spec = MethodSpec(args.method, target, nm,
                       _items(args.keep_dense), _items(args.skip), args.update,
-                      not args.one_shot, args.tau, args.granularity, args.solver)
+                      not args.one_shot, args.tau, args.granularity, args.solver,
+                      latency=args.latency, search=args.search)
     if not args.quiet and not os.environ.get("MALLOC_MMAP_THRESHOLD_"):
         say("hint: MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 make "
             "forward passes several times faster on this kind of VM (docs/flow.md)")
