@@ -119,6 +119,15 @@ def recorded_inputs(ep: torch.export.ExportedProgram,
     return tuple(a.detach().clone() for a in args)
 
 
+def _static_shapes(ep: torch.export.ExportedProgram) -> bool:
+    """No input dimension of `ep` is symbolic (exported without dynamic_shapes)."""
+    for node in ep.graph.nodes:
+        val = node.meta.get("val") if node.op == "placeholder" else None
+        if isinstance(val, torch.Tensor) and any(isinstance(d, torch.SymInt) for d in val.shape):
+            return False
+    return True
+
+
 def load_model(path: str | Path, input_shapes: str | None = None,
                trust_pickle: bool = False) -> Captured:
     """Load `path` and capture it; `input_shapes` (e.g. '1x784') overrides recorded shapes."""
@@ -141,6 +150,12 @@ def load_model(path: str | Path, input_shapes: str | None = None,
             return _finish(ep, inputs, f"exported:{path.name}", info=info)
         if len(shapes) != len(specs):
             raise UsageError(f"--input-shape gives {len(shapes)} shapes, the model takes {len(specs)}")
+        recorded = [s for s, _ in specs]
+        if [tuple(x) for x in shapes] != recorded and _static_shapes(ep):
+            raise UsageError(
+                f"--input-shape {input_shapes}: {path.name} was exported with static shapes "
+                f"{', '.join('x'.join(map(str, s)) for s in recorded)}; give those, or export "
+                "with dynamic_shapes")
         module: torch.nn.Module = ep.module()
         inputs = example_inputs_for(shapes, [d for _, d in specs], high=high)
     elif kind == "torchscript":
@@ -185,7 +200,8 @@ def capture(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], source: s
     A Hugging Face model (a transformers PreTrainedModel) is exported through its wrapper
     (input_ids -> logits or last_hidden_state, no KV cache) like the hf: sources.
     """
-    module = module.eval()
+    if not isinstance(module, torch.fx.GraphModule):  # ep.module() refuses eval(); it is
+        module = module.eval()  # already in the mode it was exported in
     if _is_transformers_model(module):
         from flowc.frontend import hf
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from flowc.compiler import CompileOptions, compile_captured
-from flowc.errors import UnsupportedOpError
+from flowc.errors import UnsupportedOpError, UsageError
 from flowc.frontend import hf, prepare
 from flowc.frontend.load import capture, load_hf, load_model
 
@@ -190,5 +190,8 @@ def test_pt2_samples_are_the_inputs_the_user_exported_with(tmp_path) -> None:
     cap = load_model(tmp_path / "m.pt2")
     assert torch.equal(cap.example_inputs[0], x) and torch.equal(cap.example_inputs[1], mask)
     assert cap.info["example_inputs"] == "recorded"
-    other = load_model(tmp_path / "m.pt2", input_shapes="3x5,3x5")  # new shapes: synthetic
-    assert other.example_inputs[0].shape == (3, 5) and "example_inputs" not in other.info
+    other = load_model(tmp_path / "m.pt2", input_shapes="2x5,2x5")  # shapes given: synthetic
+    assert other.example_inputs[0].shape == (2, 5) and "example_inputs" not in other.info
+    assert not torch.equal(other.example_inputs[0], x)
+    with pytest.raises(UsageError, match="exported with static shapes 2x5, 2x5; give those"):
+        load_model(tmp_path / "m.pt2", input_shapes="3x5,3x5")
