@@ -242,6 +242,8 @@ def compile_captured(cap: Captured, opts: CompileOptions,
     dense = quality_probe(cap)
     info = run_passes(cap, pipeline, machine, calib, progress)
     info["calibration"] = {**calib_record, "used": calib.used}
+    if "prepare" in cap.info:  # what graph preparation removed, folded and decomposed
+        info["prepare"] = {k: v for k, v in cap.info["prepare"].items() if k != "ops"}
     if calib.used and calib_record["source"] == "synthetic" and progress:
         progress(f"calibration: synthetic inputs ({calib_record['inputs']}, {len(calib)} "
                  "samples; give --calib-text or --calib-data for real statistics)")

@@ -48,6 +48,8 @@ def test_pt2_and_hf_source_prepare_and_compile_identically(tmp_path) -> None:
     b = compile_captured(via_file, CompileOptions(reference=False), progress=None)
     assert a.program.instructions == b.program.instructions
     assert len(a.program.instructions) > 100
+    assert a.compile_info["prepare"] == b.compile_info["prepare"]
+    assert a.compile_info["prepare"]["folded"] > 0
 
 
 @pytest.mark.parametrize("arch", ["llama", pytest.param("opt", marks=pytest.mark.slow),
