@@ -35,7 +35,7 @@ VECTOR_CLASS = {
     "v.sqrt": "activation", "v.softplus": "activation", "v.div": "activation",
     "v.abs": "elementwise", "v.max": "elementwise", "v.min": "elementwise",
     "v.cumsum": "elementwise", "v.sum": "elementwise", "v.amax": "elementwise",
-    "v.dwconv": "elementwise",
+    "v.dwconv": "elementwise", "v.logsoftmax": "softmax",
     # masks, casts, constant-index gathers (issue 10; docs/attention.md)
     "v.where": "elementwise", "v.cast": "elementwise", "v.gather": "permute",
 }

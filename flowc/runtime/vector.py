@@ -165,6 +165,7 @@ def register_plain(handles, unary, binary) -> None:
     handles("v.cumsum")(unary(lambda x, ins: _torch(lambda t: torch.cumsum(t, dim=-1), x)))
     handles("v.sum")(unary(lambda x, ins: _torch(lambda t: t.sum(dim=-1, keepdim=True), x)))
     handles("v.amax")(unary(lambda x, ins: x.max(axis=-1, keepdims=True)))
+    handles("v.logsoftmax")(unary(lambda x, ins: _torch(lambda t: torch.log_softmax(t, -1), x)))
 
     @handles("v.dwconv")
     def _dwconv(it, st, ins):
