@@ -239,6 +239,20 @@ def lower_softmax(lw: Lowering, node: torch.fx.Node) -> None:
            lambda dst, src: lw.emit(isa.VSoftmax(dst=dst, src=src)))
 
 
+@rule(aten.log_softmax.int, aten._log_softmax.default, family="reduction", archs=("plain",))
+def lower_log_softmax(lw: Lowering, node: torch.fx.Node) -> None:
+    """v.logsoftmax along any dimension (a non-last one through two v.permute)."""
+    if node.target is aten._log_softmax.default and node.args[2]:
+        raise UnsupportedOpError(f"half-to-float log_softmax at {node_location(node)}")
+    dtype = node.args[2] if node.target is aten.log_softmax.int and len(node.args) > 2 else None
+    if dtype not in (None, torch.float32):
+        raise UnsupportedOpError(f"log_softmax to {dtype} at {node_location(node)} (the vector "
+                                 "unit computes float32)")
+    _vector(lw, node)
+    _along(lw, node, int(node.args[1]),
+           lambda dst, src: lw.emit(isa.VLogsoftmax(dst=dst, src=src)))
+
+
 @rule(aten.cumsum.default, family="scan", archs=("plain",))
 def lower_cumsum(lw: Lowering, node: torch.fx.Node) -> None:
     """v.cumsum (an inclusive scan) along any dimension (a non-last one through v.permute)."""

@@ -130,7 +130,7 @@ def lower_tanh(lw: Lowering, node: torch.fx.Node) -> None:
     lw.emit(isa.VTanh(dst=lw.out(node), src=lw.buf(node.args[0])))
 
 
-@rule(aten.neg.default, family="element-wise", archs=(*ROPE, "mamba", "rwkv"))
+@rule(aten.neg.default, family="element-wise", archs=(*ROPE, "mamba", "rwkv", PLAIN))
 def lower_neg(lw: Lowering, node: torch.fx.Node) -> None:
     """v.scale by -1."""
     _vector(lw, node)

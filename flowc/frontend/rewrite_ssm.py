@@ -11,11 +11,13 @@ Each rewrite is `fn(gm, node) -> bool` (True: replaced), applied by the frontend
 - RWKV rescales two weights in place on its first inference forward
   (`weight.div_(2 ** (block // rescale_every))`), which torch.export records as an in-place
   op on the parameter in every call. A factor of 1 (every block before `rescale_every`) is
-  removed; any other factor is refused with the way around (one eval forward before export).
+  removed; any other factor is refused with the way around (one eval forward before export);
+- `x.max(dim)[0]` / `x.min(dim)[0]` (values only) -> `amax` (a reduction the backend lowers).
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 
 import torch
@@ -152,6 +154,29 @@ def unit_param_rescale(gm: fx.GraphModule, node: fx.Node) -> bool:
         "forward); run the model once in eval mode before torch.export")
 
 
+def max_values(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """`x.max(dim)` / `x.min(dim)` read only for their values (getitem 0) -> amax(x, [dim]) /
+    -amax(-x, [dim]) (negation is exact); the indices (argmax) have no lowering."""
+    users = list(node.users)
+    if not users or any(u.target is not operator.getitem or u.args[1] != 0 for u in users):
+        return False
+    x, dim = node.args[0], int(node.args[1])
+    keep = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
+    out = tuple(int(s) for s in users[0].meta["val"].shape)
+    xs = tuple(int(s) for s in x.meta["val"].shape)
+    is_min = node.target is aten.min.dim
+    with gm.graph.inserting_before(node):
+        src = _call(gm, aten.neg.default, (x,), x, xs) if is_min else x
+        y = _call(gm, aten.amax.default, (src, [dim], keep), users[0], out)
+        if is_min:
+            y = _call(gm, aten.neg.default, (y,), users[0], out)
+    for u in users:
+        u.replace_all_uses_with(y)
+        gm.graph.erase_node(u)
+    gm.graph.erase_node(node)
+    return True
+
+
 REWRITES_SSM: dict[object, Callable[[fx.GraphModule, fx.Node], bool]] = {
     aten.matmul.default: matmul_param,
     aten.zeros_like.default: fill_to_stack,
@@ -159,4 +184,6 @@ REWRITES_SSM: dict[object, Callable[[fx.GraphModule, fx.Node], bool]] = {
     aten.mul_.Tensor: unit_param_rescale,
     aten.div_.Scalar: unit_param_rescale,
     aten.mul_.Scalar: unit_param_rescale,
+    aten.max.dim: max_values,
+    aten.min.dim: max_values,
 }

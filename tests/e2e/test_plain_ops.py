@@ -1,14 +1,15 @@
 """Plain models (issue 10): every plain op lowers, runs and checks, dense and 2:4.
 
 Small nn.Modules built around CiM linears use each op the backend lowers for non-transformer
-models: element-wise math (sigmoid, exp, log, sqrt, abs, softplus, division by a tensor and by
-a scalar, clamp, maximum/minimum, reverse subtraction, square), softmax and reductions (sum,
-mean, amax) over every dimension of 3-D tensors, cumsum along two dimensions, a causal
-depthwise conv1d (Mamba's: left padding k-1 then a slice) and constant padding that crops
-(RWKV's time shift). Each is exported with torch.export, saved as .pt2, loaded like a user's
-file, compiled, simulated and judged: fp32 against ONNX Runtime (max |err| <= 1e-4 max |ref|)
-and, dense, against the module itself; int8 by flowrun's verdict (the int8 reference).
-The 100 -> 37 -> 10 MLP pads K to whole N:M groups (the acceptance case of the issue).
+models: element-wise math (sigmoid, exp, log, sqrt, abs, softplus, division by a tensor and
+by a scalar, clamp, maximum/minimum, reverse subtraction, square), softmax, log_softmax and
+reductions (sum, mean, amax, max/min values) over every dimension of 3-D tensors, cumsum
+along two dimensions, a causal depthwise conv1d (Mamba's: left padding k-1 then a slice)
+and constant padding that crops (RWKV's time shift). Each is exported with torch.export,
+saved as .pt2, loaded like a user's file, compiled, simulated and judged: fp32 against ONNX
+Runtime (max |err| <= 1e-4 max |ref|) and, dense, against the module itself; int8 by
+flowrun's verdict (the int8 reference). The 100 -> 37 -> 10 MLP pads K to whole N:M groups
+(the acceptance case of the issue).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class Elementwise(nn.Module):
 
 
 class Reductions(nn.Module):
-    """softmax, mean, sum and amax over dims 0, 1 and 2 of a 3-D tensor, and cumsum."""
+    """softmax, log_softmax, mean, sum, amax and max/min values over dims 0, 1 and 2 of a
+    3-D tensor, and cumsum."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -55,6 +57,8 @@ class Reductions(nn.Module):
         a = a + h.mean(dim=0, keepdim=True) + h.mean(dim=1, keepdim=True) + h.mean()
         a = a + h.sum(dim=(0, 2), keepdim=True) * 0.01 + h.amax(dim=1, keepdim=True)
         a = a + torch.cumsum(h, dim=1) * 0.1 + torch.cumsum(h, dim=-1) * 0.01
+        a = a + torch.log_softmax(h, dim=1) + torch.log_softmax(h, dim=-1)
+        a = a + h.max(dim=1, keepdim=True)[0] + h.min(dim=0)[0] + h.max(dim=-1)[0].unsqueeze(-1)
         return self.fc2(a) + h.mean(dim=1).unsqueeze(1)[..., :16]
 
 
