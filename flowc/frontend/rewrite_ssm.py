@@ -29,9 +29,9 @@ aten = torch.ops.aten
 
 
 def _where(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack")
-    path = list(stack.values())[-1][0] if stack else "?"
-    return f" at node '{node.name}' (in {path})"
+    from flowc.frontend.diagnose import node_location  # imports prepare, which imports us
+
+    return f" at {node_location(node)}"
 
 
 def _params(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
