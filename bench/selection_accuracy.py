@@ -16,9 +16,9 @@ Hardware columns: the selection's patterns priced by analytic mode on the shippe
 machine for a 128-token prefill of SmolLM2 (every Linear and the attention matmuls; analytic
 mode equals a functional run's cycles, tests/hardware/test_analytic.py).
 
-Selection time: for the measured methods, the sensitivity table (measured once per update
-kind, reused by every target: the line "sensitivity table" gives its time) plus the ILP, plus
-the search. The bench also prints selection time / calibration forward time and peak memory.
+Selection time: for the measured methods, the sensitivity table (measured once, reused by
+every target and update: the line "sensitivity table" gives its time) plus the ILP, plus the
+search. Every method selects on plain masks; with OBS the update is applied to its choice. The bench also prints selection time / calibration forward time and peak memory.
 
 Results are saved after every row (`--out`/selection_accuracy.json) and `--resume` skips rows
 already there, so an interrupted run loses nothing.
@@ -105,8 +105,8 @@ def run(args: argparse.Namespace, data: dict, save) -> dict:
         save(data)
     for update in args.updates:
         if not args.methods or any(m.startswith("measured") for m in args.methods):
-            sensitivity_table(base, update, bar=True)
-        kind = "obs" if update == "obs" else "none"
+            sensitivity_table(base, "none", bar=True)  # selection is on masks for every row
+        kind = "none"
         if kind in base.table_seconds:
             data.setdefault("table_seconds", {})[kind] = base.table_seconds[kind]
             say(f"sensitivity table ({kind}): {data['table_seconds'][kind]:.1f} s")

@@ -186,8 +186,9 @@ def method_pipeline(spec: MethodSpec) -> str:
         tau = 5.0 if spec.tau is None else spec.tau
         select = f"owl-nm{{{_opts(f'm={m},target={spec.target},tau={tau}', common)}}}"
     elif spec.method in ("measured", "measured-search"):
-        upd = "obs" if spec.update == "obs" else "none"
-        select = "measured-select{" + _opts(f"target={spec.target},update={upd}",
+        # selection minimises the plain-mask errors whatever the update (like every other
+        # method, the choice is made on masks; the OBS update then applies to it)
+        select = "measured-select{" + _opts(f"target={spec.target}",
                                             f"latency={spec.latency}" if spec.latency else "",
                                             common, spec.extra) + "}"
         if spec.method == "measured-search":
@@ -295,7 +296,7 @@ def run_method(base: Calibrated, spec: MethodSpec, bar: bool = False,
                          price=base.price)
     ctx.completed.append("calibrate")  # the dense statistics are in meta already
     if spec.method.startswith("measured"):
-        ctx.options["sensitivity_table"] = sensitivity_table(base, spec.update, spec.skip, bar)
+        ctx.options["sensitivity_table"] = sensitivity_table(base, "none", spec.skip, bar)
         ctx.completed.append("sensitivity")
     timing = TimingInstrument()
     PassManager(parse_pipeline(pipeline), instruments=[timing]).run(gm, ctx)
