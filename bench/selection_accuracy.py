@@ -18,7 +18,8 @@ mode equals a functional run's cycles, tests/hardware/test_analytic.py).
 
 Selection time: for the measured methods, the sensitivity table (measured once, reused by
 every target and update: the line "sensitivity table" gives its time) plus the ILP, plus the
-search. Every method selects on plain masks; with OBS the update is applied to its choice. The bench also prints selection time / calibration forward time and peak memory.
+search. Every method selects on plain masks; with OBS the update is applied to its choice.
+The bench also prints selection time / calibration forward time and peak memory.
 
 Results are saved after every row (`--out`/selection_accuracy.json) and `--resume` skips rows
 already there, so an interrupted run loses nothing.
