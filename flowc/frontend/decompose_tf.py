@@ -139,7 +139,7 @@ def baddbmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: float
 # -- addmm / mm with a static weight -> linear -------------------------------------------------
 def addmm_to_linear(gm: fx.GraphModule, node: fx.Node) -> bool:
     """addmm(b, x, W), mm(x, W) or matmul(x, W) with W a 2-D parameter [in, out] ->
-    linear(x, W^T, b).
+    linear(x, W^T, b); with W = P^T of a parameter P [out, in] -> linear(x, P, b).
 
     A graph rewrite rather than a traced decomposition: the parameter itself is re-laid out,
     so the linear reads a get_attr (a static weight the prune pass can mask). Returns False
@@ -152,12 +152,14 @@ def addmm_to_linear(gm: fx.GraphModule, node: fx.Node) -> bool:
             raise UnsupportedOpError(f"addmm with beta={beta}, alpha={alpha}{_where(node)}")
     else:
         bias, (x, w) = None, node.args[:2]
-    weight = _const_tensor(gm, w)
-    if weight is None or weight.dim() != 2 or w.target not in _param_names(gm):
-        return False
     if bias is not None and _const_tensor(gm, bias) is None:
         return False
-    wt = _transposed_param(gm, w)
+    wt = _transpose_source(gm, w)  # x @ W^T (Falcon's FalconLinear): W is the linear weight
+    if wt is None:
+        weight = _const_tensor(gm, w)
+        if weight is None or weight.dim() != 2 or w.target not in _param_names(gm):
+            return False
+        wt = _transposed_param(gm, w)
     with gm.graph.inserting_before(node):
         lin = gm.graph.call_function(aten.linear.default,
                                      (x, wt, *([bias] if bias is not None else [])))
@@ -165,8 +167,26 @@ def addmm_to_linear(gm: fx.GraphModule, node: fx.Node) -> bool:
     node.replace_all_uses_with(lin)
     gm.graph.erase_node(node)
     if not w.users:
-        gm.graph.erase_node(w)
+        gm.graph.erase_node(w)  # the transpose (or the old get_attr) nobody reads any more
     return True
+
+
+def _transpose_source(gm: fx.GraphModule, w: object) -> fx.Node | None:
+    """P when `w` is the transpose of a 2-D parameter P (t, numpy_T, permute [1, 0],
+    transpose 0 1), else None."""
+    if not (isinstance(w, fx.Node) and w.op == "call_function"):
+        return None
+    src = w.args[0]
+    param = _const_tensor(gm, src)
+    if param is None or param.dim() != 2 or src.target not in _param_names(gm):
+        return None
+    if w.target in (aten.t.default, aten.numpy_T.default):
+        return src
+    if w.target is aten.permute.default and [int(d) % 2 for d in w.args[1]] == [1, 0]:
+        return src
+    if w.target is aten.transpose.int and {int(d) % 2 for d in w.args[1:3]} == {0, 1}:
+        return src
+    return None
 
 
 def _param_names(gm: fx.GraphModule) -> set[str]:
@@ -212,6 +232,45 @@ def check_sdpa(gm: fx.GraphModule, node: fx.Node) -> bool:
     return False
 
 
+# -- in-place arithmetic -> functional (Falcon writes scores.add_(bias)) ---------------------
+_INPLACE = ("add_.Tensor", "add_.Scalar", "sub_.Tensor", "sub_.Scalar", "mul_.Tensor",
+            "mul_.Scalar", "div_.Tensor", "div_.Scalar", "masked_fill_.Scalar",
+            "masked_fill_.Tensor", "relu_.default", "tanh_.default")
+
+
+def _overload(name: str) -> object:
+    packet, _, overload = name.partition(".")
+    return getattr(getattr(aten, packet), overload)
+
+
+def _is_view(node: fx.Node) -> bool:
+    """Does the node's op return an alias of an input (view, reshape, slice, split ...)?"""
+    schema = getattr(node.target, "_schema", None)
+    return schema is not None and any(r.alias_info is not None for r in schema.returns)
+
+
+def functionalize_inplace(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """x.op_(y) -> z = op(x, y), with every later reader of x reading z. Only when x is a
+    fresh tensor (computed by a non-view op) that no view aliases: then the mutation is
+    visible through x alone. Otherwise the node is left for the backend to refuse."""
+    x = node.args[0]
+    if not (isinstance(x, fx.Node) and x.op == "call_function") or _is_view(x):
+        return False
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    if any(_is_view(u) or u.op != "call_function" for u in x.users if u is not node):
+        return False
+    later = [u for u in x.users if u is not node and order[u] > order[node]]
+    functional = _overload(str(node.target).removeprefix("aten.").replace("_.", ".", 1))
+    with gm.graph.inserting_before(node):
+        new = gm.graph.call_function(functional, node.args, node.kwargs)
+    new.meta.update(node.meta)
+    for user in later:
+        user.replace_input_with(x, new)
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+    return True
+
+
 # for the frontend's preparation (flowc.frontend.prepare): traced decompositions ...
 DECOMPOSE_TF: dict[object, Callable] = {
     SDPA: sdpa,
@@ -227,7 +286,18 @@ REWRITES: dict[object, Callable[[fx.GraphModule, fx.Node], bool]] = {
     aten.addmm.default: addmm_to_linear,
     aten.mm.default: addmm_to_linear,
     aten.matmul.default: addmm_to_linear,  # x @ W with W a 2-D parameter (not attention)
+    **{_overload(name): functionalize_inplace for name in _INPLACE},
 }
+
+
+def chain_rewrites(*fns: Callable[[fx.GraphModule, fx.Node], bool]
+                   ) -> Callable[[fx.GraphModule, fx.Node], bool]:
+    """One rewrite trying each of `fns` in turn until one replaces the node."""
+    def chained(gm: fx.GraphModule, node: fx.Node) -> bool:
+        return any(fn(gm, node) for fn in fns)
+
+    chained.__name__ = "+".join(fn.__name__ for fn in fns)
+    return chained
 
 
 def rewrite_params(gm: fx.GraphModule) -> Counter:

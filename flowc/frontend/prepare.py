@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
-from flowc.frontend.decompose_tf import DECOMPOSE_TF, REWRITES, rewrite_params
+from flowc.frontend.decompose_tf import DECOMPOSE_TF, REWRITES, chain_rewrites, rewrite_params
 from flowc.frontend.rewrite_ssm import REWRITES_SSM
 from flowc.frontend.simplify import simplify
 
@@ -76,7 +76,10 @@ DECOMPOSE: dict[object, Callable] = {
 DECOMPOSE.update(DECOMPOSE_TF)
 # state-space and plain-model rewrites (rewrite_ssm): matmul over a parameter -> linear,
 # RWKV's in-place output fill -> stack, unit in-place rescale of a parameter -> removed
-REWRITES.update(REWRITES_SSM)
+# (an op both tables rewrite tries the SSM rewrite first, then the transformer one: e.g. div_
+# of a parameter is RWKV's rescale, div_ of a fresh activation is Falcon's in-place scaling)
+for _op, _fn in REWRITES_SSM.items():
+    REWRITES[_op] = chain_rewrites(_fn, REWRITES[_op]) if _op in REWRITES else _fn
 
 
 # ---------------------------------------------------------------------------------------------

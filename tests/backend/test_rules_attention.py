@@ -227,3 +227,50 @@ def test_causal_gqa_sdpa_compiles_to_two_mm_act_and_matches_torch():
         ref = module(q, k, v).numpy()
     assert np.abs(y[0] - ref).max() <= 1e-5 * np.abs(ref).max()
     assert check_outputs(image, arrays, y, "fp32").passed
+
+
+class FalconStyle(nn.Module):
+    """x @ W.T + b over a parameter W [out, in] (FalconLinear) and in-place score scaling
+    (`scores.div_(...)`, `scores.add_(bias)`) on fresh activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(24, 8) / 3)
+        self.bias = nn.Parameter(torch.randn(24))
+
+    def forward(self, x):  # [2, 5, 8]
+        qkv = x @ self.weight.T + self.bias
+        q, k, v = qkv.split(8, dim=-1)
+        scores = q @ k.transpose(-1, -2)
+        scores.div_(2.0)
+        scores.add_(torch.ones(5, 5).triu(1) * -1e4)
+        return scores.softmax(-1) @ v
+
+
+def test_transposed_parameter_matmul_and_inplace_ops_compile():
+    torch.manual_seed(0)
+    module, x = FalconStyle().eval(), torch.randn(2, 5, 8)
+    cap = capture(module, (x,))
+    targets = [n.target for n in cap.gm.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.aten.linear.default) == 1
+    assert not [t for t in targets if str(t).endswith("_.Tensor")], targets
+    image = compile_captured(cap, CompileOptions(nm=(2, 4)), progress=None)
+    assert [(v["out"], v["in"], v["n"]) for v in image.packed.values()] == [(24, 8, 2)]
+    y, _ = simulate(image, [x.numpy()], numerics="fp32")
+    assert check_outputs(image, [x.numpy()], y, "fp32").passed
+    y8, _ = simulate(image, [x.numpy()], numerics="int8")
+    assert check_outputs(image, [x.numpy()], y8, "int8").passed
+
+
+def test_inplace_op_on_a_view_is_left_for_the_backend_to_refuse():
+    """x[:, :2].mul_(2) mutates x through a view: not functionalised, refused with its node."""
+    class ViewMutation(nn.Module):
+        def forward(self, x):
+            y = x * 1.0
+            y[:, :2].mul_(2.0)
+            return y + 1
+
+    cap = capture(ViewMutation().eval(), (torch.randn(3, 4),))
+    assert any(str(n.target) == "aten.mul_.Tensor" for n in cap.gm.graph.nodes)
+    with pytest.raises(UnsupportedOpError, match=r"aten.mul_.Tensor at node 'mul_'"):
+        compile_captured(cap, CompileOptions(), progress=None)
