@@ -77,7 +77,7 @@ def test_every_option_type_round_trips(typed: type[_Typed]) -> None:
         ("nm-prune{n=2,n=2}", "pass 'nm-prune': option 'n' given twice"),
         ("nm-prune{n=2}",
          "pass 'nm-prune': nm-prune: give both n and m (uniform N:M) or neither (annotations)"),
-        ("nm-prun", "unknown pass 'nm-prun'; did you mean nm-prune?"),
+        ("nm-prun", "unknown pass 'nm-prun'; did you mean nm-prune, nm-search?"),
         ("quantize,,verify-nm", "pipeline column 10: expected a pass name"),
         ("nm-prune{n=2,m=4", "pipeline column 17: expected '}' at end"),
         ('nm-prune{layers="fc1}', "pipeline column 17: unterminated string"),
