@@ -22,6 +22,7 @@ from flowc.backend.image import LayerInfo
 from flowc.backend.lower import Lowering, label, rule
 from flowc.backend.rules import _f32, _vector, linear_pattern, store_packed
 from flowc.errors import UnsupportedOpError
+from flowc.frontend.diagnose import node_location
 from flowc.passes.quantize import quantize_weight
 
 aten = torch.ops.aten
@@ -36,7 +37,7 @@ def _dim(node: torch.fx.Node, dim: int) -> int:
     """A dimension index of the node's first input, made non-negative."""
     rank = len(node.args[0].meta["val"].shape)
     if not -rank <= dim < rank:
-        raise UnsupportedOpError(f"{node.target} dim {dim} out of range at node '{node.name}'")
+        raise UnsupportedOpError(f"{node.target} dim {dim} out of range at {node_location(node)}")
     return dim % rank
 
 
@@ -46,10 +47,10 @@ def lower_matmul(lw: Lowering, node: torch.fx.Node) -> None:
     """Activation x activation GEMM (Q K^T, A V; Mamba's state readout) as mm.act on the macros."""
     a, b = node.args[0], node.args[1]
     if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)):
-        raise UnsupportedOpError(f"matmul with a non-tensor operand at node '{node.name}'")
+        raise UnsupportedOpError(f"matmul with a non-tensor operand at {node_location(node)}")
     sa, sb = a.meta["val"].shape, b.meta["val"].shape
     if len(sa) < 2 or len(sb) < 2:
-        raise UnsupportedOpError(f"matmul of vectors at node '{node.name}' (need >= 2-D operands)")
+        raise UnsupportedOpError(f"matmul of vectors at {node_location(node)} (need >= 2-D operands)")
     name = _attention_name(lw, node)
     lw.enter(name, "attention")
     k, n = int(sb[-2]), int(sb[-1])
@@ -82,7 +83,7 @@ def emit_embedding(lw: Lowering, node: torch.fx.Node, table_node: torch.fx.Node,
     _vector(lw, node)
     table = lw.param(table_node)
     if table.ndim != 2:
-        raise UnsupportedOpError(f"embedding table of rank {table.ndim} at node '{node.name}'")
+        raise UnsupportedOpError(f"embedding table of rank {table.ndim} at {node_location(node)}")
     P = lw.machine.macro.subarrays
     tied = _tied_dense_linear(lw, table_node)
     if tied is not None:  # lm_head reads the same parameter: one packed tensor serves both
@@ -166,7 +167,7 @@ def lower_slice(lw: Lowering, node: torch.fx.Node) -> None:
     start, end, _ = slice(args[2], args[3]).indices(size)
     step = int(args[4] if args[4] is not None else 1)
     if step < 1:
-        raise UnsupportedOpError(f"slice with step {step} at node '{node.name}'")
+        raise UnsupportedOpError(f"slice with step {step} at {node_location(node)}")
     if start == 0 and end == size and step == 1:
         lw.alias(node, node.args[0])  # a full slice is the input itself
         return
@@ -203,7 +204,7 @@ def lower_getitem(lw: Lowering, node: torch.fx.Node) -> None:
     """One piece of a split: v.slice of the split's input."""
     src, index = node.args[0], int(node.args[1])
     if src.target not in (aten.split.Tensor, aten.split_with_sizes.default):
-        raise UnsupportedOpError(f"getitem of {src.target} at node '{node.name}' "
+        raise UnsupportedOpError(f"getitem of {src.target} at {node_location(node)} "
                                  "(flowc lowers getitem of split only)")
     _vector(lw, node)
     whole = src.args[0]
