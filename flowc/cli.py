@@ -181,7 +181,8 @@ def build_flowc_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a PyTorch model to a .fcim program")
     p.add_argument("model", help="model file: torch.export (.pt2/.pt), TorchScript, a pickle; or a "
                    "model source hf:smollm2-135m, hf:all-minilm-l6-v2 (real weights), "
-                   "hf:tiny-<arch> (random weights), hf:PATH (checkpoint folder with config.json "
+                   "hf:tiny-<arch> (random weights; arch: llama, mistral, qwen2, opt, gpt2, bert, gpt_neox, "
+                   "phi3, gemma), hf:PATH (checkpoint folder with config.json "
                    "or a .gguf file), hf:ORG/NAME (local Hugging Face cache, offline)")
     p.add_argument("--seq-len", type=int, help="hf: sources: tokens per sequence (SmolLM2 "
                    "default 128 = the built-in prompt; tiny models default 32)")
