@@ -46,12 +46,16 @@ def builtin_names() -> list[str]:
 
 
 def check_hf_source(spec: str) -> str:
-    """The name after `hf:`: a built-in source, or a path / ORG/NAME resolved at load time.
-    A `tiny-*` name that is not a known architecture is a UsageError listing the sources."""
+    """The name after `hf:`: a built-in source, an existing path, or ORG/NAME (looked up in
+    the cache at load time). Anything else is a UsageError listing the sources."""
     name = str(spec)[len(HF_PREFIX):]
     if not name:
         raise UsageError("hf: needs a source name, a checkpoint folder, a .gguf file or ORG/NAME")
-    if name.startswith("tiny-") and name not in builtin_names():
+    from pathlib import Path
+
+    local = Path(name).expanduser().exists()
+    org_name = name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    if name not in builtin_names() and (name.startswith("tiny-") or not (local or org_name)):
         raise UsageError(f"unknown model source {spec!r}; known: "
                          + ", ".join(HF_PREFIX + n for n in builtin_names())
                          + ", hf:PATH (checkpoint folder or .gguf), hf:ORG/NAME (local cache)")

@@ -60,6 +60,9 @@ def test_missing_files_are_one_line_errors(tmp_path) -> None:
         load_hf(f"hf:{tmp_path / 'weights.txt'}")
     with pytest.raises(UsageError, match="unknown model source 'hf:tiny-falcon'"):
         load_hf("hf:tiny-falcon")
+    with pytest.raises(UsageError, match="unknown model source 'hf:smollm2'; known: "
+                       "hf:smollm2-135m, hf:all-minilm-l6-v2, .*hf:PATH"):
+        load_hf("hf:smollm2")
 
 
 def test_org_name_resolves_from_the_offline_cache(llama_folder, tmp_path, monkeypatch) -> None:
