@@ -13,9 +13,13 @@ simulator runs as `mm.act`), and the prune/quantise passes see every static-weig
   `aten.where.Scalar` when it is a run-time input such as BERT's attention_mask); `is_causal`
   becomes a folded causal (lower-triangular) mask; `enable_gqa` repeats each key/value head
   (unsqueeze + expand + reshape, as `repeat_kv`).
-- `aten.addmm(b, x, W)` / `aten.mm(x, W)` with a parameter W[in, out] (GPT-2's Conv1D as a
+- `aten.addmm(b, x, W)` / `mm` / `matmul` with a parameter W[in, out] (GPT-2's Conv1D as a
   user exports it) become `aten.linear(x, W^T, b)` with the transposed weight stored as the
-  parameter, so it is a prunable CiM GEMM.
+  parameter, so it is a prunable CiM GEMM; `x @ P.T` of a parameter P (FalconLinear) becomes
+  `linear(x, P)`.
+- in-place arithmetic on a fresh, unaliased activation (Falcon's `scores.div_(...)`) becomes
+  the functional op; `unbind`, `t`, `movedim`, `repeat_interleave` and `baddbmm` decompose to
+  ops the backend lowers.
 
 `DECOMPOSE_TF` (traced decompositions) and `REWRITES` (graph rewrites `fn(gm, node) ->
 replaced?`, run first) are merged into the frontend's preparation (flowc.frontend.prepare).
