@@ -150,7 +150,7 @@ class NMSearch(_Selector):
     jobs: int = 1
 
     def __call__(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
-        from .search import KLScorer, evolve, score_item
+        from .search import KLScorer, evolve, levels, score_item
 
         table = table_of(ctx, self.name)
         refs, unit_of, units, fixed, dense = self._plan(gm, False)
@@ -174,8 +174,10 @@ class NMSearch(_Selector):
         free_layers = {r.name: r for r in refs if unit_of[r.name] in prob.names}
         ctx.log(f"{self.name}: scoring allocations by KL on {self.windows} calibration "
                 f"window(s); {self.generations} generations x {self.offspring} offspring")
-        scorer = KLScorer(gm, free_layers, members, norms, cands,
-                          ctx.calib_inputs[:max(1, self.windows)])
+        used = sorted({prob.cands[j] for row in levels(prob) for j in row}
+                      | {prob.cands[start[0]] for start in starts.values()})
+        scorer = KLScorer(gm, free_layers, members, norms, used,
+                          ctx.calib_inputs[:max(1, self.windows)], table.masks)
 
         def alloc(choice: Sequence[int]) -> dict[str, Pattern]:
             return {u: cands[j] for u, j in zip(prob.names, choice, strict=True)}
@@ -227,8 +229,11 @@ class NMSearch(_Selector):
         picked = [index(current[u]) if u in current else None for u in prob.names]
         if all(j is not None for j in picked):  # else: no (usable) annotation to start from
             starts["annotation"] = tuple(int(j) for j in picked)  # type: ignore[arg-type]
-        for j, (n, m) in enumerate(prob.cands):
-            if n != m and all(not math.isinf(row[j]) for row in prob.costs):
+        from .search import levels
+
+        lv = levels(prob)  # a uniform pattern that is not every unit's least-damaging choice
+        for j, (n, m) in enumerate(prob.cands):  # at its sparsity is dominated: no start
+            if n != m and all(j in row for row in lv):
                 starts[f"uniform {n}:{m}"] = tuple(j for _ in prob.names)
         return starts
 

@@ -62,7 +62,8 @@ class KLScorer:
 
     def __init__(self, gm: fx.GraphModule, layers: dict[str, LinearRef],
                  members: dict[str, Sequence[str]], norms: dict[str, np.ndarray],
-                 patterns: Sequence[Pattern], windows: Sequence[tuple[Any, ...]]) -> None:
+                 patterns: Sequence[Pattern], windows: Sequence[tuple[Any, ...]],
+                 masks: dict[tuple[str, Pattern], np.ndarray] | None = None) -> None:
         self.gm = gm
         self.targets = {name: ref.weight_target for name, ref in layers.items()}
         self.members = members
@@ -70,12 +71,16 @@ class KLScorer:
         self.windows = list(windows)
         self.dense: dict[str, torch.Tensor] = {}
         self.masks: dict[tuple[str, Pattern], np.ndarray] = {}
+        known = masks or {}
         for name, ref in layers.items():
             w = get_param(gm, ref.weight_target).detach().clone()
             self.dense[name] = w
-            scores = np.abs(w.to(torch.float64).numpy()) * norms[name][None, :]
-            for p in patterns:
-                if p[0] != p[1] and w.shape[1] % p[1] == 0:
+            todo = [p for p in patterns if p[0] != p[1] and w.shape[1] % p[1] == 0]
+            self.masks.update({(name, p): known[(name, p)] for p in todo if (name, p) in known})
+            todo = [p for p in todo if (name, p) not in known]
+            if todo:  # the same Wanda masks as nm-prune's one-shot rule
+                scores = np.abs(w.to(torch.float64).numpy()) * norms[name][None, :]
+                for p in todo:
                     self.masks[(name, p)] = np.packbits(nm_mask(scores, p[0], p[1], name))
         self.current: dict[str, Pattern] = {}
         with torch.no_grad():

@@ -72,6 +72,9 @@ class SensitivityTable:
     updates: tuple[str, ...] = ("none",)
     info: dict[str, Any] = field(default_factory=dict)
     scale: dict[str, dict[str, float]] = field(default_factory=dict)  # layer -> level -> w
+    # the Wanda masks the errors were measured with, packed bits (in memory only: the KL
+    # scales and nm-search reuse them instead of sorting every layer again)
+    masks: dict[tuple[str, Pattern], np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def layers(self) -> list[str]:
@@ -186,8 +189,8 @@ def stacked_errors(deltas: Sequence[np.ndarray], hessian: np.ndarray) -> list[fl
 
 def layer_errors(weight: np.ndarray, hessian: np.ndarray, input_norm: np.ndarray,
                  patterns: Sequence[Pattern], updates: Sequence[str] = ("none",),
-                 damp: float = 0.01, blocksize: int = 128, layer: str = "<array>"
-                 ) -> dict[str, dict[str, float]]:
+                 damp: float = 0.01, blocksize: int = 128, layer: str = "<array>",
+                 keep_masks: dict | None = None) -> dict[str, dict[str, float]]:
     """{pattern_key: {update: relative error}} for every non-dense pattern whose M divides K.
 
     The Wanda mask is `nm-prune`'s (same scores, same stable tie-break). With "obs", the kept
@@ -203,6 +206,9 @@ def layer_errors(weight: np.ndarray, hessian: np.ndarray, input_norm: np.ndarray
     usable = [p for p in patterns if p[0] != p[1] and k % p[1] == 0]
     out: dict[str, dict[str, float]] = {pattern_key(p): {} for p in usable}
     masks = [nm_mask(scores, n, m, layer) for n, m in usable]
+    if keep_masks is not None:
+        keep_masks.update({(layer, p): np.packbits(mk) for p, mk in zip(usable, masks,
+                                                                        strict=True)})
     if "none" in updates and usable:  # every pattern in one matmul (better BLAS use)
         errs = stacked_errors([np.where(mask, 0.0, w) for mask in masks], hessian)
         for p, e in zip(usable, errs, strict=True):
@@ -255,7 +261,7 @@ def kl_scales(gm: fx.GraphModule, refs: Sequence[LinearRef], norms: Mapping[str,
         members.setdefault(layer_type(ref.name) if groups == "type" else ref.name,
                            []).append(ref.name)
     layers = {r.name: r for r in refs}
-    scorer = KLScorer(gm, layers, {}, norms, pats, windows)
+    scorer = KLScorer(gm, layers, {}, norms, pats, windows, table.masks)
     scales: dict[str, dict[str, float]] = {}
     try:
         for names in members.values():
@@ -308,7 +314,7 @@ def measure_graph(gm: fx.GraphModule, refs: Sequence[LinearRef], windows: Sequen
         weight = get_param(gm, ref.weight_target).detach().to(torch.float64).numpy()
         table.shape[ref.name] = (int(weight.shape[0]), int(weight.shape[1]))
         table.errors[ref.name] = layer_errors(weight, h, norm, patterns, updates, damp,
-                                              blocksize, ref.name)
+                                              blocksize, ref.name, table.masks)
         table.tokens = used
 
     run_layerwise(gm, windows, hook, bar=bar)
