@@ -130,6 +130,46 @@ def run(args: argparse.Namespace, data: dict, save) -> dict:
     return data
 
 
+def timing(args: argparse.Namespace) -> dict:
+    """Selection cost against the calibration forward passes, side by side in one process:
+    the sensitivity table over all windows (strided token subsample, the default) and over
+    just enough windows for the Gram matrices (`windows=-1`), each + the ILP at every target."""
+    from flowc.evaluate import peak_rss_mb, prepare
+    from flowc.frontend.calibrate import collect_input_norms
+    from flowc.passes.flow.measured import measured_problem, solve_ilp
+    from flowc.passes.flow.problem import resolve_candidates
+    from flowc.passes.flow.sensitivity import kl_scales, measure_graph, sensitivity_windows
+    from flowc.passes.graph import linear_nodes, select_layers
+
+    say = (lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
+    base = prepare("hf:smollm2-135m", "brown", None, args.calib_windows, 1, args.seq_len,
+                   say=say)
+    refs, _ = select_layers(linear_nodes(base.gm), None, ("lm_head",), what="timing")
+    cands = resolve_candidates(None)
+    out: dict = {"calib_windows": args.calib_windows, "seq_len": args.seq_len, "rows": []}
+    for rnd in range(2):  # forward, table, table-fast, forward again: drift shows up
+        t0 = time.perf_counter()
+        collect_input_norms(base.gm, base.calib)
+        fwd = time.perf_counter() - t0
+        for mode in (0, -1):
+            t0 = time.perf_counter()
+            windows = sensitivity_windows(base.calib, mode, 4096)
+            table = measure_graph(base.gm, refs, windows, cands, ("none",), 4096, 0.01, 128,
+                                  norms=base.norms)
+            table.scale = kl_scales(base.gm, refs, base.norms, table, base.calib[:1])
+            tab = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for target in args.targets:
+                prob = measured_problem(table, [r.name for r in refs], cands, {}, target, 0.005)
+                solve_ilp(prob, "cbc")
+            ilp = time.perf_counter() - t0
+            row = {"round": rnd, "windows": len(windows), "forward_s": fwd, "table_s": tab,
+                   "ilp_s": ilp, "ratio": (tab + ilp) / fwd, "peak_rss_mb": peak_rss_mb()}
+            say(f"{row}")
+            out["rows"].append(row)
+    return out
+
+
 def _run_feasible(run_method, base, spec, note: str, say):
     """run_method; an infeasible target is retried at the closest achievable one (stated)."""
     from flowc.passes.flow import InfeasibleTarget
@@ -250,6 +290,8 @@ def main() -> int:
     p.add_argument("--methods", type=lambda s: s.split(","), default=None,
                    help="only these methods (e.g. uniform,owl,flow); with --resume fills in")
     p.add_argument("--quick", action="store_true", help="tiny llama on pydoc (smoke test)")
+    p.add_argument("--timing", action="store_true",
+                   help="only the selection time vs the calibration forward (and peak RSS)")
     p.add_argument("--write", action="store_true", help="update docs/results.md and the plot")
     p.add_argument("--resume", action="store_true", help="skip rows already in the JSON")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -266,6 +308,17 @@ def main() -> int:
         tmp.write_text(json.dumps(d, indent=1) + "\n", encoding="utf-8")
         tmp.replace(path)
 
+    if args.timing:
+        _reexec_with_malloc_env()
+        data = timing(args)
+        path = args.out / "selection_timing.json"
+        path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        for r in data["rows"]:
+            print(f"windows {r['windows']:>2}: calibration forward {r['forward_s']:.1f} s, "
+                  f"sensitivity table {r['table_s']:.1f} s + ILP ({len(args.targets)} targets)"
+                  f" {r['ilp_s']:.1f} s = {r['ratio']:.2f} x; peak RSS "
+                  f"{r['peak_rss_mb']:.0f} MB")
+        return 0
     if args.from_json:
         data = json.loads(args.from_json.read_text(encoding="utf-8"))
     else:

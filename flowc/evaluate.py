@@ -337,7 +337,7 @@ def sensitivity_table(base: Calibrated, update: str, skip: Sequence[str] = ("lm_
         start = time.perf_counter()
         table = measure_graph(base.gm, refs, base.calib, resolve_candidates(None),
                               ("none",) if kind == "none" else ("none", "obs"), 4096, 0.01,
-                              128, bar)
+                              128, bar, norms=base.norms)
         table.scale = kl_scales(base.gm, refs, base.norms, table, base.calib[:1])
         base.tables[kind] = table
         base.table_seconds[kind] = time.perf_counter() - start

@@ -296,8 +296,13 @@ def _candidates(spec: str | Sequence | None, ctx: CompileContext) -> list[Patter
 
 def measure_graph(gm: fx.GraphModule, refs: Sequence[LinearRef], windows: Sequence[tuple],
                   patterns: Sequence[Pattern], updates: Sequence[str], tokens: int,
-                  damp: float, blocksize: int, bar: bool = False) -> SensitivityTable:
-    """One layer-wise pass over `windows` of the (dense) graph: the table for `refs`."""
+                  damp: float, blocksize: int, bar: bool = False,
+                  norms: Mapping[str, np.ndarray] | None = None) -> SensitivityTable:
+    """One layer-wise pass over `windows` of the (dense) graph: the table for `refs`.
+
+    `norms` (layer -> ||X_j||, e.g. the `calibrate` pass's, over more windows) define the
+    Wanda masks when given, so the table prices the masks `nm-prune` will cut even when
+    `windows` is a subset of the calibration set."""
     from flowc.frontend.calibrate import run_layerwise
 
     todo = {r.node: r for r in refs}
@@ -311,6 +316,8 @@ def measure_graph(gm: fx.GraphModule, refs: Sequence[LinearRef], windows: Sequen
         if cache["key"] is not key:  # q/k/v and gate/up read one input: one Gram matrix
             cache.update(key=key, value=gram(inputs, tokens))
         h, norm, used = cache["value"]
+        if norms is not None and norms.get(ref.name) is not None:
+            norm = np.asarray(norms[ref.name])
         weight = get_param(gm, ref.weight_target).detach().to(torch.float64).numpy()
         table.shape[ref.name] = (int(weight.shape[0]), int(weight.shape[1]))
         table.errors[ref.name] = layer_errors(weight, h, norm, patterns, updates, damp,
@@ -319,6 +326,17 @@ def measure_graph(gm: fx.GraphModule, refs: Sequence[LinearRef], windows: Sequen
 
     run_layerwise(gm, windows, hook, bar=bar)
     return table
+
+
+def sensitivity_windows(windows: Sequence[tuple], count: int, tokens: int) -> Sequence[tuple]:
+    """`count` > 0: the first `count` windows; -1: the first windows that hold `tokens`
+    tokens (at least one); 0: all of them."""
+    if count > 0:
+        return windows[:count]
+    if count == -1 and tokens > 0 and windows:
+        per = max(1, int(windows[0][0].numel()))
+        return windows[:max(1, -(-tokens // per))]
+    return windows
 
 
 @register_pass
@@ -330,7 +348,10 @@ class Sensitivity(Pass):
     (which errors to measure; obs also measures none), `tokens` (Gram-matrix subsample, 0 =
     all), `skip` (layers left out, e.g. lm_head), `save` / `load` (a JSON table; `load` skips
     the measurement and checks the table covers the graph's layers), `damp`, `blocksize`,
-    `kl` = type | layer | none and `kl_windows` (end-to-end scales, see `kl_scales`).
+    `kl` = type | layer | none and `kl_windows` (end-to-end scales, see `kl_scales`),
+    `windows` (calibration windows the layer-wise pass runs: 0 = all, strided token subsample
+    for the Gram matrices; -1 = just enough whole windows for `tokens`, much faster; the
+    Wanda masks always use the `calibrate` pass's norms over every window when it ran).
     The table goes to `ctx.reports["sensitivity"]` and `ctx.options["sensitivity_table"]`.
     """
 
@@ -345,6 +366,7 @@ class Sensitivity(Pass):
     blocksize: int = 128
     kl: Literal["type", "layer", "none"] = "type"
     kl_windows: int = 1
+    windows: int = 0
 
     def __call__(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         if self.update not in UPDATES:
@@ -364,8 +386,11 @@ class Sensitivity(Pass):
             patterns = _candidates(self.candidates, ctx)
             ctx.log(f"sensitivity: {len(refs)} layers x {len(patterns)} patterns, "
                     f"updates {'+'.join(updates)}")
-            table = measure_graph(gm, refs, ctx.calib_inputs, patterns, updates, self.tokens,
-                                  self.damp, self.blocksize, bar=ctx.progress is not None)
+            windows = sensitivity_windows(ctx.calib_inputs, self.windows, self.tokens)
+            norms = {r.name: flowc_meta(r.node).get("input_norm") for r in refs}
+            table = measure_graph(gm, refs, windows, patterns, updates, self.tokens,
+                                  self.damp, self.blocksize, bar=ctx.progress is not None,
+                                  norms=norms)
             if self.kl != "none":
                 ctx.log(f"sensitivity: end-to-end scales per {self.kl} (KL on "
                         f"{self.kl_windows} window(s))")
