@@ -141,7 +141,9 @@ def timing(args: argparse.Namespace) -> dict:
     from flowc.passes.flow.sensitivity import kl_scales, measure_graph, sensitivity_windows
     from flowc.passes.graph import linear_nodes, select_layers
 
-    say = (lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
+    def say(msg: str) -> None:
+        print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
     base = prepare("hf:smollm2-135m", "brown", None, args.calib_windows, 1, args.seq_len,
                    say=say)
     refs, _ = select_layers(linear_nodes(base.gm), None, ("lm_head",), what="timing")
