@@ -18,15 +18,19 @@ from flowc.backend.reference_int8 import int8_reference
 from flowc.compiler import CompileOptions, compile_captured
 from flowc.errors import ImageError
 from flowc.frontend.load import capture, load_hf
+from flowc.runtime import vector
 from flowc.runtime.check import run_reference, top1_agreement
 from flowc.runtime.session import simulate
 from flowc.runtime.vector import quantise_per_token
 
 # measured: max |sim - int8 ref| / max |ref| = 1.6e-7 (llama), 2.1e-7 (gpt2), 1.5e-7 (bert);
-# the fp32 ops (norms, softmax, RoPE) differ by reassociation only
+# the fp32 ops (norms, softmax, SiLU, RoPE) differ by their kernels (torch vs ORT) only
 SIM_RTOL = 2e-6
 # measured: the int8 reference differs from the fp32 one by 5e-3 ... 1e-2 of max |ref|
 QUANT_MIN_RTOL = 1e-3
+# a code may differ only where both sides' x / s straddle a rounding tie: measured |sim - ref|
+# of x / s on the block example at most 3.8e-5 steps (torch vs ORT kernels, docs/numerics.md)
+TIE_STEPS = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +57,76 @@ def op_counts(onnx_bytes: bytes) -> collections.Counter:
     return collections.Counter(n.op_type for n in onnx.load_from_string(onnx_bytes).graph.node)
 
 
+def reference_quant_points(onnx_bytes: bytes, inputs: list) -> tuple[list, list]:
+    """ORT's per-token quantisations in graph order, as (x / s, q) pairs, and its outputs.
+
+    The quant subgraphs' Round input (x / s) and int8 Cast output become extra graph outputs.
+    """
+    model = onnx.load_from_string(onnx_bytes)
+    quant = [n for n in model.graph.node if "/quant-1/" in n.name]
+    ratios = [n.input[0] for n in quant if n.op_type == "Round"]
+    codes = [n.output[0] for n in quant if n.op_type == "Cast"]
+    n_out = len(model.graph.output)
+    model.graph.output.extend(helper.make_empty_tensor_value_info(t)
+                              for pair in zip(ratios, codes, strict=True) for t in pair)
+    outs = run_reference(model.SerializeToString(), inputs)
+    return list(zip(outs[n_out::2], outs[n_out + 1::2], strict=True)), outs[:n_out]
+
+
+def simulate_at_ties(image, inputs: list, points: list, monkeypatch) -> tuple[list, list]:
+    """The int8 simulation, taking ORT's code wherever the two sides straddle a rounding tie.
+
+    Each `v.quant` is paired with ORT's quantisation of the same tensor (same order). A code
+    may differ only by one step and only where the two x / s agree to TIE_STEPS (last-bit float32
+    differences at a .5 boundary); any other difference fails here. Returns the outputs and
+    the number of codes taken from ORT per quantisation.
+    """
+    own, ref = vector.quantise_per_token, iter(points)
+    forced: list[int] = []
+
+    def quantise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        q, s = own(x)
+        r_ref, q_ref = next(ref)
+        assert q.shape == q_ref.shape, (len(forced), q.shape, q_ref.shape)
+        differ = q != q_ref
+        tie = differ & (np.abs(x / s[..., None] - r_ref) <= TIE_STEPS) & \
+            (np.abs(q.astype(np.int16) - q_ref) == 1)
+        assert np.array_equal(differ, tie), f"quantisation {len(forced)}: codes differ off a tie"
+        forced.append(int(tie.sum()))
+        return np.where(tie, q_ref, q), s
+
+    monkeypatch.setattr(vector, "quantise_per_token", quantise)
+    sim, _ = simulate(image, inputs, numerics="int8", account=False)
+    monkeypatch.undo()
+    assert len(forced) == len(points)
+    return sim, forced
+
+
 @pytest.mark.parametrize("name", ["mlp", "block"])
-def test_examples_match_the_simulator_bit_for_bit(compiled, name):
-    """MLP: only linears, ReLU and bias adds (no reordered fp32 op): identical bits."""
+def test_examples_match_the_simulator_bit_for_bit(compiled, name, monkeypatch):
+    """MLP: only linears, ReLU and bias adds (no reordered fp32 op): identical bits.
+
+    Block: LayerNorm, GELU, SiLU and softmax are torch kernels in the simulator and ORT kernels
+    in the reference; with equal inputs they differ in the last bits (docs/numerics.md). Every int8
+    code agrees except where x / s straddles a rounding tie; with ORT's code taken there, the
+    outputs agree to SIM_RTOL.
+    """
     image = compiled(name, (2, 4))
+    samples = list(image.samples)
     sim, ref8, ref32 = outputs(image)
+    points, ref8_seen = reference_quant_points(int8_reference(image), samples)
+    np.testing.assert_array_equal(ref8_seen[0], ref8[0])  # the extra outputs change nothing
+    sim_tied, forced = simulate_at_ties(image, samples, points, monkeypatch)
     if name == "mlp":
+        assert sum(forced) == 0
         np.testing.assert_array_equal(sim[0], ref8[0])
+    # a tie is hit rarely (measured on block: 1 code of 24,576)
+    assert sum(forced) <= 1e-3 * sum(q.size for _, q in points)
     scale = np.abs(ref8[0]).max()
-    assert np.abs(sim[0] - ref8[0]).max() <= SIM_RTOL * scale
+    assert np.abs(sim_tied[0] - ref8[0]).max() <= SIM_RTOL * scale
     assert np.abs(ref8[0] - ref32[0]).max() >= QUANT_MIN_RTOL * scale
     gemms = sum(1 for i in image.layers if i.kind == "gemm")
+    assert len(points) == gemms
     counts = op_counts(int8_reference(image))
     assert counts["MatMulInteger"] == gemms and counts["Gemm"] == counts["MatMul"] == 0
 
