@@ -114,7 +114,8 @@ def run(args: argparse.Namespace, data: dict, save) -> dict:
         for target in args.targets:
             for spec, note in rows_for(target, update, args.search):
                 key = f"{target}|{spec.name()}"
-                if key in done or (args.methods and spec.method not in args.methods):
+                if key in done or (args.methods and spec.method not in args.methods) or \
+                        (args.labels and spec.name() not in args.labels):
                     continue
                 r, spec, note = _run_feasible(run_method, base, spec, note, say)
                 row = {**r.to_dict(), "key": key, "row": f"{target}", "note": note,
@@ -291,6 +292,8 @@ def main() -> int:
                    help="nm-search options (pipeline syntax)")
     p.add_argument("--methods", type=lambda s: s.split(","), default=None,
                    help="only these methods (e.g. uniform,owl,flow); with --resume fills in")
+    p.add_argument("--labels", type=lambda s: s.split(","), default=None,
+                   help="only rows with these labels (e.g. 'uniform 4:8 +OBS,measured-search +OBS')")
     p.add_argument("--quick", action="store_true", help="tiny llama on pydoc (smoke test)")
     p.add_argument("--timing", action="store_true",
                    help="only the selection time vs the calibration forward (and peak RSS)")
