@@ -28,6 +28,7 @@ def _nll(gm, windows):
     return total / count
 
 
+@pytest.mark.slow
 def test_compile_reports_dense_and_pruned_perplexity_and_flowrun_prints_them():
     from flowc.runtime.session import _language_notes, check_against_references, simulate
 

@@ -156,6 +156,7 @@ def test_cost_uses_the_scale_of_the_patterns_sparsity_level():
     assert again.cost("a", (2, 8)) == t.cost("a", (2, 8))
 
 
+@pytest.mark.slow
 def test_kl_scales_reproduce_the_measured_kl_of_each_group():
     from flowc.frontend.load import load_hf
     from flowc.passes.base import CompileContext, PassManager
