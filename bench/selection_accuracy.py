@@ -150,7 +150,7 @@ def timing(args: argparse.Namespace) -> dict:
     refs, _ = select_layers(linear_nodes(base.gm), None, ("lm_head",), what="timing")
     cands = resolve_candidates(None)
     out: dict = {"calib_windows": args.calib_windows, "seq_len": args.seq_len, "rows": []}
-    for rnd in range(2):  # forward, table, table-fast, forward again: drift shows up
+    for rnd in range(args.rounds):  # forward, table, table-fast (per round)
         t0 = time.perf_counter()
         collect_input_norms(base.gm, base.calib)
         fwd = time.perf_counter() - t0
@@ -295,6 +295,7 @@ def main() -> int:
     p.add_argument("--labels", type=lambda s: s.split(","), default=None,
                    help="only rows with these labels (e.g. 'uniform 4:8 +OBS,measured-search +OBS')")
     p.add_argument("--quick", action="store_true", help="tiny llama on pydoc (smoke test)")
+    p.add_argument("--rounds", type=int, default=1, help="--timing: repetitions")
     p.add_argument("--timing", action="store_true",
                    help="only the selection time vs the calibration forward (and peak RSS)")
     p.add_argument("--write", action="store_true", help="update docs/results.md and the plot")
