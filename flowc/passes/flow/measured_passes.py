@@ -53,6 +53,25 @@ def candidates_for(table: SensitivityTable, spec: Any, ctx: CompileContext) -> l
     return keep
 
 
+def _measured_plan(sel: Any, gm: fx.GraphModule, ctx: CompileContext, table: SensitivityTable,
+                   candidates: Any, update: str) -> tuple[tuple, list[Pattern], MeasuredProblem]:
+    """The units of a measured selection pass and its problem (shared by both passes):
+    (the _Selector plan, candidates, MeasuredProblem with the pass's budgets)."""
+    plan = sel._plan(gm, False)
+    refs, unit_of, units, fixed, _ = plan
+    members: dict[str, list[str]] = {}
+    for ref in refs:
+        members.setdefault(unit_of[ref.name], []).append(ref.name)
+    missing = [r.name for r in refs if r.name not in table.shape]
+    if missing:
+        raise UsageError(f"{sel.name}: the sensitivity table lacks {', '.join(missing[:4])}"
+                         " (was it measured with another skip list?)")
+    cands = candidates_for(table, candidates, ctx)
+    prob = measured_problem(table, [u.name for u in units], cands, fixed, sel.target,
+                            sel.tolerance, update, ctx.price, sel.latency, sel.energy, members)
+    return plan, cands, prob
+
+
 def solve(prob: MeasuredProblem, solver: str) -> Any:
     if solver == "exact":
         return solve_exact(prob)
@@ -93,18 +112,8 @@ class MeasuredSelect(_Selector):
         if self.update not in table.updates:
             raise UsageError(f"{self.name}: update={self.update} needs "
                              f"sensitivity{{update=obs}} (the table has {list(table.updates)})")
-        refs, unit_of, units, fixed, dense = self._plan(gm, False)
-        members: dict[str, list[str]] = {}
-        for ref in refs:
-            members.setdefault(unit_of[ref.name], []).append(ref.name)
-        missing = [r.name for r in refs if r.name not in table.shape]
-        if missing:
-            raise UsageError(f"{self.name}: the sensitivity table lacks {', '.join(missing[:4])}"
-                             " (was it measured with another skip list?)")
-        cands = candidates_for(table, self.candidates, ctx)
-        prob = measured_problem(table, [u.name for u in units], cands, fixed, self.target,
-                                self.tolerance, self.update, ctx.price, self.latency,
-                                self.energy, members)
+        plan, cands, prob = _measured_plan(self, gm, ctx, table, self.candidates, self.update)
+        refs, unit_of, units, _, dense = plan
         ctx.log(f"{self.name}: {len(prob.names)} units x {len(cands)} patterns, "
                 f"{len(prob.budgets)} hardware budgets")
         sel = solve(prob, self.solver)
@@ -153,14 +162,11 @@ class NMSearch(_Selector):
         from .search import KLScorer, evolve, levels, score_item
 
         table = table_of(ctx, self.name)
-        refs, unit_of, units, fixed, dense = self._plan(gm, False)
+        plan, cands, prob = _measured_plan(self, gm, ctx, table, "default", "none")
+        refs, unit_of, units, _, dense = plan
         members: dict[str, list[str]] = {}
         for ref in refs:
             members.setdefault(unit_of[ref.name], []).append(ref.name)
-        cands = candidates_for(table, "default", ctx)
-        prob = measured_problem(table, [u.name for u in units], cands, fixed, self.target,
-                                self.tolerance, "none", ctx.price, self.latency, self.energy,
-                                members)
         if not ctx.calib_inputs:
             raise UsageError(f"{self.name}: needs calibration inputs (the KL windows)")
         starts = self._starts(refs, unit_of, prob)
