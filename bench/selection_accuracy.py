@@ -228,6 +228,12 @@ def summary_lines(data: dict) -> list[str]:
             out.append(f"- search @ {row['row']} ({row['update']}): {srch.get('seconds', 0):.1f}"
                        f" s, {srch.get('generations', 0)} generations, KL "
                        f"{srch.get('start', 0):.5f} -> {srch.get('kl', 0):.5f}")
+    for name, run in data.get("extra_runs", {}).items():  # rows measured in other processes
+        warm, tables = run.get("calib_seconds_warm") or 0.0, run.get("table_seconds") or {}
+        for kind, sec in tables.items():
+            out.append(f"- run `{name}` (its own process, same setting): calibration forward "
+                       f"{warm:.1f} s warm, sensitivity table ({kind}) {sec:.1f} s = "
+                       f"{sec / warm:.2f} x")
     out.append(f"- peak memory (max RSS, all rows in one process): "
                f"{data.get('peak_rss_mb', 0):.0f} MB")
     return out
