@@ -349,9 +349,10 @@ class Sensitivity(Pass):
     all), `skip` (layers left out, e.g. lm_head), `save` / `load` (a JSON table; `load` skips
     the measurement and checks the table covers the graph's layers), `damp`, `blocksize`,
     `kl` = type | layer | none and `kl_windows` (end-to-end scales, see `kl_scales`),
-    `windows` (calibration windows the layer-wise pass runs: 0 = all, strided token subsample
-    for the Gram matrices; -1 = just enough whole windows for `tokens`, much faster; the
-    Wanda masks always use the `calibrate` pass's norms over every window when it ran).
+    `windows` (calibration windows the layer-wise pass runs: -1, the default = just enough
+    whole windows for `tokens`; 0 = all, with a strided token subsample for the Gram
+    matrices, 1.6x slower on SmolLM2; the Wanda masks always use the `calibrate` pass's
+    norms over every window when it ran).
     The table goes to `ctx.reports["sensitivity"]` and `ctx.options["sensitivity_table"]`.
     """
 
@@ -366,7 +367,7 @@ class Sensitivity(Pass):
     blocksize: int = 128
     kl: Literal["type", "layer", "none"] = "type"
     kl_windows: int = 1
-    windows: int = 0
+    windows: int = -1
 
     def __call__(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         if self.update not in UPDATES:
