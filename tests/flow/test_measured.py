@@ -178,3 +178,14 @@ def test_kl_scales_reproduce_the_measured_kl_of_each_group():
     scorer.restore()
     predicted = sum(table.cost(r.name, (4, 8)) for r in ups)
     assert kl > 0 and predicted == pytest.approx(kl, rel=1e-6)
+
+
+def test_sensitivity_windows_cover_the_gram_tokens():
+    from flowc.passes.flow.sensitivity import sensitivity_windows
+
+    wins = [(torch.zeros(1, 512, dtype=torch.long),) for _ in range(32)]
+    assert len(sensitivity_windows(wins, -1, 4096)) == 8  # 8 x 512 = 4096 tokens
+    assert len(sensitivity_windows(wins, -1, 100)) == 1
+    assert len(sensitivity_windows(wins, 0, 4096)) == 32
+    assert len(sensitivity_windows(wins, 3, 4096)) == 3
+    assert len(sensitivity_windows(wins, -1, 0)) == 32  # tokens=0: every token, every window
