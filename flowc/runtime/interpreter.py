@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -348,11 +349,38 @@ def _writable(a: np.ndarray) -> np.ndarray:
 
 
 def int8_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Exact int32 a @ b of two 2-D int8 arrays: the macro's arithmetic, on the host's int8
-    GEMM (torch._int_mm: VNNI where the CPU has it, 4-5x faster than float32 BLAS here)."""
+    """Exact int32 a @ b of two 2-D int8 arrays: the macro's arithmetic on the host's fastest
+    exact path. torch._int_mm is 4-5x faster than float32 BLAS on CPUs with VNNI, but ~100x
+    slower on CPUs without it (a fallback kernel: 87 ms per SmolLM2 GEMM on a 2-core AVX2
+    EPYC); exact_int_matmul (float32 BLAS in exact K chunks) gives the same bits. Which one
+    this host runs is measured once (`int8_backend`)."""
+    if int8_backend() == "float32-chunks":
+        return exact_int_matmul(a, b)
     ta = torch.from_numpy(_writable(np.ascontiguousarray(a, dtype=np.int8)))
     tb = torch.from_numpy(_writable(np.ascontiguousarray(b, dtype=np.int8)))
     return torch._int_mm(ta, tb).numpy()
+
+
+_INT8_BACKEND: list[str] = []
+
+
+def int8_backend() -> str:
+    """'int_mm' or 'float32-chunks': the faster exact int8 GEMM on this host, timed once on a
+    SmolLM2-sized product (both are exact, so the choice changes speed, never results)."""
+    if not _INT8_BACKEND:
+        rng = np.random.default_rng(0)
+        a = rng.integers(-127, 128, (128, 576), dtype=np.int8)
+        b = rng.integers(-127, 128, (576, 576), dtype=np.int8)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        torch._int_mm(ta, tb)  # warm both paths once
+        exact_int_matmul(a, b)
+        t0 = time.perf_counter()
+        torch._int_mm(ta, tb)
+        t1 = time.perf_counter()
+        exact_int_matmul(a, b)
+        t2 = time.perf_counter()
+        _INT8_BACKEND.append("int_mm" if t1 - t0 <= t2 - t1 else "float32-chunks")
+    return _INT8_BACKEND[0]
 
 
 def exact_int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from flowc import isa
 from flowc.backend.image import Image, IOSpec, LayerInfo
 from flowc.backend.pack import geometry_for, pack
 from flowc.machine import load_machine
+from flowc.runtime import interpreter
 from flowc.runtime.check import compare, cosine, top1_agreement
 from flowc.runtime.cost import CostModel
 from flowc.runtime.events import ExecEvent
@@ -38,6 +39,10 @@ def test_int8_matmuls_are_exact():
     b = rng.integers(-127, 128, (1500, 7)).astype(np.int8)
     want = a.astype(np.int64) @ b.astype(np.int64)
     np.testing.assert_array_equal(int8_matmul(a, b), want)
+    for backend in ("int_mm", "float32-chunks"):  # whichever this host picks, both are exact
+        interpreter._INT8_BACKEND[:] = [backend]
+        np.testing.assert_array_equal(int8_matmul(a, b), want)
+    interpreter._INT8_BACKEND.clear()
     np.testing.assert_array_equal(exact_int_matmul(a, b), want)
     batched = exact_int_matmul(a[None, :, :64].repeat(3, 0), b[None, :64].repeat(3, 0))
     np.testing.assert_array_equal(batched[1], a[:, :64].astype(np.int64) @ b[:64])
