@@ -74,7 +74,7 @@ def investigate_rows(target: float):
 
 def run(args: argparse.Namespace) -> dict:
     from flowc.evaluate import dense_result, peak_rss_mb, prepare
-    from flowc.frontend.calibrate import collect_input_norms
+    from flowc.passes.calibrate import collect_input_norms
 
     def say(msg: str) -> None:
         print(f"[bench] {msg}", file=sys.stderr, flush=True)

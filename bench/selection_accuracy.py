@@ -90,7 +90,7 @@ def run(args: argparse.Namespace, data: dict, save) -> dict:
     base = prepare(model, text, None, args.calib_windows, args.eval_windows, args.seq_len,
                    bar=True, say=say)
     warm = time.perf_counter()  # again, warm: the first forwards of a process are slow
-    from flowc.frontend.calibrate import collect_input_norms
+    from flowc.passes.calibrate import collect_input_norms
 
     collect_input_norms(base.gm, base.calib)
     data.update(model=model, text=text, seq_len=args.seq_len, calib_windows=args.calib_windows,
@@ -136,7 +136,7 @@ def timing(args: argparse.Namespace) -> dict:
     the sensitivity table over all windows (strided token subsample, the default) and over
     just enough windows for the Gram matrices (`windows=-1`), each + the ILP at every target."""
     from flowc.evaluate import peak_rss_mb, prepare
-    from flowc.frontend.calibrate import collect_input_norms
+    from flowc.passes.calibrate import collect_input_norms
     from flowc.passes.flow.measured import measured_problem, solve_ilp
     from flowc.passes.flow.problem import resolve_candidates
     from flowc.passes.flow.sensitivity import kl_scales, measure_graph, sensitivity_windows

@@ -256,7 +256,7 @@ def calibrate_dense(gm: fx.GraphModule, calib: list[tuple[torch.Tensor, ...]],
     of "the calibration forward passes alone"."""
     from tqdm import tqdm
 
-    from flowc.frontend.calibrate import collect_input_norms
+    from flowc.passes.calibrate import collect_input_norms
 
     with tqdm(total=len(calib), desc="calibrate", unit="win", disable=not bar,
               leave=False) as progress:

@@ -11,7 +11,7 @@ Two ways to run (SPEC 2.1, 2.7):
 - one-shot (default): every layer is scored with the `input_norm` of the `calibrate` pass (the
   dense model's activations) and pruned in place; the kept weights keep their values.
 - `sequential=true`: the calibration windows run through the graph node by node
-  (`flowc.frontend.calibrate.run_layerwise`); each layer is pruned when execution reaches it,
+  (`flowc.passes.calibrate.run_layerwise`); each layer is pruned when execution reaches it,
   with norms of *its* inputs, which already flow through the pruned earlier layers (Wanda's
   and SparseGPT's sequential scheme; here at the finest grain: per linear, not per block).
   Selection statistics stay those of the dense `calibrate` pass.
@@ -265,7 +265,7 @@ class NMPrune(Pass):
     def _run_layerwise(self, gm: fx.GraphModule, ctx: CompileContext,
                        todo: dict[fx.Node, tuple[LinearRef, tuple[int, int]]],
                        report: dict[str, Any]) -> None:
-        from flowc.frontend.calibrate import run_layerwise
+        from flowc.passes.calibrate import run_layerwise
 
         stats = _WindowStats(hessian=self.update == "obs")
 

@@ -20,7 +20,7 @@ ENTRY_POINT_GROUP = "flowc.passes"
 
 # Modules whose import registers the built-in passes. Add a module here when you add a pass.
 BUILTIN_MODULES: tuple[str, ...] = (
-    "flowc.frontend.calibrate",
+    "flowc.passes.calibrate",
     "flowc.passes.prune",
     "flowc.passes.verify",
     "flowc.passes.quantize",

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowc.frontend.calibrate import Calibrate
+from flowc.passes.calibrate import Calibrate
 from flowc.passes import registry
 from flowc.passes.base import Pass
 from flowc.passes.pipeline import PipelineError, format_pipeline, parse_pipeline

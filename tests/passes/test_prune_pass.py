@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from flowc.frontend.calibrate import Calibrate
+from flowc.passes.calibrate import Calibrate
 from flowc.passes.base import CompileContext, PassError, PassManager
 from flowc.passes.graph import flowc_meta, get_param, linear_nodes
 from flowc.passes.prune import NMPrune, nm_mask

@@ -303,7 +303,7 @@ def measure_graph(gm: fx.GraphModule, refs: Sequence[LinearRef], windows: Sequen
     `norms` (layer -> ||X_j||, e.g. the `calibrate` pass's, over more windows) define the
     Wanda masks when given, so the table prices the masks `nm-prune` will cut even when
     `windows` is a subset of the calibration set."""
-    from flowc.frontend.calibrate import run_layerwise
+    from flowc.passes.calibrate import run_layerwise
 
     todo = {r.node: r for r in refs}
     table = SensitivityTable(updates=tuple(updates))
