@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flowc.analytic import analyse, uniform  # noqa: E402
 from flowc.machine import load_machine  # noqa: E402
+from flowc.studies.analytic import analyse, uniform  # noqa: E402
 
 LIMIT_S = 10.0
 

@@ -42,7 +42,7 @@ def _reexec_with_malloc_env() -> None:
 def main_rows(target: float):
     """(spec, note) rows for one target. Uniform patterns cannot move: at 0.6 the nearest
     feasible uniform N:M are stated instead of silently reusing 0.5."""
-    from flowc.evaluate import MethodSpec as S
+    from flowc.studies.evaluate import MethodSpec as S
 
     if target == 0.5:
         rows = [(S("uniform", 0.5, nm=(2, 4)), ""), (S("uniform", 0.5, nm=(4, 8)), "")]
@@ -58,7 +58,7 @@ def main_rows(target: float):
 
 def investigate_rows(target: float):
     """Why FLOW loses to uniform N:M here: one change at a time against the `flow` row."""
-    from flowc.evaluate import MethodSpec as S
+    from flowc.studies.evaluate import MethodSpec as S
 
     return [(S("flow", target), "reference: same as the main table's flow row"),
             (S("flow", target, extra="candidates=repo", label="flow cand=repo"),
@@ -73,8 +73,8 @@ def investigate_rows(target: float):
 
 
 def run(args: argparse.Namespace) -> dict:
-    from flowc.evaluate import dense_result, peak_rss_mb, prepare
     from flowc.passes.calibrate import collect_input_norms
+    from flowc.studies.evaluate import dense_result, peak_rss_mb, prepare
 
     def say(msg: str) -> None:
         print(f"[bench] {msg}", file=sys.stderr, flush=True)
@@ -115,8 +115,8 @@ def _run_feasible(base, spec, note: str, say):
     """run_method; an infeasible target is retried at the closest achievable one (stated)."""
     from dataclasses import replace
 
-    from flowc.evaluate import run_method
     from flowc.passes.flow import InfeasibleTarget
+    from flowc.studies.evaluate import run_method
 
     try:
         return run_method(base, spec, bar=True, progress=say), spec, note

@@ -4,7 +4,7 @@
     .venv/bin/python bench/hw_compare.py --write    # also replace them in docs/results.md
     .venv/bin/python bench/hw_compare.py --flow-json sel.json   # a real FLOW selection
 
-Everything is analytic mode (flowc.analytic) on LLaMA-2-7B shapes: prefill of 2048 tokens and
+Everything is analytic mode (flowc.studies.analytic) on LLaMA-2-7B shapes: prefill of 2048 tokens and
 one decode step over a 2048-token KV cache, Linear layers only (the attention act x act
 matmuls are dense on every target; they are reported once, separately). The FLOW-like mixes
 are a documented stand-in unless --flow-json is given: FLOW's own ILP (flowc.passes.flow
@@ -24,16 +24,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flowc.analytic import (  # noqa: E402
+from flowc.machine import load_machine  # noqa: E402
+from flowc.passes.flow import select_nm  # noqa: E402
+from flowc.studies.analytic import (  # noqa: E402
     Assignment,
     analyse,
     load_assignment,
     scale_blocks,
     uniform,
 )
-from flowc.analytic_models import linear_gemms, shapes_of  # noqa: E402
-from flowc.machine import load_machine  # noqa: E402
-from flowc.passes.flow import select_nm  # noqa: E402
+from flowc.studies.analytic_models import linear_gemms, shapes_of  # noqa: E402
 
 MODEL = "llama-2-7b"
 TOKENS = 2048

@@ -21,13 +21,13 @@ import argparse
 import statistics
 import time
 
-from flowc.compiler import CompileOptions, compile_captured, parse_nm
-from flowc.examples import build
 from flowc.frontend.load import capture
 from flowc.runtime.check import ort_session, run_reference
 from flowc.runtime.interpreter import Interpreter
 from flowc.runtime.report import CostListener
 from flowc.runtime.session import MemoCostModel, cost_model_for
+from flowc.studies.compiler import CompileOptions, compile_captured, parse_nm
+from flowc.studies.examples import build
 
 
 def main() -> None:

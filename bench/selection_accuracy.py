@@ -51,7 +51,7 @@ def _reexec_with_malloc_env() -> None:
 
 def rows_for(target: float, update: str, search: str):
     """(spec, note) rows for one target and weight update."""
-    from flowc.evaluate import MethodSpec as S
+    from flowc.studies.evaluate import MethodSpec as S
 
     if target == 0.5:
         uniform = [(S("uniform", 0.5, nm=(4, 8), update=update), "FlexCiM-native"),
@@ -72,8 +72,8 @@ def rows_for(target: float, update: str, search: str):
 
 def hardware(selection: dict) -> dict:
     """Latency (ms) and energy (uJ) of a 128-token SmolLM2 prefill on the shipped machine."""
-    from flowc.analytic import analyse, assignment_from_dict
     from flowc.machine import load_machine
+    from flowc.studies.analytic import analyse, assignment_from_dict
 
     assign = assignment_from_dict({"layers": selection.get("layers", {})}, "selection")
     rep = analyse("smollm2-135m", load_machine("flexcim"), assign, tokens=PREFILL_TOKENS)
@@ -81,7 +81,7 @@ def hardware(selection: dict) -> dict:
 
 
 def run(args: argparse.Namespace, data: dict, save) -> dict:
-    from flowc.evaluate import dense_result, peak_rss_mb, prepare, run_method, sensitivity_table
+    from flowc.studies.evaluate import dense_result, peak_rss_mb, prepare, run_method, sensitivity_table
 
     def say(msg: str) -> None:
         print(f"[bench] {msg}", file=sys.stderr, flush=True)
@@ -135,12 +135,12 @@ def timing(args: argparse.Namespace) -> dict:
     """Selection cost against the calibration forward passes, side by side in one process:
     the sensitivity table over all windows (strided token subsample, the default) and over
     just enough windows for the Gram matrices (`windows=-1`), each + the ILP at every target."""
-    from flowc.evaluate import peak_rss_mb, prepare
     from flowc.passes.calibrate import collect_input_norms
     from flowc.passes.flow.measured import measured_problem, solve_ilp
     from flowc.passes.flow.problem import resolve_candidates
     from flowc.passes.flow.sensitivity import kl_scales, measure_graph, sensitivity_windows
     from flowc.passes.graph import linear_nodes, select_layers
+    from flowc.studies.evaluate import peak_rss_mb, prepare
 
     def say(msg: str) -> None:
         print(f"[bench] {msg}", file=sys.stderr, flush=True)

@@ -40,8 +40,8 @@ from flowc.runtime.session import FastCostListener, MemoCostModel, cost_model_fo
 def ensure_fcim(path: Path, nm: str) -> None:
     if path.exists():
         return
-    from flowc.compiler import CompileOptions, compile_captured, parse_nm, stderr_progress
     from flowc.frontend.load import load_hf
+    from flowc.studies.compiler import CompileOptions, compile_captured, parse_nm, stderr_progress
 
     path.parent.mkdir(parents=True, exist_ok=True)
     cap = load_hf("hf:smollm2-135m", progress=stderr_progress)

@@ -70,8 +70,8 @@ def _foreign_exit_code(exc: Exception) -> int:
 # -- flowc compile -----------------------------------------------------------------------------
 def cmd_compile(args: argparse.Namespace) -> int:
     from flowc.backend.container import save
-    from flowc.compiler import CompileOptions, compile_captured, parse_nm, stderr_progress
     from flowc.frontend.load import HF_PREFIX, check_hf_source, is_hf_source, load_hf, load_model
+    from flowc.studies.compiler import CompileOptions, compile_captured, parse_nm, stderr_progress
 
     hf = is_hf_source(args.model)
     # hf:ORG/NAME, hf:/path/folder, hf:file.gguf -> NAME.fcim / folder.fcim / file.fcim here
@@ -166,7 +166,7 @@ def cmd_asm(args: argparse.Namespace) -> int:
 
 
 def cmd_example(args: argparse.Namespace) -> int:
-    from flowc.examples import save_example
+    from flowc.studies.examples import save_example
 
     out = args.output or f"{args.name}.pt2"
     save_example(args.name, out, seed=args.seed)

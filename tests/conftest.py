@@ -8,9 +8,9 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def compiled():
     """compiled(name, nm, score) -> Image of a built-in example, cached for the session."""
-    from flowc.compiler import CompileOptions, compile_captured
-    from flowc.examples import build
     from flowc.frontend.load import capture
+    from flowc.studies.compiler import CompileOptions, compile_captured
+    from flowc.studies.examples import build
 
     cache = {}
 

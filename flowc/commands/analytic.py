@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 
 def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -> None:
-    from flowc.analytic_models import BUILTIN_CONFIGS
+    from flowc.studies.analytic_models import BUILTIN_CONFIGS
 
     p = subparsers.add_parser(
         "analytic", help="cycles/energy of a model from its config alone (no weights)",
@@ -34,13 +34,13 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from flowc.analytic import analyse_targets, load_assignment, ratio_rows, scale_blocks, uniform
-    from flowc.analytic_models import shapes_of
     from flowc.commands.compare import write_json
-    from flowc.compare import parse_targets
-    from flowc.compiler import parse_nm
     from flowc.errors import UsageError
     from flowc.machine import load_machine
+    from flowc.studies.analytic import analyse_targets, load_assignment, ratio_rows, scale_blocks, uniform
+    from flowc.studies.analytic_models import shapes_of
+    from flowc.studies.compare import parse_targets
+    from flowc.studies.compiler import parse_nm
 
     if args.tokens < 1 or (args.kv_len is not None and args.kv_len < 1):
         raise UsageError("--tokens and --kv-len must be positive")

@@ -1,4 +1,4 @@
-"""`flowc compare MODEL`: FlexCiM against the baselines on one model (flowc.compare)."""
+"""`flowc compare MODEL`: FlexCiM against the baselines on one model (flowc.studies.compare)."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def write_json(path: str, data: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flowc.compare import compare_model, parse_targets
-    from flowc.compiler import parse_nm, stderr_progress
+    from flowc.studies.compare import compare_model, parse_targets
+    from flowc.studies.compiler import parse_nm, stderr_progress
 
     targets = parse_targets(args.targets)
     cmp = compare_model(args.model, targets, nm=parse_nm(args.nm) if args.nm else None,

@@ -5,7 +5,7 @@
 
 Calibrates on the first 90 % of --calib-text, evaluates on the last 10 % (or on all of
 --eval-text when that is another source), prunes with the same passes `flowc compile` runs
-(`flowc.evaluate.method_pipeline`) and prints target vs achieved sparsity, per layer and
+(`flowc.studies.evaluate.method_pipeline`) and prints target vs achieved sparsity, per layer and
 overall, next to the perplexity of the dense and the pruned model.
 """
 
@@ -76,8 +76,8 @@ def _write_json(path: str, data: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flowc.compiler import parse_nm, stderr_progress
-    from flowc.evaluate import MethodSpec, dense_result, peak_rss_mb, prepare, run_method
+    from flowc.studies.compiler import parse_nm, stderr_progress
+    from flowc.studies.evaluate import MethodSpec, dense_result, peak_rss_mb, prepare, run_method
 
     say = None if args.quiet else stderr_progress
     nm = parse_nm(args.nm) if args.nm else None

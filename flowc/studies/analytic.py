@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from flowc import isa
-from flowc.analytic_models import Gemm, attention_gemms, linear_gemms, shapes_of
 from flowc.backend.image import LayerInfo
 from flowc.backend.pack import geometry_for
 from flowc.errors import UsageError
@@ -40,6 +39,7 @@ from flowc.machine import MachineConfig
 from flowc.runtime.cost import CostModel
 from flowc.runtime.events import ExecEvent, LoopEvent
 from flowc.runtime.report import CostListener, LayerCost
+from flowc.studies.analytic_models import Gemm, attention_gemms, linear_gemms, shapes_of
 
 Pattern = tuple[int, int]
 PHASES = ("prefill", "decode")

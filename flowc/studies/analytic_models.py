@@ -1,6 +1,6 @@
 """GEMM layer lists built from a `transformers` config alone (no weights, no model object).
 
-Analytic mode (`flowc.analytic`) needs only the shapes of every static-weight GEMM, in the
+Analytic mode (`flowc.studies.analytic`) needs only the shapes of every static-weight GEMM, in the
 order the lowering would run them, and which of them share an input (the lowering quantises a
 buffer once, so q/k/v and gate/up share one `v.quant`). Building a 70B model, even on the meta
 device, is slower than writing the list down from the hyper-parameters, so we do the latter.

@@ -6,7 +6,7 @@ applied by the lowering), executed by the same interpreter with cost accounting,
 on latency, energy and EDP. All targets run the same int8 model, so their outputs must agree
 (the integer GEMMs are exact): a disagreement is an error, not a footnote.
 
-    from flowc.compare import compare_model
+    from flowc.studies.compare import compare_model
     cmp = compare_model("model.pt2", ["flexcim", "dcim-dense"], nm=(1, 8))
     print(cmp.render()); cmp.plot("cycles.png")
 """
@@ -186,7 +186,7 @@ def compare_captured(cap, targets: Sequence[str], opts, progress: Callable | Non
                      calib: list | None = None, inputs: Sequence[np.ndarray] | None = None
                      ) -> Comparison:
     """Prune/quantise `cap` once (passes of `opts`), lower and run it on every target."""
-    from flowc.compiler import calibration_inputs, default_pipeline, resolve_machine, run_passes
+    from flowc.studies.compiler import calibration_inputs, default_pipeline, resolve_machine, run_passes
 
     pipeline = opts.pipeline or default_pipeline(opts)
     if calib is None:
@@ -227,8 +227,8 @@ def compare_model(path: str, targets: Sequence[str] | str | None = None,
                   primary: str = PRIMARY, progress: Callable | None = None,
                   **load_kwargs: Any) -> Comparison:
     """Load a model file and compare it on `targets` (default: all built-ins)."""
-    from flowc.compiler import CompileOptions
     from flowc.frontend.load import load_model
+    from flowc.studies.compiler import CompileOptions
 
     names = parse_targets(targets)
     opts = CompileOptions(nm=nm, pipeline=pipeline, target=primary, reference=False,

@@ -118,9 +118,9 @@ def choose_calibration(cap: Captured, opts: CompileOptions, calib: list | None,
 
 
 def run_passes(cap: Captured, pipeline: str, machine, calib, progress) -> dict:
-    from flowc.analytic import gemm_pricer, tokens_of
     from flowc.passes.base import CompileContext, PassManager
     from flowc.passes.pipeline import parse_pipeline
+    from flowc.studies.analytic import gemm_pricer, tokens_of
 
     passes = parse_pipeline(pipeline)
     ctx = CompileContext(example_inputs=cap.example_inputs, calib_inputs=calib,

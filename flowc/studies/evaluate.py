@@ -264,8 +264,8 @@ def calibrate_dense(gm: fx.GraphModule, calib: list[tuple[torch.Tensor, ...]],
         by_node = collect_input_norms(gm, calib, progress=lambda _msg: progress.update(1))
         seconds = time.perf_counter() - start
     norms = {r.name: by_node[r.node.name] for r in linear_nodes(gm)}
-    from flowc.analytic import gemm_pricer
     from flowc.machine import load_machine
+    from flowc.studies.analytic import gemm_pricer
 
     price = gemm_pricer(load_machine("flexcim"), int(calib[0][0].numel()))
     return Calibrated(gm, calib, windows, norms, seconds, price=price)

@@ -15,13 +15,13 @@ from onnx import helper, numpy_helper
 from flowc.backend.pack import unpack
 from flowc.backend.reference import materialise
 from flowc.backend.reference_int8 import int8_reference
-from flowc.compiler import CompileOptions, compile_captured
 from flowc.errors import ImageError
 from flowc.frontend.load import capture, load_hf
 from flowc.runtime import vector
 from flowc.runtime.check import run_reference, top1_agreement
 from flowc.runtime.session import simulate
 from flowc.runtime.vector import quantise_per_token
+from flowc.studies.compiler import CompileOptions, compile_captured
 
 # measured: max |sim - int8 ref| / max |ref| = 1.6e-7 (llama), 2.1e-7 (gpt2), 1.5e-7 (bert);
 # the fp32 ops (norms, softmax, SiLU, RoPE) differ by their kernels (torch vs ORT) only

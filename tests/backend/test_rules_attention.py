@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from flowc import isa
-from flowc.compiler import CompileOptions, compile_captured
 from flowc.errors import UnsupportedOpError
 from flowc.frontend.decompose_tf import sdpa
 from flowc.frontend.load import capture
 from flowc.runtime.session import check_outputs, simulate
+from flowc.studies.compiler import CompileOptions, compile_captured
 
 
 class MaskedMix(nn.Module):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from flowc.cli import flowrun_main, main
-from flowc.examples import save_example
+from flowc.studies.examples import save_example
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_unsupported_op_names_op_and_node(work, capsys):
 
 
 def test_pickled_module_needs_trust_flag(work, capsys):
-    from flowc.examples import build
+    from flowc.studies.examples import build
 
     model, _ = build("mlp")
     torch.save(model, work / "pickled.pt")
@@ -124,7 +124,7 @@ def test_pickled_module_needs_trust_flag(work, capsys):
 
 
 def test_torchscript_model_compiles(work):
-    from flowc.examples import build
+    from flowc.studies.examples import build
 
     model, inputs = build("mlp")
     torch.jit.trace(model, inputs).save(str(work / "ts.pt"))

@@ -23,10 +23,10 @@ from torch import nn
 
 from flowc.cli import flowrun_main
 from flowc.cli import main as flowc_main
-from flowc.compiler import CompileOptions, compile_captured
 from flowc.errors import UnsupportedOpError
 from flowc.frontend.load import load_model
 from flowc.runtime.session import check_outputs, simulate
+from flowc.studies.compiler import CompileOptions, compile_captured
 
 
 class Elementwise(nn.Module):

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from flowc.compiler import CompileOptions, compile_captured
 from flowc.frontend.load import load_hf
+from flowc.studies.compiler import CompileOptions, compile_captured
 
 
 def _windows(n: int, t: int, seed: int = 7):

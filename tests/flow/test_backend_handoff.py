@@ -6,11 +6,11 @@ import numpy as np
 import torch
 
 from flowc.backend.pack import unpack
-from flowc.compiler import CompileOptions, compile_captured
-from flowc.evaluate import capture_lm, load_lm
 from flowc.frontend.load import Captured
 from flowc.frontend.text import calibration_windows
 from flowc.passes.graph import flowc_meta, get_param, linear_nodes
+from flowc.studies.compiler import CompileOptions, compile_captured
+from flowc.studies.evaluate import capture_lm, load_lm
 
 PIPELINE = ("calibrate,flow-select{target=0.5,skip=lm_head},nm-prune{sequential=true},"
             "verify-nm,quantize")

@@ -8,15 +8,6 @@ import math
 import pytest
 import torch
 
-from flowc.evaluate import (
-    EvalError,
-    MethodSpec,
-    dense_result,
-    method_pipeline,
-    perplexity,
-    prepare,
-    run_method,
-)
 from flowc.frontend.text import (
     ByteTokenizer,
     TextSourceError,
@@ -27,6 +18,15 @@ from flowc.frontend.text import (
     token_windows,
 )
 from flowc.passes.pipeline import parse_pipeline
+from flowc.studies.evaluate import (
+    EvalError,
+    MethodSpec,
+    dense_result,
+    method_pipeline,
+    perplexity,
+    prepare,
+    run_method,
+)
 
 
 def test_perplexity_of_uniform_logits_is_the_vocabulary_size():

@@ -12,12 +12,12 @@ import torch
 
 from flowc.backend import container
 from flowc.cli import main
-from flowc.compiler import CompileOptions, compile_captured
 from flowc.errors import UsageError
 from flowc.frontend import checkpoint
 from flowc.frontend.calib_data import CalibDataError, npz_calibration, text_calibration
 from flowc.frontend.load import load_hf
 from flowc.passes.graph import get_param, linear_nodes
+from flowc.studies.compiler import CompileOptions, compile_captured
 
 SEQ = 16
 TEXT = """The committee met on Tuesday to discuss the budget for the coming year.

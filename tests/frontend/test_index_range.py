@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flowc.compiler import CompileOptions, calibration_inputs, compile_captured
 from flowc.frontend.index_range import index_bounds
 from flowc.frontend.load import load_model
 from flowc.runtime.session import check_outputs, simulate
+from flowc.studies.compiler import CompileOptions, calibration_inputs, compile_captured
 
 
 class TwoTables(nn.Module):

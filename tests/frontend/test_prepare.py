@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from flowc.compiler import CompileOptions, compile_captured
 from flowc.errors import UnsupportedOpError, UsageError
 from flowc.frontend import hf, prepare
 from flowc.frontend.load import capture, load_hf, load_model
+from flowc.studies.compiler import CompileOptions, compile_captured
 
 SEQ = 8
 
@@ -147,7 +147,7 @@ def test_index_that_reorders_is_not_a_reshape() -> None:
 
 
 def test_eval_capture_lm_is_the_compile_preparation() -> None:
-    from flowc.evaluate import capture_lm
+    from flowc.studies.evaluate import capture_lm
 
     model = hf.tiny_model("qwen2")
     gm = capture_lm(model, SEQ)

@@ -4,7 +4,10 @@ from dataclasses import replace
 
 import pytest
 
-from flowc.analytic import (
+from flowc.errors import UsageError
+from flowc.frontend.load import capture
+from flowc.machine import load_machine
+from flowc.studies.analytic import (
     Assignment,
     analyse,
     analyse_gemms,
@@ -12,13 +15,10 @@ from flowc.analytic import (
     scale_blocks,
     uniform,
 )
-from flowc.analytic_models import Gemm, linear_gemms, shapes_of
-from flowc.compare import compare_captured
-from flowc.compiler import CompileOptions
-from flowc.errors import UsageError
-from flowc.examples import build
-from flowc.frontend.load import capture
-from flowc.machine import load_machine
+from flowc.studies.analytic_models import Gemm, linear_gemms, shapes_of
+from flowc.studies.compare import compare_captured
+from flowc.studies.compiler import CompileOptions
+from flowc.studies.examples import build
 
 MLP_GEMMS = [Gemm("fc1", 784, 512, 8, bias=True), Gemm("fc2", 512, 256, 8, bias=True),
              Gemm("fc3", 256, 10, 8, bias=True)]
@@ -49,7 +49,7 @@ def test_analytic_equals_functional_per_layer(nm):
 
 def test_analytic_equals_functional_resident(monkeypatch):
     """Resident mode: one wave per loop, setup counted once per weight, in both modes."""
-    import flowc.compare as compare_mod
+    import flowc.studies.compare as compare_mod
 
     flex = load_machine("flexcim")
     resident = replace(flex, residency="resident", load_overlap=False)
@@ -119,7 +119,7 @@ def test_sparsity_never_slower_on_flexcim():
 
 def test_row_shared_exact_passes_never_exceed_the_bound(monkeypatch):
     """Functional runs read exact per-tile passes from <w>.meta; analytic uses the bound."""
-    import flowc.compare as compare_mod
+    import flowc.studies.compare as compare_mod
 
     shared = replace(load_machine("flexcim"), pair_select="row-shared")
     monkeypatch.setattr(compare_mod, "load_machine", lambda name: shared)

@@ -8,10 +8,10 @@ import pytest
 
 from flowc.commands import analytic as analytic_cmd
 from flowc.commands import compare as compare_cmd
-from flowc.compare import TARGETS, compare_model, parse_targets
 from flowc.errors import UsageError
-from flowc.examples import save_example
 from flowc.machine import MachineConfigError
+from flowc.studies.compare import TARGETS, compare_model, parse_targets
+from flowc.studies.examples import save_example
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from flowc.passes.calibrate import Calibrate, CalibrationError, collect_input_norms
 from flowc.passes.base import CompileContext
+from flowc.passes.calibrate import Calibrate, CalibrationError, collect_input_norms
 from flowc.passes.graph import flowc_meta, linear_nodes
 
 

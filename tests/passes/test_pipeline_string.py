@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowc.passes.calibrate import Calibrate
 from flowc.passes import registry
 from flowc.passes.base import Pass
+from flowc.passes.calibrate import Calibrate
 from flowc.passes.pipeline import PipelineError, format_pipeline, parse_pipeline
 from flowc.passes.prune import NMPrune
 from flowc.passes.quantize import Quantize

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from flowc.passes.calibrate import Calibrate
 from flowc.passes.base import CompileContext, PassError, PassManager
+from flowc.passes.calibrate import Calibrate
 from flowc.passes.graph import flowc_meta, get_param, linear_nodes
 from flowc.passes.prune import NMPrune, nm_mask
 from flowc.passes.verify import VerifyNM

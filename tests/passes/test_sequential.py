@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from flowc.passes.calibrate import collect_input_norms, feeding_nodes, run_layerwise
 from flowc.passes.base import CompileContext, PassManager
+from flowc.passes.calibrate import collect_input_norms, feeding_nodes, run_layerwise
 from flowc.passes.graph import get_param, linear_nodes
 from flowc.passes.pipeline import parse_pipeline
 from flowc.passes.prune import PruneError, nm_mask, obs_update, wanda_scores

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flowc.compiler import CompileOptions, compile_captured
 from flowc.frontend.load import load_hf
 from flowc.passes.base import CompileContext
 from flowc.passes.graph import linear_nodes
 from flowc.passes.quantize import Quantize
 from flowc.passes.smooth import SmoothError, smoothable_groups
 from flowc.runtime.session import check_outputs, simulate
+from flowc.studies.compiler import CompileOptions, compile_captured
 
 SEQ = 16
 

@@ -144,8 +144,8 @@ def test_memoised_costs_equal_plain_costs(compiled, source, variant):
     if source == "block":
         image = compiled("block", (2, 4))
     else:
-        from flowc.compiler import CompileOptions, compile_captured
         from flowc.frontend.load import load_hf
+        from flowc.studies.compiler import CompileOptions, compile_captured
 
         cap = load_hf("hf:tiny-llama", seq_len=8, calib_batches=1)
         image = compile_captured(cap, CompileOptions(nm=(2, 4)), progress=None)
