@@ -25,6 +25,7 @@ from flowc.frontend.prepare import (  # noqa: F401  (module_path, annotate_layer
     module_path,
     prepare_graph,
 )
+from flowc.frontend.safe_pt2 import no_unpickling, scan_archive
 
 LINEAR = torch.ops.aten.linear.default
 
@@ -134,13 +135,13 @@ def load_model(path: str | Path, input_shapes: str | None = None,
     path = Path(path)
     kind = archive_kind(path)
     shapes = parse_input_shapes(input_shapes) if input_shapes else None
+    scan_archive(path, trust_pickle=trust_pickle or kind == "pickle")
     if kind == "exported":
-        try:
-            ep = torch.export.load(str(path))
-        except Exception as exc:  # torch raises many types for a damaged archive
-            raise ModelLoadError(f"{path}: cannot load ExportedProgram: {exc}") from exc
+        ep = _load_exported(path, trust_pickle)
         specs = _exported_input_specs(ep)
         high = index_bounds(ep.graph, tuple(ep.graph_signature.user_inputs))
+        if shapes is not None and [tuple(x) for x in shapes] == [s for s, _ in specs]:
+            shapes = None  # the recorded shapes: use the recorded inputs, as without the option
         if shapes is None:
             inputs = recorded_inputs(ep, specs)
             info = {"example_inputs": "recorded" if inputs else "synthetic"}
@@ -161,7 +162,11 @@ def load_model(path: str | Path, input_shapes: str | None = None,
     elif kind == "torchscript":
         if shapes is None:
             raise UsageError(f"{path}: TorchScript archives record no input shapes; pass --input-shape")
-        module = torch.jit.load(str(path))
+        with no_unpickling(path, trust_pickle=True):  # TorchScript's own restricted reader
+            try:
+                module = torch.jit.load(str(path))
+            except Exception as exc:
+                raise ModelLoadError(f"{path}: cannot load TorchScript: {_first_line(exc)}") from exc
         inputs = example_inputs_for(shapes)
         ep = _torchscript_to_exported(module, inputs, path)
         return _finish(ep, inputs, f"torchscript:{path.name}")
@@ -182,6 +187,24 @@ def load_model(path: str | Path, input_shapes: str | None = None,
     cap.example_inputs = example_inputs_for(shapes, [x.dtype for x in inputs],
                                             high=cap.info["index_high"])
     return cap
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _load_exported(path: Path, trust_pickle: bool) -> torch.export.ExportedProgram:
+    """torch.export.load under no_unpickling (flowc.frontend.safe_pt2): a crafted archive
+    cannot run code, and torch's warnings stay off the terminal."""
+    with no_unpickling(path, trust_pickle=trust_pickle):
+        try:
+            return torch.export.load(str(path))
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # torch raises many types for a damaged archive
+            raise ModelLoadError(f"{path}: cannot load ExportedProgram: "
+                                 f"{type(exc).__name__}: {_first_line(exc)}") from exc
 
 
 def _torchscript_to_exported(module, inputs, path: Path) -> torch.export.ExportedProgram:
