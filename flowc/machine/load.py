@@ -48,8 +48,8 @@ def _pow2(v: object, path: str) -> int:
 
 
 def _pos_num(v: object, path: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
-        raise MachineConfigError(f"{path}: expected a positive number, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < float("inf"):
+        raise MachineConfigError(f"{path}: expected a positive finite number, got {v!r}")
     return float(v)
 
 
@@ -198,9 +198,9 @@ def builtin_machines() -> tuple[str, ...]:
 
 
 def _builtin_dict(name: str) -> dict[str, Any]:
+    names = builtin_machines()
     path = BUILTIN_DIR / f"{name}.toml"
-    if not path.is_file():
-        names = builtin_machines()
+    if name not in names:  # a name, never a path: `extends` cannot reach other files
         raise MachineConfigError(f"extends: unknown built-in machine '{name}'"
                                  f"{suggest(name, names)} (known: {', '.join(names)})")
     return _read_file(path)
