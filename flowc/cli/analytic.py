@@ -34,7 +34,7 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from flowc.commands.compare import write_json
+    from flowc.cli.compare import write_json
     from flowc.errors import UsageError
     from flowc.machine import load_machine
     from flowc.studies.analytic import analyse_targets, load_assignment, ratio_rows, scale_blocks, uniform

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -139,10 +138,3 @@ def render(results, calib_seconds: float, rss_mb: float, per_layer: bool) -> str
                 lines.append(f"  {row['name']:<40} {pat:>6} {row['sparsity']:.4f}")
     return "\n".join(lines)
 
-
-if __name__ == "__main__":  # python -m flowc.commands.eval ... (before cli.py lists it)
-    parser = argparse.ArgumentParser(prog="flowc")
-    register(parser.add_subparsers(dest="command", required=True),
-             lambda p: p.add_argument("--debug", action="store_true"))
-    ns = parser.parse_args(["eval", *sys.argv[1:]])
-    sys.exit(ns.func(ns))

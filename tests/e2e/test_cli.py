@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowc.cli import flowrun_main, main
+from flowc.cli.flowrun import main as flowrun_main
+from flowc.cli.main import main
 from flowc.studies.examples import save_example
 
 
@@ -148,10 +149,10 @@ def test_wrong_input_shape_to_flowrun(work, capsys):
 
 def test_console_script_exit_code_and_debug_traceback(work):
     missing = str(work / "missing.fcim")
-    r = subprocess.run([sys.executable, "-m", "flowc.cli_flowrun", missing], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "flowc.cli.flowrun", missing], capture_output=True,
                        text=True)
     assert r.returncode == 4 and r.stderr.strip() == f"flowrun: error: {missing}: no such file"
-    r = subprocess.run([sys.executable, "-m", "flowc.cli_flowrun", missing, "--debug"],
+    r = subprocess.run([sys.executable, "-m", "flowc.cli.flowrun", missing, "--debug"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "Traceback" in r.stderr
 

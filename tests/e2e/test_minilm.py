@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from flowc.backend import container
-from flowc.cli import flowrun_main
-from flowc.cli import main as flowc_main
+from flowc.cli.flowrun import main as flowrun_main
+from flowc.cli.main import main as flowc_main
 from flowc.runtime.session import check_outputs, simulate
 
 pytestmark = pytest.mark.slow

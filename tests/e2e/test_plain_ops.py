@@ -21,8 +21,8 @@ import pytest
 import torch
 from torch import nn
 
-from flowc.cli import flowrun_main
-from flowc.cli import main as flowc_main
+from flowc.cli.flowrun import main as flowrun_main
+from flowc.cli.main import main as flowc_main
 from flowc.errors import UnsupportedOpError
 from flowc.frontend.load import load_model
 from flowc.runtime.session import check_outputs, simulate

@@ -12,8 +12,8 @@ import pytest
 
 from flowc.backend import container
 from flowc.backend.reference_int8 import int8_reference
-from flowc.cli import flowrun_main
-from flowc.cli import main as flowc_main
+from flowc.cli.flowrun import main as flowrun_main
+from flowc.cli.main import main as flowc_main
 from flowc.frontend.hf import ARCHS, USER_ARCHS, ExportFailed
 from flowc.frontend.load import load_hf
 from flowc.runtime.session import check_outputs, simulate

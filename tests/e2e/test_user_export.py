@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from flowc.backend import container
-from flowc.cli import flowrun_main
-from flowc.cli import main as flowc_main
+from flowc.cli.flowrun import main as flowrun_main
+from flowc.cli.main import main as flowc_main
 from flowc.frontend import hf
 from flowc.runtime.session import check_outputs, simulate
 

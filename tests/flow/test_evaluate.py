@@ -130,7 +130,7 @@ def test_uniform_obs_and_owl_on_a_tiny_llama(tiny):
 def test_eval_command_end_to_end(tmp_path, capsys):
     import argparse
 
-    from flowc.commands import eval as eval_cmd
+    from flowc.cli import eval as eval_cmd
 
     parser = argparse.ArgumentParser()
     eval_cmd.register(parser.add_subparsers(dest="command"), lambda p: None)

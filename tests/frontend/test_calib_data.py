@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from flowc.backend import container
-from flowc.cli import main
+from flowc.cli.main import main
 from flowc.errors import UsageError
 from flowc.frontend import checkpoint
 from flowc.frontend.calib_data import CalibDataError, npz_calibration, text_calibration
@@ -176,7 +176,8 @@ def test_cli_reports_synthetic_then_npz(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["compile", str(pt2), "--calib-text", "a", "--calib-data", "b", "--bogus"])
     with pytest.raises(UsageError, match="not both"):
-        from flowc.cli import build_flowc_parser, cmd_compile
+        from flowc.cli.compile import run as cmd_compile
+        from flowc.cli.main import build_flowc_parser
 
         cmd_compile(build_flowc_parser().parse_args(
             ["compile", str(pt2), "--calib-text", "a", "--calib-data", "b"]))

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from flowc.commands import analytic as analytic_cmd
-from flowc.commands import compare as compare_cmd
+from flowc.cli import analytic as analytic_cmd
+from flowc.cli import compare as compare_cmd
 from flowc.errors import UsageError
 from flowc.machine import MachineConfigError
 from flowc.studies.compare import TARGETS, compare_model, parse_targets

@@ -1,0 +1,49 @@
+"""Shared by every subcommand: the --debug flag and the mapping of failures to one line and an
+exit code (documented in docs/cli.md; the codes come from flowc/errors.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from flowc.errors import FlowcError
+
+
+def add_debug(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+def guard(prog: str, fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a handler; print `PROG: error: ...` (one line) and return the exit code on failure,
+    or re-raise with --debug."""
+    try:
+        return fn(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # map every failure to one line + an exit code
+        if getattr(args, "debug", False):
+            raise
+        code = exc.exit_code if isinstance(exc, FlowcError) else foreign_exit_code(exc)
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if code == 70:
+            msg = f"internal error: {type(exc).__name__}: {msg} (rerun with --debug)"
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return code
+
+
+def foreign_exit_code(exc: Exception) -> int:
+    """Errors raised by pass/ISA/machine modules that do not derive from FlowcError
+    (matched on the class and its bases, so a subclass such as EnergyError maps too)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & {"AsmError", "DecodeError", "IsaError"}:
+        return 4
+    if names & {"PassError", "PruneError", "VerifyError", "InfeasibleTarget", "CalibrationError",
+                "RegistryError", "PipelineError", "GraphError"}:
+        return 3
+    if "MachineConfigError" in names:
+        return 2
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
+        return 2
+    return 70
