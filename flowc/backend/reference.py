@@ -24,6 +24,7 @@ import onnx
 from onnx import numpy_helper
 
 from flowc.backend.image import Image
+from flowc.backend.onnx_guard import check_materialised
 from flowc.backend.pack import unpack
 from flowc.errors import ImageError
 
@@ -93,6 +94,7 @@ def materialise(image: Image) -> bytes:
         raise ImageError("this .fcim carries no reference model")
     model = onnx.load_from_string(image.reference_onnx)
     changed = rebuild_recipes(image, model)
+    check_materialised(model, "this .fcim")  # the ONNX checker, before ORT sees the model
     return model.SerializeToString() if changed else image.reference_onnx
 
 
