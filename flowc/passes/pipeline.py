@@ -1,9 +1,11 @@
 """Pipeline strings: `"nm-prune{n=2,m=4,score=wanda},verify-nm,quantize"` <-> pass instances.
 
-Syntax (whitespace around tokens is ignored):
+Syntax (a Lark grammar, `_GRAMMAR`; whitespace around tokens is ignored):
 
     pipeline := item ("," item)*          item  := NAME ["{" [option ("," option)*] "}"]
     option   := KEY "=" value             value := text without , { } = (or "quoted")
+
+A syntax error names the column of the offending character and what was expected there.
 
 Values are coerced to the type of the pass's dataclass field:
 
@@ -22,18 +24,19 @@ does that, so `parse_pipeline(format_pipeline(ps)) == ps`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import types
 import typing
 from collections.abc import Sequence
 from typing import Any, Literal, Union
 
+import lark
+
 from flowc.errors import UsageError
 from flowc.passes.base import Pass
 from flowc.passes.registry import get_pass
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
-_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SAFE = re.compile(r"[A-Za-z0-9_.*?/@+\-\[\]]+")
 _TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
 
@@ -44,7 +47,7 @@ class PipelineError(UsageError):
 
 def parse_pipeline(text: str) -> list[Pass]:
     """Pass instances for a pipeline string (an empty string is the empty pipeline)."""
-    return [_instantiate(name, opts) for name, opts in _Parser(text).parse()]
+    return [_instantiate(name, opts) for name, opts in _parse(text)]
 
 
 def format_pipeline(passes: Sequence[Pass], full: bool = False) -> str:
@@ -64,73 +67,70 @@ def format_pipeline(passes: Sequence[Pass], full: bool = False) -> str:
 
 # --- parsing ----------------------------------------------------------------------------------
 
+# The structure of a pipeline string. Option values stay raw text (quotes kept) here: their
+# meaning depends on the option's type, so `_coerce` reads them once the pass is known.
+_GRAMMAR = r"""
+    pipeline: item (COMMA item)*
+    item: NAME (LBRACE (option (COMMA option)*)? RBRACE)?
+    option: KEY EQUAL VALUE?
 
-class _Parser:
-    """Recursive descent over the string; values are returned raw (quotes kept) for coercion."""
+    NAME: /[A-Za-z_][A-Za-z0-9_.\-]*/
+    KEY: /[A-Za-z_][A-Za-z0-9_]*/
+    VALUE: /(?:[^,{}="]|"(?:\\.|[^"\\])*")+/s
+    COMMA: ","
+    LBRACE: "{"
+    RBRACE: "}"
+    EQUAL: "="
+    %import common.WS
+    %ignore WS
+"""
 
-    def __init__(self, text: str) -> None:
-        self.text, self.pos = text, 0
 
-    def error(self, msg: str) -> PipelineError:
-        return PipelineError(f"pipeline column {self.pos + 1}: {msg} in {self.text!r}")
+@functools.cache
+def _parser() -> lark.Lark:
+    # LALR with the contextual lexer: NAME, KEY and VALUE overlap, the parser state picks one
+    return lark.Lark(_GRAMMAR, start="pipeline", parser="lalr", lexer="contextual")
 
-    def skip_ws(self) -> None:
-        while self.pos < len(self.text) and self.text[self.pos].isspace():
-            self.pos += 1
 
-    def peek(self) -> str:
-        self.skip_ws()
-        return self.text[self.pos] if self.pos < len(self.text) else ""
+def _parse(text: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(pass name, [(key, raw value)]) per item; an all-blank string is the empty pipeline."""
+    if not text.strip():
+        return []
+    try:
+        tree = _parser().parse(text)
+    except lark.exceptions.UnexpectedInput as exc:
+        raise _syntax_error(text, exc) from None
+    items = []
+    for item in tree.children:
+        if isinstance(item, lark.Tree):
+            name, *rest = item.children
+            opts = [(str(o.children[0]), str(o.children[2]).strip() if len(o.children) > 2
+                     else "") for o in rest if isinstance(o, lark.Tree)]
+            items.append((str(name), opts))
+    return items
 
-    def expect(self, ch: str) -> None:
-        if self.peek() != ch:
-            raise self.error(f"expected '{ch}', found {self.peek()!r}" if self.peek()
-                             else f"expected '{ch}' at end")
-        self.pos += 1
 
-    def match(self, regex: re.Pattern[str], what: str) -> str:
-        self.skip_ws()
-        m = regex.match(self.text, self.pos)
-        if not m:
-            raise self.error(f"expected {what}")
-        self.pos = m.end()
-        return m.group()
-
-    def parse(self) -> list[tuple[str, list[tuple[str, str]]]]:
-        if not self.text.strip():
-            return []
-        items = [self.item()]
-        while self.peek() == ",":
-            self.pos += 1
-            items.append(self.item())
-        if self.peek():
-            raise self.error(f"unexpected {self.peek()!r}")
-        return items
-
-    def item(self) -> tuple[str, list[tuple[str, str]]]:
-        name = self.match(_NAME, "a pass name")
-        opts: list[tuple[str, str]] = []
-        if self.peek() == "{":
-            self.pos += 1
-            if self.peek() != "}":
-                opts.append(self.option())
-                while self.peek() == ",":
-                    self.pos += 1
-                    opts.append(self.option())
-            self.expect("}")
-        return name, opts
-
-    def option(self) -> tuple[str, str]:
-        key = self.match(_KEY, "an option name")
-        self.expect("=")
-        self.skip_ws()
-        start = self.pos
-        while self.pos < len(self.text) and self.text[self.pos] not in ",{}=":
-            if self.text[self.pos] == '"':
-                self.pos = _end_of_quote(self.text, self.pos, self.error)
-            else:
-                self.pos += 1
-        return key, self.text[start : self.pos].strip()
+def _syntax_error(text: str, exc: lark.exceptions.UnexpectedInput) -> PipelineError:
+    """One line: the column of the offending character (or the end) and what was expected
+    there, from the set of terminals the parser would have accepted."""
+    if isinstance(exc, lark.exceptions.UnexpectedToken):
+        expected = set(exc.expected)
+        pos = len(text) if exc.token.type == "$END" else exc.token.start_pos
+    else:
+        expected, pos = set(exc.allowed), exc.pos_in_stream
+    found = text[pos] if pos < len(text) else ""
+    if "NAME" in expected:
+        msg = "expected a pass name"
+    elif "KEY" in expected:
+        msg = "expected an option name"
+    elif found == '"' and "RBRACE" in expected:
+        msg = "unterminated string"
+    elif expected & {"EQUAL", "RBRACE"}:
+        want = "=" if "EQUAL" in expected else "}"
+        msg = f"expected '{want}', found {found!r}" if found else f"expected '{want}' at end"
+    else:
+        msg = f"unexpected {found!r}"
+    return PipelineError(f"pipeline column {pos + 1}: {msg} in {text!r}")
 
 
 def _end_of_quote(text: str, pos: int, error: Any) -> int:

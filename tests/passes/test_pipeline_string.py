@@ -44,7 +44,8 @@ def test_parse_known_pipeline() -> None:
     passes = parse_pipeline(" calibrate , nm-prune{ n=2, m=4 ,score=wanda},verify-nm,quantize ")
     assert passes == [Calibrate(), NMPrune(n=2, m=4, score="wanda"), VerifyNM(), Quantize()]
     assert format_pipeline(passes) == "calibrate,nm-prune{n=2,m=4},verify-nm,quantize"
-    assert parse_pipeline("") == []
+    assert parse_pipeline("") == [] and parse_pipeline(" \t ") == []
+    assert parse_pipeline("  nm-prune {  }  ,\tquantize  ") == [NMPrune(), Quantize()]
 
 
 def test_every_option_type_round_trips(typed: type[_Typed]) -> None:
@@ -114,3 +115,31 @@ def test_round_trip_property(label: str, names: list[str], ratio: float, limit: 
         mp.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
         registry.register_pass(_Typed)
         assert parse_pipeline(format_pipeline([p])) == [p]
+
+
+@pytest.mark.parametrize(
+    "text, column, message",
+    [
+        (",quantize", 1, "expected a pass name"),
+        ("quantize,", 10, "expected a pass name"),
+        ("quantize, {", 11, "expected a pass name"),
+        ("nm-prune{2=1}", 10, "expected an option name"),
+        ("nm-prune{n=2, }", 15, "expected an option name"),
+        ("nm-prune{n}", 11, "expected '=', found '}'"),
+        ("nm-prune{n", 11, "expected '=' at end"),
+        ("nm-prune{n==2}", 12, "expected '}', found '='"),
+        ("nm-prune{n=2{", 13, "expected '}', found '{'"),
+        ("nm-prune{n=2 ", 14, "expected '}' at end"),
+        ('nm-prune{layers=a"b}', 18, "unterminated string"),
+        ('nm-prune{layers="b\\"}', 17, "unterminated string"),
+        ("quantize}", 9, "unexpected '}'"),
+        ("quantize;verify-nm", 9, "unexpected ';'"),
+        ("nm-prune{n=2} {", 15, "unexpected '{'"),
+    ],
+)
+def test_syntax_error_columns(text: str, column: int, message: str) -> None:
+    """Syntax errors point at the offending character (column = 1-based index, or one past
+    the end) and say what the grammar expected there."""
+    with pytest.raises(PipelineError) as info:
+        parse_pipeline(text)
+    assert str(info.value) == f"pipeline column {column}: {message} in {text!r}"
