@@ -141,7 +141,7 @@ def test_infeasible_budget_names_what_is_achievable():
 
 
 def test_cost_uses_the_scale_of_the_patterns_sparsity_level():
-    from flowc.passes.flow.sensitivity import SensitivityTable, level_key
+    from flowc.passes.flow.sensitivity_table import SensitivityTable, level_key
 
     t = SensitivityTable(errors={"a": {"4:8": {"none": 0.2}, "2:4": {"none": 0.3},
                                        "2:8": {"none": 0.5}, "1:8": {"none": 0.9}}},

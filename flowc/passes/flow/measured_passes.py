@@ -31,7 +31,7 @@ from .measured import (
 )
 from .passes import _Selector, machine_supported
 from .problem import Pattern, resolve_candidates
-from .sensitivity import SensitivityTable
+from .sensitivity_table import SensitivityTable
 
 UPDATES = ("none", "obs")
 
