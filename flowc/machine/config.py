@@ -109,6 +109,18 @@ class MachineConfig:
 
         return machine_to_dict(self)
 
+    def replace(self, **changes: Any) -> MachineConfig:
+        """A validated copy with `changes` applied, e.g. `m.replace(name="wide", macros=64)`.
+
+        Top-level fields by name; a table (`macro`, `vector`, `energy`) as a dict of the fields
+        to change (`macro={"rows": 64}`) or as a whole object; `patterns` as (n, m) pairs or
+        'n:m' strings. The result is checked like a machine file (errors name the field path).
+        The name is kept unless given: reports and comparisons key machines by name.
+        """
+        from flowc.machine.load import replace_fields
+
+        return replace_fields(self, changes)
+
     # -- patterns --------------------------------------------------------------------------
     @property
     def dense_pattern(self) -> tuple[int, int]:

@@ -253,3 +253,19 @@ def machine_to_dict(cfg: MachineConfig) -> dict[str, Any]:
             value = dataclasses.asdict(value)
         out[f.name] = value
     return out
+
+
+def replace_fields(cfg: MachineConfig, changes: Mapping[str, Any]) -> MachineConfig:
+    """`MachineConfig.replace`: merge `changes` into the machine's dict form and validate it."""
+    d = machine_to_dict(cfg)
+    for key, value in changes.items():
+        if key == "patterns" and isinstance(value, list | tuple):
+            value = [f"{p[0]}:{p[1]}" if isinstance(p, list | tuple) else p for p in value]
+        elif key == "energy" and hasattr(value, "to_dict"):
+            value = value.to_dict()
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)
+        if key in TABLES and isinstance(value, Mapping) and isinstance(d.get(key), Mapping):
+            value = _merge(d[key], value)
+        d[key] = value
+    return parse_machine(d)

@@ -164,3 +164,21 @@ def test_config_is_frozen():
     with pytest.raises(AttributeError):
         m.macros = 3  # type: ignore[misc]
     assert replace(m, macros=3).macros == 3
+
+
+def test_replace_edits_in_code_and_validates_like_a_file():
+    m = load_machine("flexcim")
+    w = m.replace(name="wide", macros=64, macro={"cols": 64}, patterns=[(2, 4), "1:4"])
+    assert (w.name, w.macros, w.macro.cols, w.patterns) == ("wide", 64, 64, ((2, 4), (1, 4)))
+    assert w.macro == replace(m.macro, cols=64) and w.energy == m.energy
+    assert m.macros == 16 and m.replace() == m  # the original is untouched
+    assert m.replace(macro=replace(m.macro, act_bw_bits=512)).macro.act_bw_bits == 512
+    for change, message in [
+        ({"macro": {"rows": 48}}, "macro.rows: expected a power of two, got 48"),
+        ({"macros": 0}, "macros: expected a positive integer, got 0"),
+        ({"macross": 3}, "macross: unknown key (did you mean 'macros'?)"),
+        ({"macro": {"rows": 64}}, "energy.tree_l6: missing value for action 'tree_l6'"),
+    ]:
+        with pytest.raises(MachineConfigError) as info:
+            m.replace(**change)
+        assert str(info.value).startswith(message)
