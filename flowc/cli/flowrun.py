@@ -38,8 +38,9 @@ def build_flowrun_parser() -> argparse.ArgumentParser:
                    help="input array (.npy), once per model input; default: the embedded samples")
     p.add_argument("--numerics", default="int8", choices=["int8", "fp32"],
                    help="int8 (the machine) or fp32 (CiM GEMMs unquantised, to isolate lowering)")
-    p.add_argument("--mode", default="batched", choices=["batched", "reference"],
-                   help="batched (fast) or reference (tile by tile) loop execution")
+    p.add_argument("--mode", default="plan", choices=["plan", "batched", "reference"],
+                   help="plan (prepared once, fast), batched (per-instruction dispatch) or "
+                   "reference (every handler, tile loops tile by tile); same numbers")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime check")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="print only on a failed check")

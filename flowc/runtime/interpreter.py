@@ -1,13 +1,16 @@
 """The interpreter: executes a Program exactly, one handler per opcode.
 
-CiM GEMMs compute int8 x int8 -> int32 exactly. A tile loop runs in one of two modes:
-- `reference`: the body runs tile by tile through the per-opcode handlers, which model the
-  macro (each sub-macro row picks its activation from its group by the metadata; columns sum
-  rows; the merging unit sums sub-macros). This is the executable specification.
-- `batched` (default): a loop whose body is the canonical GEMM sequence (ld.tile, ld.act, cim,
-  merge, acc on one macro) runs as a single matmul of the decompressed weight, which equals the
-  tile-by-tile sum exactly (integer arithmetic; float32 chunks of K <= 1024 hold every partial
-  sum exactly). Any other body falls back to the reference mode.
+CiM GEMMs compute int8 x int8 -> int32 exactly. Three modes, bit-identical results:
+- `plan` (default): the program is prepared once into an execution plan
+  (flowc.runtime.plan): handlers resolved, weights unpacked once, canonical tile loops as one
+  exact GEMM each, events built once and replayed. A run is a walk over prepared steps.
+- `reference`: every instruction through its handler, tile loops tile by tile; the handlers
+  model the macro (each sub-macro row picks its activation from its group by the metadata;
+  columns sum rows; the merging unit sums sub-macros). This is the executable specification.
+- `batched`: every instruction through its handler, but a loop whose body is the canonical
+  GEMM sequence (ld.tile, ld.act, cim, merge, acc on one macro) runs as a single matmul of the
+  decompressed weight, which equals the tile-by-tile sum exactly (integer arithmetic; float32
+  chunks of K <= 1024 hold every partial sum exactly). Any other body runs as in reference.
 Cost accounting is done by listeners (flowc.runtime.events); handlers never count cycles.
 """
 
@@ -25,11 +28,13 @@ import torch
 
 from flowc import isa
 from flowc.backend.image import Image
-from flowc.backend.pack import unpack
 from flowc.errors import ExecutionError, UsageError
 from flowc.runtime import vector, vector_masks
 from flowc.runtime.events import ExecEvent, Listener, LoopEvent
+from flowc.runtime.plan import Plan
+from flowc.runtime.weights import dense_w, dense_wt
 
+MODES = ("plan", "batched", "reference")
 CANONICAL_BODY = ("ld.tile", "ld.act", "cim", "merge", "acc")
 # Instructions that move no data and cost nothing (markers, and v.reshape: a view): listeners
 # get no event for them (SmolLM2's program has 600 `layer` and 240 `v.reshape`).
@@ -81,12 +86,12 @@ def structure(program: isa.Program) -> tuple:
 
 
 class Interpreter:
-    def __init__(self, image: Image, numerics: str = "int8", mode: str = "batched",
+    def __init__(self, image: Image, numerics: str = "int8", mode: str = "plan",
                  listeners: Sequence[Listener] = ()) -> None:
         if numerics not in ("int8", "fp32"):
             raise UsageError(f"numerics must be int8 or fp32, got {numerics!r}")
-        if mode not in ("batched", "reference"):
-            raise UsageError(f"mode must be batched or reference, got {mode!r}")
+        if mode not in MODES:
+            raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if numerics == "fp32" and any(n.endswith(".values") for n in image.tensors) and \
                 not any(n.endswith(".fvalues") for n in image.tensors):
             raise UsageError("this .fcim carries no fp32 weights (compiled with --no-fp32); "
@@ -98,18 +103,40 @@ class Interpreter:
         self.geometry = image.machine["macro"]
         self.steps = structure(image.program)
         self._dense: dict[str, np.ndarray] = {}
+        self._plan: Plan | None = None
 
     # -- public ------------------------------------------------------------------------------
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        state = self.execute(inputs)
+        return [state.bufs[o.buffer].astype(np.float32, copy=False) for o in self.image.outputs]
+
+    def execute(self, inputs: Sequence[np.ndarray]) -> State:
+        """Run the program on `inputs`; the final state (every buffer) for tests and tools."""
         state = State()
         self._bind_inputs(state, inputs)
         with gc_paused():
+            if self.mode == "plan":
+                self.plan().run(state, self.listeners)
+                return state
             for step in self.steps:
                 if isinstance(step, Loop):
                     self._loop(state, step)
                 else:
                     self._step(state, step)
-        return [state.bufs[o.buffer].astype(np.float32, copy=False) for o in self.image.outputs]
+        return state
+
+    def plan(self) -> Plan:
+        """The execution plan of this interpreter's program (prepared on first use)."""
+        if self._plan is None:
+            self._plan = Plan(self)
+        return self._plan
+
+    def profile(self, inputs: Sequence[np.ndarray]) -> dict[str, float]:
+        """One plan run with wall seconds per class (flowc.runtime.plan.Plan.run_profiled)."""
+        state = State()
+        self._bind_inputs(state, inputs)
+        with gc_paused():
+            return self.plan().run_profiled(state, self.listeners)
 
     def _bind_inputs(self, state: State, inputs: Sequence[np.ndarray]) -> None:
         for spec, arr in zip(self.image.inputs, check_inputs(self.image, inputs), strict=True):
@@ -125,9 +152,13 @@ class Interpreter:
         except KeyError as exc:
             raise ExecutionError(f"{ins.mnemonic}: buffer or tensor {exc} not defined") from exc
         if self.listeners and ins.mnemonic not in SILENT:
-            ev = ExecEvent(ins, state.layer, **sizes)
+            ev = self.instr_event(state.layer, ins, sizes)
             for lis in self.listeners:
                 lis.on_instr(ev)
+
+    @staticmethod
+    def instr_event(layer: str, ins, sizes: dict) -> ExecEvent:
+        return ExecEvent(ins, layer, **sizes)
 
     def _loop(self, state: State, loop: Loop) -> None:
         n_tiles, k_tiles = loop.instr.n_tiles, loop.instr.k_tiles
@@ -138,16 +169,19 @@ class Interpreter:
         else:
             sizes = self._loop_reference(state, loop.body, n_tiles, k_tiles)
         if self.listeners:
-            tiles = n_tiles * k_tiles
-            # the body's events differ only in the instruction: build the first one, copy the
-            # rest of its fields (tuple.__new__: 0.24 us an event against 0.51 with keywords)
-            first = ExecEvent(loop.body[0], state.layer, tiles=tiles, **sizes)
-            rest = first[1:]
-            body = (first,) + tuple([tuple.__new__(ExecEvent, (i,) + rest)
-                                     for i in loop.body[1:]])
-            ev = LoopEvent(loop.instr, state.layer, n_tiles, k_tiles, body)
+            ev = self.loop_event(state.layer, loop, sizes)
             for lis in self.listeners:
                 lis.on_loop(ev)
+
+    @staticmethod
+    def loop_event(layer: str, loop: Loop, sizes: dict) -> LoopEvent:
+        n_tiles, k_tiles = loop.instr.n_tiles, loop.instr.k_tiles
+        # the body's events differ only in the instruction: build the first one, copy the
+        # rest of its fields (tuple.__new__: 0.24 us an event against 0.51 with keywords)
+        first = ExecEvent(loop.body[0], layer, tiles=n_tiles * k_tiles, **sizes)
+        rest = first[1:]
+        body = (first,) + tuple([tuple.__new__(ExecEvent, (i,) + rest) for i in loop.body[1:]])
+        return LoopEvent(loop.instr, layer, n_tiles, k_tiles, body)
 
     def _loop_reference(self, state: State, body: tuple, n_tiles: int, k_tiles: int) -> dict:
         for nt in range(n_tiles):
@@ -174,15 +208,30 @@ class Interpreter:
                 "elements": batch * m * n, "in_elements": batch * (m * k + k * n)}
 
     # -- batched GEMM --------------------------------------------------------------------------
-    def dense_weight(self, name: str, keep_n: int, group_m: int) -> np.ndarray:
-        """Decompressed W^T [K_pad, N_pad]: int8 values (int8 numerics) or float32 (fp32)."""
-        key = f"{name}/{self.numerics}/{keep_n}:{group_m}"
+    def dense_weight(self, name: str, keep_n: int, group_m: int,
+                     float_chunks: bool = False) -> np.ndarray:
+        """Decompressed W^T [K_pad, N_pad], unpacked once: int8 values (int8 numerics; as
+        float32 with `float_chunks`, the operand of the exact float32-chunk GEMM) or the
+        float32 weights (fp32 numerics)."""
+        fp32 = self.numerics == "fp32"
+        dtype = np.float32 if fp32 or float_chunks else np.int8
+        key = f"{name}/{self.numerics}/{keep_n}:{group_m}/{np.dtype(dtype).name}"
         if key not in self._dense:
-            fp32 = self.numerics == "fp32"
             vals = self.image.tensors[f"{name}.{'fvalues' if fp32 else 'values'}"]
-            dense = unpack(vals, self.image.tensors[f"{name}.meta"], keep_n, group_m)
-            self._dense[key] = np.ascontiguousarray(dense.T, dtype=np.float32 if fp32 else np.int8)
+            self._dense[key] = dense_wt(vals, self.image.tensors[f"{name}.meta"], keep_n,
+                                        group_m, dtype)
         return self._dense[key]
+
+    def embed_table(self, name: str, p: int) -> np.ndarray:
+        """float32 [rows_pad, K_pad] of an embedding table packed densely at p:p (row r is
+        token r): int8 values as float32 (int8 numerics) or the fp32 weights."""
+        fp32 = self.numerics == "fp32"
+        vals = self.image.tensors[f"{name}.{'fvalues' if fp32 else 'values'}"]
+        return dense_w(vals, self.image.tensors[f"{name}.meta"], p, p, np.float32)
+
+    def gemm_backend(self) -> str:
+        """The exact int8 GEMM this host runs (int8_backend), or 'float32' for fp32 numerics."""
+        return "float32" if self.numerics == "fp32" else int8_backend()
 
     def _gemm_batched(self, state: State, body: tuple) -> dict:
         ld_tile, ld_act, _, _, acc = body

@@ -20,6 +20,7 @@ from flowc.runtime.cost import mnemonic
 from flowc.runtime.events import LoopEvent
 from flowc.runtime.interpreter import Interpreter, check_inputs, gc_paused
 from flowc.runtime.report import CostListener, LayerCost, RunReport, loop_weight
+from flowc.runtime.verifier import check_run_inputs, verify
 
 
 def cost_model_for(image: Image):
@@ -177,7 +178,7 @@ def _signature(ev) -> tuple:
 
 
 def simulate(image: Image, inputs: Sequence[np.ndarray], numerics: str = "int8",
-             mode: str = "batched", account: bool = True,
+             mode: str = "plan", account: bool = True,
              interpreter: Interpreter | None = None) -> tuple[list[np.ndarray], RunReport]:
     """Run `image` on `inputs`; with `account`, cycles and energy per layer in the report.
 
@@ -263,7 +264,7 @@ def _token_table(rows: list[dict]) -> str:
 
 
 def run_image_file(path: str, inputs: Sequence[str] | None = None, numerics: str = "int8",
-                   mode: str = "batched", check: bool = True, progress: bool = True) -> RunReport:
+                   mode: str = "plan", check: bool = True, progress: bool = True) -> RunReport:
     from flowc.backend.container import load
 
     def say(msg: str) -> None:
@@ -273,7 +274,9 @@ def run_image_file(path: str, inputs: Sequence[str] | None = None, numerics: str
     if Path(path).is_file() and Path(path).stat().st_size > 10_000_000:  # seconds: say so
         say(f"loading {path} ({Path(path).stat().st_size / 1e6:.0f} MB) ...")
     image = load(path)
+    verify(image)  # flowc.runtime.verifier: the whole program, before anything executes
     arrays = check_inputs(image, load_inputs(image, inputs))
+    check_run_inputs(image, arrays)
     say(f"executing {len(image.program.instructions)} instructions ({numerics}, {mode}) ...")
     outputs, report = simulate(image, arrays, numerics=numerics, mode=mode)
     report.file = str(path)
