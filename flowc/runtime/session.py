@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
@@ -264,7 +264,8 @@ def _token_table(rows: list[dict]) -> str:
 
 
 def run_image_file(path: str, inputs: Sequence[str] | None = None, numerics: str = "int8",
-                   mode: str = "plan", check: bool = True, progress: bool = True) -> RunReport:
+                   mode: str = "plan", check: bool = True, progress: bool = True,
+                   profile: bool = False) -> RunReport:
     from flowc.backend.container import load
 
     def say(msg: str) -> None:
@@ -274,12 +275,22 @@ def run_image_file(path: str, inputs: Sequence[str] | None = None, numerics: str
     if Path(path).is_file() and Path(path).stat().st_size > 10_000_000:  # seconds: say so
         say(f"loading {path} ({Path(path).stat().st_size / 1e6:.0f} MB) ...")
     image = load(path)
+    report = run_image(image, load_inputs(image, inputs), numerics, mode, check, say)
+    report.file = str(path)
+    return report
+
+
+def run_image(image: Image, inputs: Sequence[np.ndarray], numerics: str = "int8",
+              mode: str = "plan", check: bool = True,
+              say: Callable[[str], None] | None = None) -> RunReport:
+    """Verify `image`, run it on `inputs` (arrays in signature order) with cost accounting and,
+    with `check` and a reference model, judge the outputs against ONNX Runtime."""
+    say = say or (lambda _msg: None)
     verify(image)  # flowc.runtime.verifier: the whole program, before anything executes
-    arrays = check_inputs(image, load_inputs(image, inputs))
+    arrays = check_inputs(image, inputs)
     check_run_inputs(image, arrays)
     say(f"executing {len(image.program.instructions)} instructions ({numerics}, {mode}) ...")
     outputs, report = simulate(image, arrays, numerics=numerics, mode=mode)
-    report.file = str(path)
     if check and image.reference_onnx is not None:
         say("running the reference model in onnxruntime"
             + (" (fp32, and int8 with the simulator's quantisation) ..." if numerics == "int8"
@@ -288,6 +299,11 @@ def run_image_file(path: str, inputs: Sequence[str] | None = None, numerics: str
         report.check, refs = check_against_references(image, arrays, outputs, numerics)
         report.check_seconds = time.perf_counter() - t0
         _language_notes(image, arrays, outputs, refs, report)
+    if profile:
+        from flowc.runtime.profile import profile_image
+
+        say("profiling one more run, then the same GEMMs alone and onnxruntime ...")
+        report.extra["profile"] = profile_image(image, arrays, numerics).render()
     return report
 
 
