@@ -36,15 +36,9 @@ def load_inputs(image: Image, paths: Sequence[str] | None) -> list[np.ndarray]:
         if not image.samples:
             raise UsageError("this .fcim has no sample inputs; pass --input FILE.npy per input")
         return list(image.samples)
-    arrays = []
-    for p in paths:
-        if not Path(p).exists():
-            raise UsageError(f"--input {p}: no such file")
-        try:
-            arrays.append(np.load(p, allow_pickle=False))
-        except ValueError as exc:
-            raise UsageError(f"--input {p}: not a .npy array ({exc})") from exc
-    return arrays
+    from flowc.runtime.inputs import load_input_files
+
+    return load_input_files(image, paths)
 
 
 class MemoCostModel:
