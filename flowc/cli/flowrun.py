@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = run_image_file(
         args.file, inputs=args.input, numerics=args.numerics, mode=args.mode,
-        check=not args.no_check, progress=not args.quiet,
+        check=not args.no_check, progress=not args.quiet, profile=args.profile,
     )
     if args.json:
         from flowc.backend.container import write_atomic
@@ -24,6 +24,8 @@ def run(args: argparse.Namespace) -> int:
         write_atomic(args.json, (json.dumps(report.to_dict(), indent=1, sort_keys=True) + "\n").encode())
     if not args.quiet or report.check is None or not report.check.passed:
         print(report.render())
+    if args.profile:
+        print(report.extra["profile"])
     if report.check is not None and not report.check.passed:
         return 1
     return 0
@@ -42,6 +44,9 @@ def build_flowrun_parser() -> argparse.ArgumentParser:
                    help="plan (prepared once, fast), batched (per-instruction dispatch) or "
                    "reference (every handler, tile loops tile by tile); same numbers")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime check")
+    p.add_argument("--profile", action="store_true",
+                   help="time one more run per instruction class and print the floor (the "
+                   "same GEMMs alone, onnxruntime on the fp32 and int8 references)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="print only on a failed check")
     add_debug(p)

@@ -42,6 +42,7 @@ class Step:
     item: object  # the instruction, or the Loop it stands for
     kind: str  # profile class: gemm, attention, embed, vector, control
     loop: bool = False
+    nm: tuple[int, int] | None = None  # a GEMM loop's N:M, resolved at preparation
 
 
 def profile_kind(mnemonic: str) -> str:
@@ -74,7 +75,7 @@ class Plan:
                 macros = {i.macro for i in item.body}
                 nm = pattern.get(item.body[0].macro) if len(macros) == 1 else None
                 if names == CANONICAL_BODY and nm is not None:
-                    steps.append(Step(self._gemm_step(item, *nm), item, "gemm", loop=True))
+                    steps.append(Step(self._gemm_step(item, *nm), item, "gemm", True, nm))
                 else:  # the reference tile loop (it also raises the spec's errors)
                     steps.append(Step(self._reference_loop(item), item, "gemm", loop=True))
                 continue

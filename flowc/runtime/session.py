@@ -269,16 +269,17 @@ def run_image_file(path: str, inputs: Sequence[str] | None = None, numerics: str
     if Path(path).is_file() and Path(path).stat().st_size > 10_000_000:  # seconds: say so
         say(f"loading {path} ({Path(path).stat().st_size / 1e6:.0f} MB) ...")
     image = load(path)
-    report = run_image(image, load_inputs(image, inputs), numerics, mode, check, say)
+    report = run_image(image, load_inputs(image, inputs), numerics, mode, check, say, profile)
     report.file = str(path)
     return report
 
 
 def run_image(image: Image, inputs: Sequence[np.ndarray], numerics: str = "int8",
               mode: str = "plan", check: bool = True,
-              say: Callable[[str], None] | None = None) -> RunReport:
+              say: Callable[[str], None] | None = None, profile: bool = False) -> RunReport:
     """Verify `image`, run it on `inputs` (arrays in signature order) with cost accounting and,
-    with `check` and a reference model, judge the outputs against ONNX Runtime."""
+    with `check` and a reference model, judge the outputs against ONNX Runtime; `profile`
+    adds flowc.runtime.profile's table as report.extra["profile"]."""
     say = say or (lambda _msg: None)
     verify(image)  # flowc.runtime.verifier: the whole program, before anything executes
     arrays = check_inputs(image, inputs)

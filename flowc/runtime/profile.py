@@ -1,0 +1,123 @@
+"""`flowrun --profile`: where a run's wall time goes, and the floor of this machine.
+
+After one functional warm-up run, one plan run with accounting (a fresh listener: events
+recorded and priced as in one flowrun call) is timed per instruction class (CiM GEMM loops,
+attention mm.act, embedding, vector ops, control), the listeners' share (events and their
+recording) and the walk itself (dispatch); pricing the recorded events (the listener's
+finish()) is accounting too. The floor is measured right after, in the same process:
+- the same GEMMs alone: every tile loop's product on its prepared operands (the input already
+  converted, the weight already unpacked), through the BLAS the plan uses, nothing else;
+- ONNX Runtime executing the reference graphs the .fcim carries: the fp32 one and the int8
+  one (the simulator's quantisation, MatMulInteger), each timed on a second run (the first
+  builds its arenas) with the same thread count flowrun's check uses.
+Every number is a measurement on this host; a shared machine makes them noisy, so the
+ratios printed are of numbers measured in the same call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from flowc.backend.image import Image
+from flowc.runtime.interpreter import Interpreter, State, gc_paused
+
+CLASSES = ("gemm", "attention", "embed", "vector", "control", "dispatch", "accounting")
+LABELS = {"gemm": "CiM GEMM loops", "attention": "attention (mm.act)", "embed": "embedding",
+          "vector": "vector ops", "control": "control (layer, cfg.nm)",
+          "dispatch": "dispatch (the walk)", "accounting": "accounting (events + pricing)"}
+
+
+@dataclass
+class Profile:
+    prepare: float  # plan preparation: weights unpacked, steps resolved (once per image)
+    spent: dict[str, float]  # wall seconds per class of one run with accounting
+    gemm_floor: float  # the same GEMMs alone
+    ort: dict[str, float] = field(default_factory=dict)  # reference graph -> seconds
+    threads: int = 0
+
+    @property
+    def run(self) -> float:
+        return sum(self.spent.values())
+
+    def render(self) -> str:
+        lines = [f"profile: one run with accounting {self.run * 1e3:.1f} ms "
+                 f"(plan preparation, once per image: {self.prepare * 1e3:.0f} ms; "
+                 f"torch threads {self.threads})"]
+        for k in CLASSES:
+            v = self.spent.get(k, 0.0)
+            lines.append(f"  {LABELS[k]:32s} {v * 1e3:9.1f} ms  {100 * v / self.run:5.1f} %")
+        lines.append("floor on this machine (measured now):")
+        lines.append(f"  {'the same GEMMs alone':32s} {self.gemm_floor * 1e3:9.1f} ms  "
+                     f"flowrun = {self.run / self.gemm_floor:.2f}x this")
+        for name, sec in self.ort.items():
+            lines.append(f"  {'onnxruntime ' + name + ' reference':32s} {sec * 1e3:9.1f} ms  "
+                         f"flowrun = {self.run / sec:.2f}x this")
+        return "\n".join(lines)
+
+
+def profile_image(image: Image, inputs: Sequence[np.ndarray], numerics: str = "int8",
+                  ort: bool = True) -> Profile:
+    from flowc.runtime.session import FastCostListener, cost_model_for
+
+    t0 = time.perf_counter()
+    interp = Interpreter(image, numerics=numerics)
+    plan = interp.plan()
+    prepare = time.perf_counter() - t0
+    _, model = cost_model_for(image)
+    listener = FastCostListener(model, image.layers, image.tensors)
+    interp.run(inputs)  # warm-up, functional: BLAS and allocator warm, as in a loaded model
+    state = State()
+    interp._bind_inputs(state, inputs)
+    with gc_paused():
+        spent = plan.run_profiled(state, [listener])
+    t0 = time.perf_counter()
+    listener.finish()
+    spent["accounting"] += time.perf_counter() - t0
+    prof = Profile(prepare, spent, gemm_floor(interp, state), threads=torch.get_num_threads())
+    if ort and image.reference_onnx is not None:
+        prof.ort = ort_times(image, inputs, numerics)
+    return prof
+
+
+def gemm_floor(interp: Interpreter, state: State) -> float:
+    """Seconds of every tile loop's GEMM alone, on operands prepared beforehand (the loop's
+    input as the GEMM's dtype, the unpacked weight), in the plan's order."""
+    operands = []
+    for step in interp.plan().steps:
+        if step.nm is None:  # not a batched GEMM loop
+            continue
+        ld_tile, ld_act = step.item.body[0], step.item.body[1]
+        x = state.bufs[ld_act.src]
+        wt = interp.dense_weight(ld_tile.w, *step.nm,
+                                 float_chunks=interp.gemm_backend() == "float32-chunks")
+        xk = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=wt.dtype)
+        operands.append((torch.from_numpy(xk), torch.from_numpy(wt[: x.shape[-1]])))
+    int_mm = interp.gemm_backend() == "int_mm"
+    t0 = time.perf_counter()
+    for x, w in operands:
+        torch._int_mm(x, w) if int_mm else torch.matmul(x, w)
+    return time.perf_counter() - t0
+
+
+def ort_times(image: Image, inputs: Sequence[np.ndarray], numerics: str) -> dict[str, float]:
+    """Second-run seconds of ORT on the fp32 reference and (int8 numerics) the int8 one."""
+    from flowc.backend.reference import materialise
+    from flowc.backend.reference_int8 import int8_reference
+    from flowc.runtime.check import ort_session, run_reference
+
+    graphs = {"fp32": materialise(image)}
+    if numerics == "int8":
+        graphs["int8"] = int8_reference(image)
+    out = {}
+    for name, onnx_bytes in graphs.items():
+        sess = ort_session(onnx_bytes)
+        run_reference(onnx_bytes, inputs, session=sess)
+        t0 = time.perf_counter()
+        run_reference(onnx_bytes, inputs, session=sess)
+        out[name] = time.perf_counter() - t0
+    return out
