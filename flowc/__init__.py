@@ -1,33 +1,77 @@
 """flowc: compile PyTorch models to FlexCiM programs (FLOW N:M selection) and simulate them.
 
-Library entry points (the CLI is a thin layer over these):
+    import flowc
+    model = flowc.load("mlp.pt2")                       # or an nn.Module with inputs=...
+    image = flowc.compile(model, "calibrate,nm-prune{n=2,m=4},verify-nm,quantize")
+    report = flowc.run(image)                            # cycles, energy, ONNX Runtime check
 
-    from flowc import load_model, compile_captured, CompileOptions, save_image, load_image, simulate
+docs/api.md documents every name in `__all__`. Names resolve on first use, so `import flowc`
+stays cheap (torch loads only when a function needs it).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "load_model": "flowc.frontend.load",
-    "capture": "flowc.frontend.load",
-    "load_hf": "flowc.frontend.load",
-    "prepare_graph": "flowc.frontend.prepare",
-    "compile_captured": "flowc.studies.compiler",
-    "CompileOptions": "flowc.studies.compiler",
-    "simulate": "flowc.runtime.session",
-    "check_outputs": "flowc.runtime.session",
-    "load_machine": "flowc.machine",
+if TYPE_CHECKING:
+    from flowc.api import analytic, compare, compile, evaluate, load, run
+    from flowc.backend.container import load as load_image
+    from flowc.backend.container import save as save_image
+    from flowc.backend.image import Image
+    from flowc.errors import FlowcError
+    from flowc.frontend.load import Captured as Model
+    from flowc.machine import MachineConfig, builtin_machines, load_machine
+    from flowc.passes import Pass, register_pass
+    from flowc.runtime.report import RunReport
+    from flowc.studies.analytic import AnalyticReport
+    from flowc.studies.compare import Comparison
+    from flowc.studies.evaluate import MethodResult
+
+# public name -> (module, attribute)
+_EXPORTS: dict[str, tuple[str, str]] = {
+    "load": ("flowc.api", "load"),
+    "compile": ("flowc.api", "compile"),
+    "run": ("flowc.api", "run"),
+    "compare": ("flowc.api", "compare"),
+    "analytic": ("flowc.api", "analytic"),
+    "evaluate": ("flowc.api", "evaluate"),
+    "save_image": ("flowc.backend.container", "save"),
+    "load_image": ("flowc.backend.container", "load"),
+    "load_machine": ("flowc.machine", "load_machine"),
+    "builtin_machines": ("flowc.machine", "builtin_machines"),
+    "register_pass": ("flowc.passes", "register_pass"),
+    "Model": ("flowc.frontend.load", "Captured"),
+    "Image": ("flowc.backend.image", "Image"),
+    "MachineConfig": ("flowc.machine", "MachineConfig"),
+    "RunReport": ("flowc.runtime.report", "RunReport"),
+    "Comparison": ("flowc.studies.compare", "Comparison"),
+    "AnalyticReport": ("flowc.studies.analytic", "AnalyticReport"),
+    "MethodResult": ("flowc.studies.evaluate", "MethodResult"),
+    "Pass": ("flowc.passes", "Pass"),
+    "FlowcError": ("flowc.errors", "FlowcError"),
 }
 
+__all__ = [
+    "AnalyticReport", "Comparison", "FlowcError", "Image", "MachineConfig", "MethodResult",
+    "Model", "Pass", "RunReport", "__version__", "analytic", "builtin_machines", "compare",
+    "compile", "evaluate", "load", "load_image", "load_machine", "register_pass", "run",
+    "save_image",
+]
 
-def __getattr__(name: str):
-    """Import lazily so `import flowc` stays cheap (torch loads only when needed)."""
+
+def __getattr__(name: str) -> object:
+    """Import on first use (see the module docstring)."""
     if name in _EXPORTS:
         import importlib
 
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    if name in ("save_image", "load_image"):
-        from flowc.backend import container
-
-        return {"save_image": container.save, "load_image": container.load}[name]
+        module, attr = _EXPORTS[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'flowc' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -21,6 +21,7 @@ from flowc.backend.lower import lower
 from flowc.backend.reference import externalise
 from flowc.errors import CompileError, UsageError
 from flowc.frontend.load import Captured, example_inputs_for
+from flowc.machine import MachineConfig
 
 
 def stderr_progress(msg: str) -> None:
@@ -36,6 +37,7 @@ class CompileOptions:
     pipeline: str | None = None
     target: str = "flexcim"
     machine_file: str | None = None
+    machine: MachineConfig | None = None  # a machine object; overrides target and machine_file
     calib_batches: int = 4
     reference: bool = True
     keep_fp32: bool = True
@@ -65,9 +67,11 @@ def default_pipeline(opts: CompileOptions) -> str:
     return ",".join(steps)
 
 
-def resolve_machine(opts: CompileOptions):
-    from flowc.machine import MachineConfig, load_machine
+def resolve_machine(opts: CompileOptions) -> MachineConfig:
+    from flowc.machine import load_machine
 
+    if opts.machine is not None:
+        return opts.machine
     if opts.machine_file:
         return MachineConfig.from_file(opts.machine_file)
     return load_machine(opts.target)
