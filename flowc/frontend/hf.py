@@ -83,17 +83,24 @@ def load_smollm2(
     """SmolLM2-135M-Instruct (LLaMA, 30 blocks, tied embeddings) in eval mode, and its tokenizer.
 
     The Q4_1 weights are dequantised by transformers' GGUF reader (needs `gguf`), so every
-    weight lies on a 4-bit grid per 32-block: expect many exact ties. Takes ~16 s and ~1.2 GB.
+    weight lies on a 4-bit grid per 32-block: expect many exact ties. Takes ~16 s and ~1.2 GB
+    the first time, then ~1 s from the weights cache (flowc.frontend.model_cache).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from flowc.frontend.model_cache import cached_pretrained
 
     path = smollm2_gguf()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    model = AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=dtype, attn_implementation=attn
-    )
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    return model.eval(), tokenizer
+
+    def from_gguf() -> tuple[nn.Module, object]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=dtype, attn_implementation=attn
+        )
+        return model.eval(), AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+    # the dequantised weights are cached (safetensors) by the GGUF's content: ~15 s -> ~1 s
+    return cached_pretrained(path, dtype, attn, from_gguf)
 
 
 def _tiny_config(arch: str) -> object:
