@@ -140,3 +140,37 @@ def test_nm_search_on_a_process_pool_matches_in_process():
         results.append(ctx.reports["nm-search"])
     assert results[0]["units"] == results[1]["units"]
     assert results[0]["search"]["kl"] == pytest.approx(results[1]["search"]["kl"], rel=1e-6)
+
+
+def test_edge_dense_start_pins_first_and_last_blocks_and_is_the_pinned_optimum():
+    import dataclasses
+    import math
+
+    from flowc.passes.flow.measured import solve_exact
+    from flowc.passes.flow.measured_passes import block_index, edge_dense_choice
+    from flowc.passes.flow.problem import InfeasibleTarget
+
+    assert block_index("model.layers.17.mlp.up_proj") == 17
+    assert block_index("encoder.layer.0.attention.self.query") == 0
+    assert block_index("lm_head") is None
+    base = _problem(3, layers=16, latency=0.9)
+    names = [f"model.layers.{i // 2}.proj{i % 2}" for i in range(16)]  # blocks 0..7
+    prob = build_problem(names, base.params, CANDS, base.costs, target=0.35, tolerance=0.05)
+    dense = CANDS.index((8, 8))
+    found = 0
+    for edge, pinned in ((1, {0, 7}), (2, {0, 1, 6, 7}), (3, {0, 1, 2, 5, 6, 7})):
+        choice = edge_dense_choice(prob, edge, "cbc")
+        costs = [[c if (i // 2 not in pinned or j == dense) else math.inf
+                  for j, c in enumerate(row)] for i, row in enumerate(prob.costs)]
+        try:  # the exact DP on the pinned problem is the cross-check
+            best = solve_exact(dataclasses.replace(prob, costs=costs))
+        except InfeasibleTarget:
+            assert choice is None
+            continue
+        found += 1
+        assert choice is not None and within_budgets(prob, choice)
+        assert all(choice[i] == dense for i in range(16) if i // 2 in pinned)
+        assert sum(prob.costs[i][j] for i, j in enumerate(choice)) == \
+            pytest.approx(best.objective, rel=1e-9)
+    assert found >= 2
+    assert edge_dense_choice(prob, 4, "cbc") is None  # 8 blocks: nothing left to prune

@@ -10,7 +10,9 @@ cuts. `keep_dense`, `skip` and `granularity` mean what they mean for `flow-selec
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,7 +32,7 @@ from .measured import (
     solve_ilp,
 )
 from .passes import _Selector, machine_supported
-from .problem import Pattern, resolve_candidates
+from .problem import InfeasibleTarget, Pattern, resolve_candidates
 from .sensitivity_table import SensitivityTable
 
 UPDATES = ("none", "obs")
@@ -135,9 +137,11 @@ class NMSearch(_Selector):
 
     Starts from the current annotation (run `measured-select` first) and from every uniform
     pattern that meets the budgets (`target`, `tolerance`, `latency`, `energy`: as in
-    `measured-select`). `generations`, `offspring`, `survivors`, `seed`; `max_time` (seconds,
-    0 = no limit) bounds the wall time; `windows` = held-in calibration windows scored (the
-    first ones of the calibration set). `executor` (local | serial | ray | ray:ADDRESS) and
+    `measured-select`), and from the ILP re-solved with the first and last e blocks kept dense
+    for e = 1..`edge_starts` (see `edge_dense_choice`; 0 = none; `solver` solves those).
+    `generations`, `offspring`, `survivors`, `seed`; `max_time` (seconds, 0 = no limit)
+    bounds the wall time; `windows` = held-in calibration windows scored (the first ones of
+    the calibration set). `executor` (local | serial | ray | ray:ADDRESS) and
     `jobs` choose where candidates are scored (flowc.executors): the default is the local
     pool with one job, i.e. in this process, because one forward already uses every core
     through torch's threads; `jobs=2` forks workers that each hold a copy of the model.
@@ -157,6 +161,8 @@ class NMSearch(_Selector):
     seed: int = 0
     executor: str = "local"
     jobs: int = 1
+    edge_starts: int = 2
+    solver: Literal["cbc", "highs", "exact"] = "cbc"
 
     def __call__(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         from .search import KLScorer, evolve, levels, score_item
@@ -241,7 +247,43 @@ class NMSearch(_Selector):
         for j, (n, m) in enumerate(prob.cands):  # at its sparsity is dominated: no start
             if n != m and all(j in row for row in lv):
                 starts[f"uniform {n}:{m}"] = tuple(j for _ in prob.names)
+        for edge in range(1, self.edge_starts + 1):
+            choice = edge_dense_choice(prob, edge, self.solver)
+            if choice is not None:
+                starts[f"ilp, first/last {edge} block(s) dense"] = choice
         return starts
+
+
+def block_index(name: str) -> int | None:
+    """The depth index of a layer or unit name: the first integer path component
+    (`model.layers.7.mlp.up_proj` -> 7, `encoder.layer.0.attention...` -> 0)."""
+    hit = re.search(r"(?:^|\.)(\d+)(?:\.|$)", name)
+    return int(hit.group(1)) if hit else None
+
+
+def edge_dense_choice(prob: MeasuredProblem, edge: int, solver: str = "cbc"
+                      ) -> tuple[int, ...] | None:
+    """The measured ILP's answer with every unit of the first and last `edge` blocks kept
+    dense (the rest pays for them), or None if that is infeasible or nothing is pinned.
+
+    A search start, not a rule: the first and last blocks of LLMs are often far more
+    sensitive end to end than their layer errors say (OWL and FLOW's code keep them denser),
+    and per-layer errors are not additive (EvoPress). The search scores this start by KL
+    beside the plain ILP answer and keeps whichever is better."""
+    depth = [block_index(n) for n in prob.names]
+    known = sorted({d for d in depth if d is not None})
+    if len(known) <= 2 * edge:
+        return None
+    pinned = set(known[:edge]) | set(known[-edge:])
+    dense_j = next(j for j, (n, m) in enumerate(prob.cands) if n == m)
+    costs = [[c if (d not in pinned or j == dense_j) else math.inf for j, c in enumerate(row)]
+             for d, row in zip(depth, prob.costs, strict=True)]
+    try:
+        sel = solve(dataclasses.replace(prob, costs=costs), solver)
+    except InfeasibleTarget:
+        return None
+    return tuple(prob.cands.index(sel.patterns[n]) if sel.patterns[n][0] != sel.patterns[n][1]
+                 else dense_j for n in prob.names)
 
 
 def _bar(total: int, ctx: CompileContext):
