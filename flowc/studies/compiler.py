@@ -23,9 +23,18 @@ from flowc.errors import CompileError, UsageError
 from flowc.frontend.load import Captured, example_inputs_for
 from flowc.machine import MachineConfig
 
+_CLOCK: list[float] = []  # [first message, previous message] perf_counter times
+
 
 def stderr_progress(msg: str) -> None:
-    print(f"[flowc] {msg}", file=sys.stderr, flush=True)
+    """A progress line with the seconds since the first line and (+) since the previous one:
+    the time of the stage the previous line announced."""
+    now = time.perf_counter()
+    if not _CLOCK:
+        _CLOCK.extend((now, now))
+    total, step = now - _CLOCK[0], now - _CLOCK[1]
+    _CLOCK[1] = now
+    print(f"[flowc {total:6.1f} s, +{step:5.1f}] {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass
