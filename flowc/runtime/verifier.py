@@ -88,6 +88,7 @@ class _Verifier:
         self.embed_inputs: dict[str, int] = {}
         self.nm: dict[int, tuple[int, int]] = {}
         self.checked: dict[str, dict] = {}
+        self.finite: set[str] = set()
         self.loop: tuple[int, object] | None = None
         self.body: list = []
 
@@ -106,7 +107,13 @@ class _Verifier:
         key = getattr(ins, name)
         if key not in self.tensors:
             raise self.fail(ins, name, f"tensor @{key} is not in the image")
-        return self.tensors[key]
+        t = self.tensors[key]
+        if key not in self.finite:
+            if t.dtype.kind not in "biuf" or (t.dtype.kind == "f" and not np.isfinite(t).all()):
+                raise self.fail(ins, name, f"tensor @{key} ({t.dtype}) holds values that are not "
+                                "finite numbers")
+            self.finite.add(key)
+        return t
 
     def packed(self, ins, name: str) -> dict:
         """The packed weight `@w` (checked once: int8 values, metadata, tile geometry)."""
