@@ -9,7 +9,7 @@ parser is built on first use, so importing this package only parses the small de
 from __future__ import annotations
 
 from flowc.isa import instructions as _instructions
-from flowc.isa.asm import assemble, disassemble
+from flowc.isa.asm import assemble, assemble_bytes, disassemble
 from flowc.isa.binary import decode, encode
 from flowc.isa.definition import InsnDef, IsaDef, OperandDef, parse_definition
 from flowc.isa.errors import (
@@ -47,6 +47,7 @@ __all__ = [
     "Program",
     "ProgramError",
     "assemble",
+    "assemble_bytes",
     "decode",
     "disassemble",
     "encode",

@@ -34,6 +34,7 @@ _INT_LITERAL = re.compile(INT_LITERAL + r"\Z")
 _FLOAT_LITERAL = re.compile(FLOAT_LITERAL + r"\Z")
 _FIELD_BEFORE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*=")
 _WORD = re.compile(r"[^\s=,\[\];]+")
+_MAX_DIGITS = max(len(str(abs(v))) for r in INT_RANGES.values() for v in r)
 
 
 def assemble(text: str, filename: str = "<string>") -> Program:
@@ -59,6 +60,18 @@ def assemble(text: str, filename: str = "<string>") -> Program:
             line, col = where[index]
         raise AsmError(filename, line, col, message)
     return Program(tuple(instrs))
+
+
+def assemble_bytes(data: bytes, filename: str = "<bytes>") -> Program:
+    """`assemble` of a file's raw bytes: text must be UTF-8; the first byte that is not is
+    an AsmError at its FILE:LINE:COL (a Latin-1 comment, a UTF-16 file, a stray 0xFF)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise AsmError(filename, line, col, f"not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
+    return assemble(text, filename)
 
 
 def disassemble(program: Program) -> str:
@@ -111,6 +124,11 @@ def _value(type_name: str, raw: Token | Tree) -> object:
     if type_name in INT_RANGES:
         if not _INT_LITERAL.match(text):
             raise OperandError(f"expected an integer ({type_name}), found {text!r}")
+        digits = text.lstrip("+-").lstrip("0")
+        if len(digits) > _MAX_DIGITS:  # range-checked before conversion (no 100k-digit ints)
+            lo, hi = INT_RANGES[type_name]
+            raise OperandError(f"{text[:12]}... ({len(digits)} digits) is out of range for "
+                               f"{type_name} ({lo}..{hi})")
         return check_value(type_name, int(text))
     if not _FLOAT_LITERAL.match(text):
         raise OperandError(f"expected a number ({type_name}), found {text!r}")
