@@ -52,6 +52,7 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
 
 def run(args: argparse.Namespace) -> int:
     from flowc.backend.container import save
+    from flowc.cli.paths import check_output
     from flowc.frontend.load import HF_PREFIX, check_hf_source, is_hf_source, load_hf, load_model
     from flowc.studies.compiler import CompileOptions, compile_captured, parse_nm, stderr_progress
 
@@ -60,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     name = Path(args.model[len(HF_PREFIX):].rstrip("/")) if hf else Path(args.model)
     default = (name.name.removesuffix(".gguf") if hf else name.stem) + ".fcim"
     out = Path(args.output or default)
-    if out.exists() and out.is_dir():
-        raise UsageError(f"-o {out}: is a directory")
+    check_output(out, "-o", None if hf else args.model, args.calib_text, args.calib_data,
+                 args.machine)
     if not hf and (args.seq_len or args.prompt):
         raise UsageError("--seq-len and --prompt apply to hf: model sources only")
     if not hf and args.trust_remote_code:

@@ -12,6 +12,8 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
     p = subparsers.add_parser("disasm", help="print the assembly of a .fcim or a binary program")
     p.add_argument("file")
     p.add_argument("-o", "--output")
+    p.add_argument("--verify", action="store_true",
+                   help="run the program verifier first (a .fcim only; docs/cli.md)")
     add_debug(p)
     p.set_defaults(func=run)
 
@@ -19,9 +21,22 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
 def run(args: argparse.Namespace) -> int:
     from flowc import isa
     from flowc.backend.container import load, write_atomic
+    from flowc.cli.paths import check_output
+    from flowc.errors import UsageError
+    from flowc.runtime.inputs import read_regular
+    from flowc.runtime.verifier import verify
 
     path = Path(args.file)
-    program = load(path).program if path.suffix == ".fcim" else isa.decode(path.read_bytes())
+    check_output(args.output, "-o", path)
+    if path.suffix == ".fcim":
+        image = load(path)
+        if args.verify:
+            verify(image)
+        program = image.program
+    elif args.verify:
+        raise UsageError("--verify needs a .fcim (a bare program has no tensors to check)")
+    else:
+        program = isa.decode(read_regular(str(path), "disasm"))
     text = isa.disassemble(program)
     if args.output:
         write_atomic(args.output, text.encode())

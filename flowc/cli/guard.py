@@ -4,7 +4,9 @@ exit code (documented in docs/cli.md; the codes come from flowc/errors.py)."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from flowc.errors import FlowcError
@@ -14,14 +16,47 @@ def add_debug(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
 
 
+class Terminated(BaseException):
+    """SIGTERM/SIGHUP arrived: unwinds like KeyboardInterrupt (temp files are removed on the
+    way out) and is not an Exception, so no `except Exception` in a library swallows it."""
+
+
+_RECEIVED: list[int] = []
+_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+def _on_signal(signum: int, frame) -> None:
+    _RECEIVED.append(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signum)
+
+
 def guard(prog: str, fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a handler; print `PROG: error: ...` (one line) and return the exit code on failure,
-    or re-raise with --debug."""
+    or re-raise with --debug. A signal always ends the run with 128 + its number (130 for
+    SIGINT, 143 for SIGTERM), even if a library caught the exception it raised."""
+    _RECEIVED.clear()
+    main_thread = threading.current_thread() is threading.main_thread()
+    saved = {s: signal.signal(s, _on_signal) for s in _SIGNALS} if main_thread else {}
+    try:
+        code = _run(prog, fn, args)
+    except (KeyboardInterrupt, Terminated):
+        code = 130
+        if not _RECEIVED:
+            _RECEIVED.append(signal.SIGINT)
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+    if _RECEIVED:
+        print(f"{prog}: interrupted ({signal.Signals(_RECEIVED[0]).name})", file=sys.stderr)
+        return 128 + int(_RECEIVED[0])
+    return code
+
+
+def _run(prog: str, fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     try:
         return fn(args)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
     except Exception as exc:  # map every failure to one line + an exit code
         if getattr(args, "debug", False):
             raise
