@@ -63,6 +63,8 @@ class Plan:
         self.interp = interp
         self.steps = self._prepare(interp.steps)
         self._events: list | None = None  # (is_loop, event) per emitting step, first run
+        self.record = False  # record the events on the next run even without listeners
+        self.priced: dict = {}  # machine key -> per-layer costs of the events (session.py)
 
     # -- preparation ---------------------------------------------------------------------
     def _prepare(self, items: Sequence) -> list[Step]:
@@ -162,8 +164,13 @@ class Plan:
         return run
 
     # -- running ---------------------------------------------------------------------------
+    @property
+    def events(self) -> list | None:
+        """(is_loop, event) of every event a run emits, in order (None before a recorded run)."""
+        return self._events
+
     def run(self, state: State, listeners: Sequence) -> None:
-        if not listeners:
+        if not listeners and (self._events is not None or not self.record):
             for step in self.steps:
                 step.run(state)
             return

@@ -179,17 +179,41 @@ def simulate(image: Image, inputs: Sequence[np.ndarray], numerics: str = "int8",
     Pass a previous `interpreter` (same image and numerics) to reuse its decompressed weights.
     """
     machine, model = cost_model_for(image)
-    listener = FastCostListener(model, image.layers, image.tensors) if account else None
     interp = interpreter or Interpreter(image, numerics=numerics, mode=mode)
+    priced_once = account and interp.mode == "plan"
+    listener = FastCostListener(model, image.layers, image.tensors) \
+        if account and not priced_once else None
     interp.listeners = [listener] if listener else []
+    if priced_once:
+        interp.plan().record = True
     t0 = time.perf_counter()
     outputs = interp.run(inputs)
     wall = time.perf_counter() - t0
-    layers = listener.finish() if listener else []
+    layers = priced_layers(interp, model) if priced_once else \
+        listener.finish() if listener else []
     report = RunReport(file="", machine=machine.name, clock_mhz=machine.clock_mhz,
                        numerics=numerics, mode=mode, layers=layers,
                        infos={i.name: i for i in image.layers}, check=None, wall_seconds=wall)
     return outputs, report
+
+
+def priced_layers(interp: Interpreter, model) -> list[LayerCost]:
+    """Per-layer costs of a plan's events on `model`'s machine, priced once per (program,
+    machine) and kept on the plan: the events of a run are a function of the instructions
+    and the shapes, which the input signature fixes, so every run of the plan has the same
+    counts and the same costs. Each call returns fresh LayerCost objects (callers may edit)."""
+    plan = interp.plan()
+    if plan.events is None:
+        raise ValueError("the plan has not recorded its events yet (run it with record=True)")
+    key = repr(model.machine)
+    if key not in plan.priced:
+        image = interp.image
+        listener = FastCostListener(model, image.layers, image.tensors)
+        for is_loop, ev in plan.events:
+            (listener.on_loop if is_loop else listener.on_instr)(ev)
+        plan.priced[key] = listener.finish()
+    return [replace(lc, actions=dict(lc.actions), setup_actions=dict(lc.setup_actions))
+            for lc in plan.priced[key]]
 
 
 def check_outputs(image: Image, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],

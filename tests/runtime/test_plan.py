@@ -89,3 +89,37 @@ def test_profile_attributes_the_run(compiled):
                           "dispatch"}
     assert spent["gemm"] > 0 and spent["vector"] > 0 and spent["accounting"] == 0
     assert isinstance(it.plan(), Plan) and it.plan() is it.plan()  # prepared once
+
+
+def _rows(layers):
+    return [(lc.name, lc.kind, lc.cycles, lc.macs, lc.kept_macs, lc.tokens, lc.setup_cycles,
+             lc.actions, lc.setup_actions, lc.energy_pj, lc.setup_energy_pj) for lc in layers]
+
+
+@pytest.mark.parametrize("variant", [{}, {"residency": "resident"},
+                                     {"pair_select": "row-shared"}])
+@pytest.mark.parametrize("name", ["mlp", "block"])
+def test_priced_once_equals_per_event_pricing(compiled, name, variant):
+    """Costs priced once per (program, machine) from the plan's recorded events equal, field
+    for field and exactly, a plain CostListener pricing every event live as the batched
+    dispatch emits it; a second run reuses the priced result and still equals it."""
+    from dataclasses import replace
+
+    from flowc.machine import load_machine
+    from flowc.runtime.cost import CostModel
+    from flowc.runtime.report import CostListener
+    from flowc.runtime.session import priced_layers
+
+    image = compiled(name, (2, 4))
+    model = CostModel(replace(load_machine("flexcim"), **variant))
+    live = CostListener(model, image.layers, image.tensors)
+    Interpreter(image, mode="batched", listeners=[live]).run(list(image.samples))
+    want = _rows(live.finish())
+    it = Interpreter(image)
+    it.plan().record = True
+    it.run(list(image.samples))
+    first = priced_layers(it, model)
+    first[0].actions.clear()  # callers get copies: the cache is not theirs to edit
+    it.run(list(image.samples))
+    assert _rows(priced_layers(it, model)) == want
+    assert len(it.plan().priced) == 1 and sum(r[2] for r in want) > 0
