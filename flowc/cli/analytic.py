@@ -37,10 +37,12 @@ def run(args: argparse.Namespace) -> int:
     from flowc.cli.compare import write_json
     from flowc.errors import UsageError
     from flowc.machine import load_machine
-    from flowc.studies.analytic import analyse_targets, load_assignment, ratio_rows, scale_blocks, uniform
+    from flowc.studies.analytic import analyse_targets, load_assignment, scale_blocks, uniform
     from flowc.studies.analytic_models import shapes_of
     from flowc.studies.compare import parse_targets
     from flowc.studies.compiler import parse_nm
+    from flowc.studies.results import from_analytic
+    from flowc.studies.tables import render_analytic
 
     if args.tokens < 1 or (args.kv_len is not None and args.kv_len < 1):
         raise UsageError("--tokens and --kv-len must be positive")
@@ -59,36 +61,8 @@ def run(args: argparse.Namespace) -> int:
     res = analyse_targets(args.config, machines, assignment, phases, tokens=args.tokens,
                           kv_len=args.kv_len, attention=not args.no_attention,
                           all_logits=args.all_logits, name=args.config)
-    out = {}
-    for phase, reports in res.items():
-        first = next(iter(reports.values()))
-        print(first.render().splitlines()[0].replace(f" on {first.machine.name}", ""))
-        for kind in ("gemm", "total"):
-            print(f"  [{'Linear layers' if kind == 'gemm' else 'all modelled work'}]")
-            print(render_rows(ratio_rows(reports, None if kind == "total" else kind)))
-        out[phase] = {name: r.to_dict(per_layer=True) for name, r in reports.items()}
-        for k, v in first.notes.items():
-            print(f"  {k}: {v}")
-        print()
+    report = from_analytic(res, args.config)
     if args.json:
-        write_json(args.json, out)
+        write_json(args.json, report.to_dict())
+    print(render_analytic(report))
     return 0
-
-
-def render_rows(rows: list[dict]) -> str:
-    keys = list(rows[0])
-    head = [k.replace("_", " ") for k in keys]
-    body = [[_fmt(r[k]) for k in keys] for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
-    lines = ["    " + "  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True))]
-    lines += ["    " + "  ".join(c.rjust(w) for c, w in zip(b, widths, strict=True))
-              for b in body]
-    return "\n".join(lines)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)

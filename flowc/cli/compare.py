@@ -15,7 +15,8 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
         description="Prune and quantise MODEL once, lower it for each target with the rule "
                     "'a layer runs as the cheapest supported pattern that contains its mask', "
                     "run each program with cost accounting and compare.")
-    p.add_argument("model", help="model file (.pt2 ExportedProgram, ...)")
+    p.add_argument("model", help="model file (.pt2 ExportedProgram, ...) or an hf: source "
+                   "(calibrated on its own text, as `flowc compile` does)")
     p.add_argument("--targets", default="all",
                    help="'all' (flexcim,dcim-dense,vegeta,sdp,stc24) or a comma list of "
                         "built-in names / machine files")
@@ -40,17 +41,26 @@ def write_json(path: str, data: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flowc.studies.compare import compare_model, parse_targets
-    from flowc.studies.compiler import parse_nm, stderr_progress
+    from flowc.frontend.load import check_hf_source, is_hf_source, load_hf, load_model
+    from flowc.studies.compare import compare_captured, parse_targets
+    from flowc.studies.compiler import CompileOptions, parse_nm, stderr_progress
+    from flowc.studies.results import from_comparison
+    from flowc.studies.tables import render_compare
 
     targets = parse_targets(args.targets)
-    cmp = compare_model(args.model, targets, nm=parse_nm(args.nm) if args.nm else None,
-                        pipeline=args.pipeline,
-                        progress=None if args.quiet else stderr_progress,
-                        input_shapes=args.input_shape, trust_pickle=args.trust_pickle)
-    print(cmp.render())
+    say = None if args.quiet else stderr_progress
+    if is_hf_source(args.model):  # brings its own calibration text, used like compile does
+        check_hf_source(args.model)
+        cap = load_hf(args.model, progress=say)
+    else:
+        cap = load_model(args.model, input_shapes=args.input_shape, trust_pickle=args.trust_pickle)
+    opts = CompileOptions(nm=parse_nm(args.nm) if args.nm else None, pipeline=args.pipeline,
+                          target=targets[0], reference=False, keep_fp32=False)
+    cmp = compare_captured(cap, targets, opts, say, calib=cap.info.get("calib") or None)
+    report = from_comparison(cmp)
     if args.json:
-        write_json(args.json, cmp.to_dict())
+        write_json(args.json, report.to_dict())
+    print(render_compare(report))
     if args.plot:
         cmp.plot(args.plot)
     return 0

@@ -77,6 +77,8 @@ def _write_json(path: str, data: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     from flowc.studies.compiler import parse_nm, stderr_progress
     from flowc.studies.evaluate import MethodSpec, dense_result, peak_rss_mb, prepare, run_method
+    from flowc.studies.results import from_eval
+    from flowc.studies.tables import render_eval
 
     say = None if args.quiet else stderr_progress
     nm = parse_nm(args.nm) if args.nm else None
@@ -95,46 +97,12 @@ def run(args: argparse.Namespace) -> int:
     results = [] if args.no_dense else [dense_result(base, bar=say is not None)]
     if args.method != "dense":
         results.append(run_method(base, spec, bar=say is not None, progress=say))
-    print(render(results, base.calib_seconds, peak_rss_mb(), args.per_layer))
+    report = from_eval(results, args.model, args.calib_text, args.eval_text, args.seq_len,
+                       args.calib_windows, args.eval_windows, base.calib_seconds)
     if args.json:
-        _write_json(args.json, {"model": args.model, "calib_text": args.calib_text,
-                                "eval_text": args.eval_text or args.calib_text,
-                                "seq_len": args.seq_len, "calib_windows": args.calib_windows,
-                                "eval_windows": args.eval_windows,
-                                "calib_seconds": base.calib_seconds,
-                                "peak_rss_mb": peak_rss_mb(),
-                                "results": [r.to_dict() for r in results]})
+        _write_json(args.json, report.to_dict())
+    print(render_eval(report, args.per_layer))
+    print(f"peak memory {peak_rss_mb():.0f} MB")
     if args.save_selection and args.method != "dense":
         _write_json(args.save_selection, results[-1].selection)
     return 0
-
-
-def render(results, calib_seconds: float, rss_mb: float, per_layer: bool) -> str:
-    """Summary table (target vs achieved, perplexity, times), then per-layer sparsity."""
-    lines = [f"{'method':<22} {'target':>6} {'achieved':>8} {'all lin.':>8} {'ppl':>10} "
-             f"{'select s':>8} {'prune s':>8} {'eval s':>7}"]
-    for r in results:
-        dense = r.spec.method == "dense"
-        lines.append(
-            f"{r.spec.name():<22} {'-' if dense else f'{r.spec.target:.3f}':>6} "
-            f"{r.sparsity:>8.4f} {r.sparsity_all:>8.4f} {r.ppl.ppl:>10.3f} "
-            f"{r.seconds.get('select', 0):>8.2f} {r.seconds.get('prune', 0):>8.2f} "
-            f"{r.seconds['eval']:>7.2f}")
-    pruned = [r for r in results if r.spec.method != "dense"]
-    lines.append(f"calibration forward (dense statistics): {calib_seconds:.2f} s; "
-                 f"peak memory {rss_mb:.0f} MB")
-    if pruned:
-        r = pruned[-1]
-        ratio = (r.seconds["select"] + r.seconds["prune"]) / max(calib_seconds, 1e-9)
-        lines.append(f"selection + pruning = {ratio:.2f} x the calibration forward")
-        hist: dict[str, int] = {}
-        for row in r.layers:
-            key = "dense" if row["pattern"] is None else f"{row['pattern'][0]}:{row['pattern'][1]}"
-            hist[key] = hist.get(key, 0) + 1
-        lines.append("patterns: " + ", ".join(f"{k} x{v}" for k, v in sorted(hist.items())))
-        if per_layer:
-            for row in r.layers:
-                pat = "dense" if row["pattern"] is None else "{}:{}".format(*row["pattern"])
-                lines.append(f"  {row['name']:<40} {pat:>6} {row['sparsity']:.4f}")
-    return "\n".join(lines)
-

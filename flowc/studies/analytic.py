@@ -340,18 +340,25 @@ def analyse(config: Any, machine: MachineConfig, assignment: Assignment | None =
     assignment = assignment or Assignment()
     gemms, t, kv = model_gemms(config, phase, tokens, kv_len, attention, all_logits)
     layers = analyse_gemms(gemms, machine, assignment)
-    patterns = {}
+    patterns, as_dense = {}, set()
     for g in gemms:
         asked = None if g.kind == "attention" else assignment.pattern_for(g.name)
         asked = asked or machine.dense_pattern
         native = machine.fit_pattern(*asked)
+        if native == machine.dense_pattern and asked != native:  # no sparse pattern fits
+            as_dense.add(f"{asked[0]}:{asked[1]}")
         patterns[g.name] = f"{asked[0]}:{asked[1]}" + (
-            "" if native == asked else f"->{native[0]}:{native[1]}")
+            "" if native == asked else "->dense" if native == machine.dense_pattern
+            else f"->{native[0]}:{native[1]}")
     notes = {"included": INCLUDED + ("; " + ATTENTION_NOTE if attention else ""),
              "excluded": EXCLUDED + ("" if attention else "; attention matmuls"),
              "lm_head": "all tokens" if all_logits else "last token only (generation)"}
     if machine.pair_select == "row-shared":
         notes["pair_passes"] = "reachable-pair bound (masks unknown in analytic mode)"
+    if as_dense:
+        notes[f"runs as dense on {machine.name}"] = (
+            f"{', '.join(sorted(as_dense))} not supported by {machine.name} and no supported "
+            "pattern contains it: those layers run dense")
     label = name or (config if isinstance(config, str) else "model")
     return AnalyticReport(label, machine, phase, t, kv, assignment.source, layers, patterns,
                           notes)

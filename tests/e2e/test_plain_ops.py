@@ -160,7 +160,7 @@ def test_mlp_100_37_10_pads_k_and_passes_the_check(tmp_path, nm):
     report = json.loads(rep.read_text())
     assert report["check"]["passed"] and report["check"]["fidelity"]["passed"]
     m = int(nm.split(":")[1])
-    gemms = [lyr for lyr in report["layers"] if lyr["kind"] == "gemm"]
+    gemms = [lyr for lyr in report["results"][0]["layers"] if lyr["kind"] == "gemm"]
     assert [(g["in_features"], g["k_pad"]) for g in gemms] == [(100, -100 % m), (37, -37 % m)]
     assert all(g["pattern"] == nm and g["padded_in"] >= g["in_features"] + g["k_pad"]
                for g in gemms)

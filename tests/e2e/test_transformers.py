@@ -123,9 +123,9 @@ def test_cli_compiles_hf_source_and_flowrun_reports_agreement(tmp_path, capsys):
     notes = json.loads(report.read_text())["notes"]
     assert [k for k in notes if "agreement" in k] == [
         "top-1 next-token agreement with onnxruntime (fp32 reference)"]
-    kinds = {layer["kind"] for layer in data["layers"]}
-    assert "attention" in kinds
-    att = next(layer for layer in data["layers"] if layer["kind"] == "attention")
+    layers = data["results"][0]["layers"]
+    assert "attention" in {layer["kind"] for layer in layers}
+    att = next(layer for layer in layers if layer["kind"] == "attention")
     assert att["pattern"] == "attn" and att["macs"] == 4 * 8 * 16 * 8
 
 

@@ -146,4 +146,4 @@ def test_eval_command_end_to_end(tmp_path, capsys):
     assert set(saved) == {"layers", "target", "achieved", "method"}
     assert saved["target"] == 0.6 and abs(saved["achieved"] - 0.6) <= 0.005
     full = json.loads((tmp_path / "r.json").read_text())
-    assert [r["method"] for r in full["results"]] == ["dense", "flow"]
+    assert [r["method"] for r in full["evaluations"]] == ["dense", "flow"]

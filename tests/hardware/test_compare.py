@@ -53,9 +53,11 @@ def test_cli_writes_json_and_plot(mlp_path, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "speed-up" in text and "energy ratio" in text and "EDP" in text
     d = json.loads(out.read_text())
-    flex = d["targets"]["flexcim"]
-    assert flex["speedup"]["dcim-dense"] == pytest.approx(
-        d["targets"]["dcim-dense"]["seconds"] / flex["seconds"])
+    res = {r["target"]: r for r in d["results"]}
+    assert d["kind"] == "compare" and d["primary"] == "flexcim"
+    assert res["flexcim"]["cycles"] < res["dcim-dense"]["cycles"]
+    ratio = res["dcim-dense"]["time"] / res["flexcim"]["time"]
+    assert f"{ratio:.3f}x" in text  # the speed-up table shows the ratio of the JSON's times
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -68,8 +70,13 @@ def test_analytic_cli_json(tmp_path, capsys):
                           "--nm", "2:4", "--tokens", "64", "--json", str(out)])
     assert args.func(args) == 0
     d = json.loads(out.read_text())
-    assert set(d) == {"prefill", "decode"} and d["decode"]["flexcim"]["tokens"] == 1
-    assert d["prefill"]["flexcim"]["gemm"]["cycles"] < d["prefill"]["dcim-dense"]["gemm"]["cycles"]
+    res = {(r["phase"], r["target"]): r for r in d["results"]}
+    assert {p for p, _ in res} == {"prefill", "decode"} and res["decode", "flexcim"]["tokens"] == 1
+
+    def gemm_cycles(r: dict) -> int:
+        return sum(lay["cycles"] for lay in r["layers"] if lay["kind"] == "gemm")
+
+    assert gemm_cycles(res["prefill", "flexcim"]) < gemm_cycles(res["prefill", "dcim-dense"])
     assert "Linear layers" in capsys.readouterr().out
 
 
