@@ -4,7 +4,6 @@ and check the outputs against ONNX Runtime (`python -m flowc.cli.flowrun` withou
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
@@ -12,23 +11,30 @@ from flowc.cli.guard import add_debug, guard
 
 
 def run(args: argparse.Namespace) -> int:
-    from flowc.runtime.session import run_image_file
+    from flowc.backend.container import load, write_atomic
+    from flowc.runtime.session import load_inputs, run_image
+    from flowc.studies.results import from_run
+    from flowc.studies.tables import render_run
 
-    report = run_image_file(
-        args.file, inputs=args.input, numerics=args.numerics, mode=args.mode,
-        check=not args.no_check, progress=not args.quiet, profile=args.profile,
-    )
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(f"[flowrun] {msg}", file=sys.stderr, flush=True)
+
+    image = load(args.file)
+    raw = run_image(image, load_inputs(image, args.input), numerics=args.numerics,
+                    mode=args.mode, check=not args.no_check, say=say, profile=args.profile)
+    info = image.compile_info or {}
+    report = from_run(raw, image.machine, str(info.get("source", args.file)),
+                      info.get("pipeline"))
     if args.json:
-        from flowc.backend.container import write_atomic
-
-        write_atomic(args.json, (json.dumps(report.to_dict(), indent=1, sort_keys=True) + "\n").encode())
-    if not args.quiet or report.check is None or not report.check.passed:
-        print(report.render())
+        write_atomic(args.json, report.to_json().encode())
+    failed = report.check is not None and not report.check["passed"]
+    if not args.quiet or failed:
+        print(render_run(report, layers=args.layers))
+        print(f"numerics {raw.numerics}, mode {raw.mode}; simulated in {raw.wall_seconds:.3f} s")
     if args.profile:
-        print(report.extra["profile"])
-    if report.check is not None and not report.check.passed:
-        return 1
-    return 0
+        print(raw.extra["profile"])
+    return 1 if failed else 0
 
 
 def _size(text: str) -> int:
@@ -75,7 +81,10 @@ def build_flowrun_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true",
                    help="time one more run per instruction class and print the floor (the "
                    "same GEMMs alone, onnxruntime on the fp32 and int8 references)")
-    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--layers", action="store_true",
+                   help="one row per layer (default: one row per block, e.g. model.layers.3)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON "
+                   "(docs/results-format.md)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only on a failed check")
     p.add_argument("--max-memory", type=_size, metavar="BYTES",
                    help="limit for buffers, decompressed weights and every file member the "
