@@ -142,6 +142,9 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     """Write via a temp file in the same folder and rename: never a partial output file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(fd, 0o666 & ~mask)  # mkstemp makes 0600: give the output the usual mode
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

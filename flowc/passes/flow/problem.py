@@ -39,8 +39,11 @@ class InfeasibleTarget(UsageError):
     """No assignment of candidate patterns reaches the target sparsity within the tolerance.
 
     `nearest` holds the nearest achievable sparsities below and above (those that exist), so
-    a caller can retry at the closest feasible target.
+    a caller can retry at the closest feasible target. Exit code 3 (a compile error, as
+    docs/cli.md documents), although it stays a UsageError for callers that catch those.
     """
+
+    exit_code = 3
 
     def __init__(self, message: str, nearest: tuple[float, ...] = ()) -> None:
         super().__init__(message)
@@ -192,6 +195,8 @@ def prepare(layers: Sequence[SelectLayer], target: float, tolerance: float = 0.0
     """
     if direction not in DIRECTIONS:
         raise UsageError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if n_max < 1 or m_max < 1:
+        raise UsageError(f"n_max and m_max must be >= 1, got n_max={n_max}, m_max={m_max}")
     if not 0.0 <= target < 1.0 or tolerance < 0:
         raise UsageError(f"target sparsity {target} must be in [0, 1) and tolerance >= 0")
     names = [layer.name for layer in layers]
