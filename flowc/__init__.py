@@ -24,10 +24,7 @@ if TYPE_CHECKING:
     from flowc.frontend.load import Captured as Model
     from flowc.machine import MachineConfig, builtin_machines, load_machine
     from flowc.passes import Pass, register_pass
-    from flowc.runtime.report import RunReport
-    from flowc.studies.analytic import AnalyticReport
-    from flowc.studies.compare import Comparison
-    from flowc.studies.evaluate import MethodResult
+    from flowc.studies.results import CostReport, EvalReport
 
 # public name -> (module, attribute)
 _EXPORTS: dict[str, tuple[str, str]] = {
@@ -45,17 +42,15 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Model": ("flowc.frontend.load", "Captured"),
     "Image": ("flowc.backend.image", "Image"),
     "MachineConfig": ("flowc.machine", "MachineConfig"),
-    "RunReport": ("flowc.runtime.report", "RunReport"),
-    "Comparison": ("flowc.studies.compare", "Comparison"),
-    "AnalyticReport": ("flowc.studies.analytic", "AnalyticReport"),
-    "MethodResult": ("flowc.studies.evaluate", "MethodResult"),
+    "CostReport": ("flowc.studies.results", "CostReport"),
+    "EvalReport": ("flowc.studies.results", "EvalReport"),
     "Pass": ("flowc.passes", "Pass"),
     "FlowcError": ("flowc.errors", "FlowcError"),
 }
 
 __all__ = [
-    "AnalyticReport", "Comparison", "FlowcError", "Image", "MachineConfig", "MethodResult",
-    "Model", "Pass", "RunReport", "__version__", "analytic", "builtin_machines", "compare",
+    "CostReport", "EvalReport", "FlowcError", "Image", "MachineConfig",
+    "Model", "Pass", "__version__", "analytic", "builtin_machines", "compare",
     "compile", "evaluate", "load", "load_image", "load_machine", "register_pass", "run",
     "save_image",
 ]

@@ -24,10 +24,7 @@ if TYPE_CHECKING:
     from flowc.backend.image import Image
     from flowc.frontend.load import Captured
     from flowc.machine import MachineConfig
-    from flowc.runtime.report import RunReport
-    from flowc.studies.analytic import AnalyticReport
-    from flowc.studies.compare import Comparison
-    from flowc.studies.evaluate import MethodResult
+    from flowc.studies.results import CostReport, EvalReport
 
 Progress = Callable[[str], None]
 
@@ -87,52 +84,57 @@ def compile(model: Captured, pipeline: str | None = None,
 
 def run(image: Image | str | os.PathLike[str],
         inputs: Sequence[np.ndarray | torch.Tensor] | None = None, numerics: str = "int8",
-        check: bool = True, mode: str = "plan") -> RunReport:
+        check: bool = True, mode: str = "plan") -> CostReport:
     """Execute `image` (or a .fcim file) on the simulated machine with cycle and energy
     accounting; `inputs` default to the samples the image carries; with `check` and a
     reference model in the image, the outputs are judged against ONNX Runtime
-    (`report.check.passed`)."""
+    (`report.check["passed"]`). The report is flowrun's (docs/results-format.md)."""
     import numpy as np
 
     from flowc.backend.container import load as load_image
     from flowc.runtime.session import load_inputs, run_image
+    from flowc.studies.results import from_run
 
     img = load_image(image) if isinstance(image, str | os.PathLike) else image
     if inputs is None:
         arrays = load_inputs(img, None)
     else:
         arrays = [np.asarray(x.detach().numpy() if hasattr(x, "detach") else x) for x in inputs]
-    report = run_image(img, arrays, numerics=numerics, mode=mode, check=check)
-    report.file = str(image) if isinstance(image, str | os.PathLike) else ""
-    return report
+    raw = run_image(img, arrays, numerics=numerics, mode=mode, check=check)
+    info = img.compile_info or {}
+    source = str(image) if isinstance(image, str | os.PathLike) else str(info.get("source", ""))
+    return from_run(raw, img.machine, source, info.get("pipeline"))
 
 
 def compare(model: Captured, targets: Sequence[str] | str | None = None,
             pipeline: str | None = None, *, nm: tuple[int, int] | None = None,
             calib: Sequence[Sequence[torch.Tensor]] | None = None,
-            progress: Progress | None = None) -> Comparison:
+            progress: Progress | None = None) -> CostReport:
     """Prune and quantise a copy of `model` once, then lower and run it on every target
     (default: all built-in machines) with cost accounting: latency, energy and EDP side by
     side. `calib` defaults to the model's own calibration samples, else synthetic ones."""
     from flowc.studies.compare import compare_captured, parse_targets
     from flowc.studies.compiler import CompileOptions
+    from flowc.studies.results import from_comparison
 
     names = parse_targets(targets)
     opts = CompileOptions(nm=nm, pipeline=pipeline, target=names[0], reference=False,
                           keep_fp32=False)
     own = model.info.get("calib") if calib is None else [tuple(s) for s in calib]
-    return compare_captured(_copy_model(model), names, opts, progress, calib=own or None)
+    return from_comparison(compare_captured(_copy_model(model), names, opts, progress,
+                                            calib=own or None))
 
 
 def analytic(config: Any, target: str | MachineConfig = "flexcim", *,
              nm: tuple[int, int] | None = None, assignment: str | dict | None = None,
              phase: str = "prefill", tokens: int = 2048, kv_len: int | None = None,
-             attention: bool = True, all_logits: bool = False) -> AnalyticReport:
+             attention: bool = True, all_logits: bool = False) -> CostReport:
     """Cycles and energy of a transformer from its configuration alone (a built-in name such
     as "llama-2-7b", a config.json path or a model folder): every GEMM priced by the same
     cost model a run uses. `nm` prunes every Linear but the LM head uniformly; `assignment`
     gives per-layer patterns (a JSON file path or its dict)."""
     from flowc.studies.analytic import analyse, assignment_from_dict, load_assignment, uniform
+    from flowc.studies.results import from_analytic
 
     if nm is not None and assignment is not None:
         raise UsageError("flowc.analytic: give nm or assignment, not both")
@@ -141,15 +143,18 @@ def analytic(config: Any, target: str | MachineConfig = "flexcim", *,
         plan = assignment_from_dict(assignment)
     elif assignment is not None:
         plan = load_assignment(assignment)
-    return analyse(config, _machine(target), plan, phase=phase, tokens=tokens, kv_len=kv_len,
-                   attention=attention, all_logits=all_logits)
+    machine = _machine(target)
+    label = config if isinstance(config, str) else "model"
+    report = analyse(config, machine, plan, phase=phase, tokens=tokens, kv_len=kv_len,
+                     attention=attention, all_logits=all_logits, name=label)
+    return from_analytic({phase: {machine.name: report}}, label)
 
 
 def evaluate(model: str, method: str = "flow", sparsity: float = 0.5, *,
              nm: tuple[int, int] | None = None, dense: bool = True, calib_text: str = "brown",
              eval_text: str | None = None, calib_windows: int = 32, eval_windows: int = 40,
              seq_len: int = 512, progress: Progress | None = None,
-             **options: Any) -> list[MethodResult]:
+             **options: Any) -> EvalReport:
     """Perplexity and achieved sparsity of a language model (an `hf:` source) pruned by
     `method` (dense, uniform, magnitude, owl, flow, flow-repo, measured, measured-search) to
     `sparsity`, beside the dense model's (`dense=True`, first in the list). Calibration uses
@@ -157,6 +162,7 @@ def evaluate(model: str, method: str = "flow", sparsity: float = 0.5, *,
     the method's own (update="obs", tau, granularity, solver, keep_dense, skip, latency, ...).
     """
     from flowc.studies.evaluate import MethodSpec, dense_result, prepare, run_method
+    from flowc.studies.results import from_eval
 
     if nm is not None and method in ("uniform", "magnitude"):
         sparsity = 1.0 - nm[0] / nm[1]
@@ -171,7 +177,8 @@ def evaluate(model: str, method: str = "flow", sparsity: float = 0.5, *,
     results = [dense_result(base)] if dense or method == "dense" else []
     if method != "dense":
         results.append(run_method(base, spec, progress=progress))
-    return results
+    return from_eval(results, model, calib_text, eval_text, seq_len, calib_windows,
+                     eval_windows, base.calib_seconds)
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -52,22 +53,26 @@ def test_one_model_two_targets_no_reload() -> None:
     assert first.machine == flowc.load_machine("flexcim").to_dict()
     assert second.machine == few.to_dict()
 
-    reports = {r["machine"]: r for r in (flowc.run(img).to_dict() for img in (first, second))}
-    assert set(reports) == {"flexcim", "flexcim-2"}
-    a, b = reports["flexcim"], reports["flexcim-2"]
-    assert a["check"]["passed"] and b["check"]["passed"]
-    assert [lay["name"] for lay in a["layers"]] == [lay["name"] for lay in b["layers"]]
-    gemms = [i for i, lay in enumerate(a["layers"]) if lay["kind"] == "gemm"]
-    assert [a["layers"][i]["name"] for i in gemms] == ["up", "down"]
-    for i in gemms:
-        assert a["layers"][i]["macs"] == b["layers"][i]["macs"]
+    reports = [flowc.run(img) for img in (first, second)]
+    assert all(r.check["passed"] for r in reports)
+    # the two reports as DataFrames: one row per layer, compared layer by layer
+    a, b = (r.to_dataframe(layers=True).set_index("name") for r in reports)
+    assert set(a["target"]) == {"flexcim"} and set(b["target"]) == {"flexcim-2"}
+    assert list(a.index) == list(b.index)
+    gemms = a.index[a["kind"] == "gemm"]
+    assert list(gemms) == ["up", "down"]
+    assert (a.loc[gemms, "macs"] == b.loc[gemms, "macs"]).all()
     # `up` has 256 outputs = 8 column tiles: one wave on 16 macros, four (each loading its
     # tiles) on 2; `down` has 2 tiles: one wave on either machine, the same cycles
-    up, down = (gemms[0], gemms[1])
-    assert b["layers"][up]["cycles"] > a["layers"][up]["cycles"]
-    assert b["layers"][down]["cycles"] == a["layers"][down]["cycles"]
-    assert b["total_cycles"] - a["total_cycles"] == (b["layers"][up]["cycles"]
-                                                     - a["layers"][up]["cycles"])
+    diff = b["cycles"] - a["cycles"]
+    assert diff["up"] > 0 and diff["down"] == 0
+    totals = pd.concat([r.to_dataframe() for r in reports]).set_index("target")
+    assert totals.loc["flexcim-2", "cycles"] - totals.loc["flexcim", "cycles"] == diff.sum()
+    assert diff.sum() == diff["up"]  # only `up` differs
+    assert totals.loc["flexcim", "cycles"] == a["cycles"].sum()
+    assert totals["time"].tolist() == [c / 500e6 for c in totals["cycles"]]  # 500 MHz clock
+    hashes = {name: m["hash"] for r in reports for name, m in r.machines.items()}
+    assert hashes["flexcim"] != hashes["flexcim-2"]
 
 
 def test_inputs_and_targets_are_checked() -> None:
@@ -92,15 +97,16 @@ def test_compare_runs_the_program_compile_and_run_produce() -> None:
     torch.manual_seed(1)
     model = flowc.load(TwoLayer(), inputs=torch.randn(4, 128))
     graph = {k: v.clone() for k, v in model.gm.state_dict().items()}
-    cmp = flowc.compare(model, "flexcim,dcim-dense", PIPELINE).to_dict()
+    cmp = flowc.compare(model, "flexcim,dcim-dense", PIPELINE)
     assert all(torch.equal(graph[k], v) for k, v in model.gm.state_dict().items())
     for target in ("flexcim", "dcim-dense"):
         report = flowc.run(flowc.compile(model, PIPELINE, target=target), check=False)
-        assert cmp["targets"][target]["cycles"] == report.total_cycles
-        assert cmp["targets"][target]["energy_pj"] == pytest.approx(report.total_energy_pj,
-                                                                    rel=1e-12)
-    assert cmp["targets"]["flexcim"]["max_abs_diff_vs_primary"] == 0.0
-    assert cmp["targets"]["dcim-dense"]["max_abs_diff_vs_primary"] == 0.0
+        assert report.check is None
+        run, cmp_run = report.result(), cmp.result(target)
+        assert cmp_run.cycles == run.cycles
+        assert cmp_run.energy == pytest.approx(run.energy, rel=1e-12)
+        assert report.machines[target] == cmp.machines[target]  # same config, same hash
+    assert cmp.agreement == {"flexcim": 0.0, "dcim-dense": 0.0}
 
 
 def test_analytic_takes_a_name_or_a_machine_object() -> None:
@@ -110,17 +116,21 @@ def test_analytic_takes_a_name_or_a_machine_object() -> None:
     assert by_name.to_dict() == by_object.to_dict()
     by_dict = flowc.analytic("llama-2-7b", vegeta, phase="decode", kv_len=128,
                              assignment={"layers": {"lm_head": "dense"}, "default": "2:4"})
-    assert by_dict.cycles() == by_name.cycles() and by_dict.energy_pj() == by_name.energy_pj()
+    assert by_dict.result().cycles == by_name.result().cycles
+    assert by_dict.result().energy == by_name.result().energy
     with pytest.raises(flowc.FlowcError, match="nm or assignment, not both"):
         flowc.analytic("llama-2-7b", nm=(2, 4), assignment={"layers": {}})
 
 
 @pytest.mark.slow
 def test_evaluate_reports_dense_and_pruned() -> None:
-    rows = flowc.evaluate("hf:tiny-llama", "uniform", nm=(2, 4), calib_windows=2,
-                          eval_windows=2, seq_len=32)
-    assert [r.spec.method for r in rows] == ["dense", "uniform"]
-    dense, pruned = rows
+    report = flowc.evaluate("hf:tiny-llama", "uniform", nm=(2, 4), calib_windows=2,
+                            eval_windows=2, seq_len=32)
+    assert [e.method for e in report.evaluations] == ["dense", "uniform"]
+    dense, pruned = report.evaluations
     assert dense.sparsity == 0.0 and pruned.sparsity == pytest.approx(0.5, abs=1e-9)
-    assert dense.ppl.tokens == pruned.ppl.tokens == 2 * 31
-    assert pruned.to_dict()["pipeline"] == pruned.pipeline
+    assert dense.tokens == pruned.tokens == 2 * 31
+    assert report.pipeline == pruned.pipeline and "nm-prune" in pruned.pipeline
+    df = report.to_dataframe()
+    assert df["method"].tolist() == ["dense", "uniform"] and df["ppl"].tolist() == [
+        dense.ppl, pruned.ppl]
