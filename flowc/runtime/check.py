@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flowc.errors import ExecutionError, ImageError
+
 FP32_RTOL = 1e-4
 INT8_MIN_COSINE = 0.99
 INT8_RTOL = 0.1
@@ -134,13 +136,37 @@ def ort_session(onnx_bytes: bytes, threads: int = 0):
     # ORT's worker threads spin after a run by default; on a 2-core machine that starves
     # numpy's BLAS threads in the same process (measured: the simulator ran 20x slower).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # the model comes from the .fcim: a bad file, not a bug
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ImageError(f"reference model: onnxruntime refuses it: {first}") from None
 
 
 def run_reference(onnx_bytes: bytes, inputs: Sequence[np.ndarray], session=None) -> list[np.ndarray]:
+    """ORT's outputs, under the wall-clock limit flowc.backend.limits sets (a watchdog sets
+    RunOptions.terminate): a hostile reference model cannot hang the check."""
+    import threading
+
+    import onnxruntime as ort
+
+    from flowc.backend import limits
+
     sess = session or ort_session(onnx_bytes)
     feeds = {i.name: np.asarray(x) for i, x in zip(sess.get_inputs(), inputs, strict=True)}
-    return [np.asarray(o) for o in sess.run(None, feeds)]
+    run_opts = ort.RunOptions()
+    seconds = limits.current().onnx_seconds
+    watchdog = threading.Timer(seconds, lambda: setattr(run_opts, "terminate", True))
+    watchdog.start()
+    try:
+        return [np.asarray(o) for o in sess.run(None, feeds, run_opts)]
+    except Exception as exc:
+        if run_opts.terminate:
+            raise ExecutionError(f"the reference model ran past the {seconds:g} s limit") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ExecutionError(f"onnxruntime failed on the reference model: {first}") from None
+    finally:
+        watchdog.cancel()
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
