@@ -141,7 +141,10 @@ def no_unpickling(path: Path, trust_pickle: bool = False) -> Iterator[None]:
 
         def weights_only_load(f, *args, weights_only=None, **kwargs):
             if weights_only is False:
-                raise _refuse(path, "a part torch tried to load with weights_only=False")
+                raise PickleRefused(
+                    f"{path}: a part of it is not readable weights-only (corrupt, or pickled "
+                    "objects); torch would unpickle it, which runs arbitrary code, so flowc "
+                    "does so only with --trust-pickle")
             return original_load(f, *args, weights_only=True, **kwargs)
 
         def refuse_raw(*args, **kwargs):

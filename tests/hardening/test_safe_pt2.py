@@ -146,3 +146,21 @@ def test_clean_archive_loads_with_its_recorded_inputs(tmp_path):
     assert torch.equal(cap.example_inputs[0], expected)
     same = load_model(_saved(tmp_path), input_shapes="2x8")  # the recorded shape: same inputs
     assert torch.equal(same.example_inputs[0], expected)
+
+
+def test_compile_cli_is_one_line_without_torch_noise(tmp_path, capfd):
+    from flowc.cli.main import main as flowc_main
+
+    path = _saved(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    (tmp_path / "flip.pt2").write_bytes(bytes(data))
+    garbage = _rewrite(path, tmp_path / "garbage.pt2",
+                       lambda n, d: b"garbage" * 9 if n.endswith("sample_inputs/model.pt") else d)
+    for bad, needle in ((tmp_path / "flip.pt2", "corrupt"), (garbage, "not readable weights-only")):
+        capfd.readouterr()
+        assert flowc_main(["compile", str(bad), "-o", str(tmp_path / "x.fcim"), "-q"]) == 2
+        captured = capfd.readouterr()
+        err = captured.err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0] and captured.out == "", err
+    assert not (tmp_path / "x.fcim").exists()
