@@ -61,7 +61,9 @@ class Plan:
 
     def __init__(self, interp: Interpreter) -> None:
         self.interp = interp
+        t0 = time.perf_counter()
         self.steps = self._prepare(interp.steps)
+        self.prepare_seconds = time.perf_counter() - t0  # weights unpacked, steps resolved
         self._events: list | None = None  # (is_loop, event) per emitting step, first run
         self.record = False  # record the events on the next run even without listeners
         self.priced: dict = {}  # machine key -> per-layer costs of the events (session.py)

@@ -309,7 +309,8 @@ def run_image(image: Image, inputs: Sequence[np.ndarray], numerics: str = "int8"
     arrays = check_inputs(image, inputs)
     check_run_inputs(image, arrays)
     say(f"executing {len(image.program.instructions)} instructions ({numerics}, {mode}) ...")
-    outputs, report = simulate(image, arrays, numerics=numerics, mode=mode)
+    interp = Interpreter(image, numerics=numerics, mode=mode)
+    outputs, report = simulate(image, arrays, numerics=numerics, mode=mode, interpreter=interp)
     if check and image.reference_onnx is not None:
         say("running the reference model in onnxruntime"
             + (" (fp32, and int8 with the simulator's quantisation) ..." if numerics == "int8"
@@ -322,7 +323,8 @@ def run_image(image: Image, inputs: Sequence[np.ndarray], numerics: str = "int8"
         from flowc.runtime.profile import profile_image
 
         say("profiling one more run, then the same GEMMs alone and onnxruntime ...")
-        report.extra["profile"] = profile_image(image, arrays, numerics).render()
+        reuse = interp if mode == "plan" else None  # its weights are unpacked already
+        report.extra["profile"] = profile_image(image, arrays, numerics, reuse).render()
     return report
 
 
