@@ -46,7 +46,7 @@ def read_npy(data: bytes, max_bytes: int, kinds: str = NUMERIC_KINDS) -> np.ndar
     if nbytes > max_bytes:
         raise NpyError(f"header declares {nbytes} bytes ({'x'.join(map(str, shape)) or 'scalar'} "
                        f"{dtype}), over the limit of {max_bytes}")
-    body = data[f.tell():]
+    body = memoryview(data)[f.tell():]  # no copy: the one copy is np.array below
     if len(body) != nbytes:
         raise NpyError(f"header declares {nbytes} data bytes, the file holds {len(body)}")
     arr = np.frombuffer(body, dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
