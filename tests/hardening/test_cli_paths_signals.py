@@ -80,3 +80,12 @@ def test_a_swallowed_signal_still_ends_with_its_code(sig, code, capsys):
     assert guard("flowc", handler, argparse.Namespace()) == code
     assert "interrupted" in _err(capsys)[0]
     assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.default_int_handler)
+
+
+def test_asm_and_disasm_never_wait_on_a_fifo(tmp_path, capsys):
+    os.mkfifo(tmp_path / "p.s")
+    os.mkfifo(tmp_path / "p.bin")
+    assert flowc_main(["asm", str(tmp_path / "p.s"), "-o", str(tmp_path / "o.bin")]) == 2
+    assert "not a regular file" in _err(capsys)[0]
+    assert flowc_main(["disasm", str(tmp_path / "p.bin")]) == 2
+    assert "not a regular file" in _err(capsys)[0]
