@@ -104,6 +104,8 @@ class Interpreter:
         self.steps = structure(image.program)
         self._dense: dict[str, np.ndarray] = {}
         self._plan: Plan | None = None
+        # plan mode frees each buffer after its last reader; True keeps all (tests, tools)
+        self.keep_buffers = False
 
     # -- public ------------------------------------------------------------------------------
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

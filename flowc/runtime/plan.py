@@ -63,6 +63,7 @@ class Plan:
         self.interp = interp
         t0 = time.perf_counter()
         self.steps = self._prepare(interp.steps)
+        self.dead = dead_after(self.steps, {o.buffer for o in interp.image.outputs})
         self.prepare_seconds = time.perf_counter() - t0  # weights unpacked, steps resolved
         self._events: list | None = None  # (is_loop, event) per emitting step, first run
         self.record = False  # record the events on the next run even without listeners
@@ -172,15 +173,19 @@ class Plan:
         return self._events
 
     def run(self, state: State, listeners: Sequence) -> None:
-        if not listeners and (self._events is not None or not self.record):
-            for step in self.steps:
-                step.run(state)
-            return
-        if self._events is None:
+        if self._events is None and (listeners or self.record):
             self._events = self._run_recording(state)
-        else:
+        elif self.interp.keep_buffers:
             for step in self.steps:
                 step.run(state)
+        else:
+            bufs = state.bufs
+            for step, dead in zip(self.steps, self.dead, strict=True):
+                step.run(state)
+                for name in dead:  # its last reader ran: free it (views keep their base)
+                    bufs.pop(name, None)
+        if not listeners:
+            return
         for is_loop, ev in self._events:
             for lis in listeners:
                 (lis.on_loop if is_loop else lis.on_instr)(ev)
@@ -190,12 +195,15 @@ class Plan:
         from flowc.runtime.interpreter import SILENT
 
         it, events = self.interp, []
-        for step in self.steps:
+        for step, dead in zip(self.steps, self.dead, strict=True):
             sizes = step.run(state) or {}
             if step.loop:
                 events.append((True, it.loop_event(state.layer, step.item, sizes)))
             elif step.item.mnemonic not in SILENT:
                 events.append((False, it.instr_event(state.layer, step.item, sizes)))
+            if not it.keep_buffers:
+                for name in dead:
+                    state.bufs.pop(name, None)
         return events
 
     def run_profiled(self, state: State, listeners: Sequence) -> dict[str, float]:
@@ -221,6 +229,30 @@ class Plan:
                 spent["accounting"] += clock() - t1
         spent["dispatch"] = clock() - t_start - sum(spent.values())
         return spent
+
+
+def buffers_of(item) -> set[str]:
+    """Names of the buffers an instruction (or every instruction of a Loop body) names."""
+    from flowc.runtime.interpreter import Loop
+
+    if isinstance(item, Loop):
+        return set().union(*(buffers_of(i) for i in item.body))
+    return {getattr(item, op.name) for op in item.definition.operands if op.type == "buf"}
+
+
+def dead_after(steps: Sequence[Step], keep: set[str]) -> list[tuple[str, ...]]:
+    """Per step, the buffers no later step names (outputs excepted): freed right after it.
+    A run otherwise keeps every intermediate until it ends (SmolLM2 at 2,048 tokens: GBs
+    of attention scores)."""
+    last: dict[str, int] = {}
+    for i, step in enumerate(steps):
+        for name in buffers_of(step.item):
+            last[name] = i
+    dead: list[list[str]] = [[] for _ in steps]
+    for name, i in last.items():
+        if name not in keep:
+            dead[i].append(name)
+    return [tuple(sorted(d)) for d in dead]
 
 
 def _bound(handler, it: Interpreter, ins) -> Callable:
@@ -257,10 +289,18 @@ def mismatches(image, numerics: str = "int8", inputs: Sequence[np.ndarray] | Non
     from flowc.runtime.interpreter import Interpreter
 
     inputs = list(image.samples) if inputs is None else list(inputs)
-    a = Interpreter(image, numerics, "plan").execute(inputs).bufs
+    plan = Interpreter(image, numerics, "plan")
+    plan.keep_buffers = True  # every intermediate, to compare them all
+    a = plan.execute(inputs).bufs
     b = Interpreter(image, numerics, against).execute(inputs).bufs
     missing = sorted(set(a) ^ set(b))
-    return missing + [k for k in a if k in b and not _same(a[k], b[k])]
+    bad = missing + [k for k in a if k in b and not _same(a[k], b[k])]
+    # and the plan as it normally runs, freeing each buffer after its last reader
+    outs = Interpreter(image, numerics, "plan").run(inputs)
+    for spec, out in zip(image.outputs, outs, strict=True):
+        if not _same(out, b[spec.buffer].astype(np.float32, copy=False)):
+            bad.append(f"{spec.buffer} (output, buffers freed)")
+    return bad
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
