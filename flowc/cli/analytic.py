@@ -35,6 +35,7 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
 
 def run(args: argparse.Namespace) -> int:
     from flowc.cli.compare import write_json
+    from flowc.cli.paths import check_output
     from flowc.errors import UsageError
     from flowc.machine import load_machine
     from flowc.studies.analytic import analyse_targets, load_assignment, scale_blocks, uniform
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from flowc.studies.results import from_analytic
     from flowc.studies.tables import render_analytic
 
+    check_output(args.json, "--json", args.config)
     if args.tokens < 1 or (args.kv_len is not None and args.kv_len < 1):
         raise UsageError("--tokens and --kv-len must be positive")
     machines = [load_machine(t) for t in parse_targets(args.targets)]

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 
 def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -27,26 +25,27 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
     p.add_argument("--trust-pickle", action="store_true", help="allow pickled nn.Module files")
     p.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="write per-layer cycles by target (PNG)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     add_debug(p)
     p.set_defaults(func=run)
 
 
 def write_json(path: str, data: dict) -> None:
-    """Write to a temp file, then rename: no partial output on failure."""
-    out = Path(path)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    """Atomic (temp file + rename, no partial output) and with the umask's mode."""
+    from flowc.backend.container import write_atomic
+
+    write_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
 
 def run(args: argparse.Namespace) -> int:
+    from flowc.cli.paths import check_output
     from flowc.frontend.load import check_hf_source, is_hf_source, load_hf, load_model
     from flowc.studies.compare import compare_captured, parse_targets
     from flowc.studies.compiler import CompileOptions, parse_nm, stderr_progress
     from flowc.studies.results import from_comparison
     from flowc.studies.tables import render_compare
 
+    check_output(args.json, "--json", args.model)
+    check_output(args.plot, "--plot", args.model)
     targets = parse_targets(args.targets)
     say = None if args.quiet else stderr_progress
     if is_hf_source(args.model):  # brings its own calibration text, used like compile does
@@ -60,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     report = from_comparison(cmp)
     if args.json:
         write_json(args.json, report.to_dict())
-    print(render_compare(report))
-    if args.plot:
+    if args.plot:  # files first: a reader that closes stdout early does not lose them
         cmp.plot(args.plot)
+    print(render_compare(report))
     return 0

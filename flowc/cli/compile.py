@@ -8,6 +8,8 @@ from pathlib import Path
 
 from flowc.errors import UsageError
 
+HF_PREFIX = "hf:"  # flowc.frontend.load.HF_PREFIX, repeated here to check paths before torch
+
 
 def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -> None:
     p = subparsers.add_parser("compile", help="compile a PyTorch model to a .fcim program")
@@ -45,24 +47,27 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
                    help="do not embed the reference ONNX model (flowrun cannot check)")
     p.add_argument("--no-fp32", action="store_true",
                    help="do not embed fp32 weights (smaller; no --numerics fp32)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     add_debug(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from flowc.backend.container import save
-    from flowc.cli.paths import check_output
-    from flowc.frontend.load import HF_PREFIX, check_hf_source, is_hf_source, load_hf, load_model
-    from flowc.studies.compiler import CompileOptions, compile_captured, parse_nm, stderr_progress
+    from flowc.cli.paths import check_input, check_output
 
-    hf = is_hf_source(args.model)
+    hf = args.model.startswith(HF_PREFIX)
     # hf:ORG/NAME, hf:/path/folder, hf:file.gguf -> NAME.fcim / folder.fcim / file.fcim here
     name = Path(args.model[len(HF_PREFIX):].rstrip("/")) if hf else Path(args.model)
     default = (name.name.removesuffix(".gguf") if hf else name.stem) + ".fcim"
     out = Path(args.output or default)
+    # before torch loads (seconds): a wrong output path fails at once
     check_output(out, "-o", None if hf else args.model, args.calib_text, args.calib_data,
                  args.machine)
+    if not hf:
+        check_input(args.model, "model file")
+    from flowc.backend.container import save
+    from flowc.frontend.load import check_hf_source, load_hf, load_model
+    from flowc.studies.compiler import CompileOptions, compile_captured, parse_nm, stderr_progress
+
     if not hf and (args.seq_len or args.prompt):
         raise UsageError("--seq-len and --prompt apply to hf: model sources only")
     if not hf and args.trust_remote_code:

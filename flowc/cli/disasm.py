@@ -21,12 +21,13 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
 def run(args: argparse.Namespace) -> int:
     from flowc import isa
     from flowc.backend.container import load, write_atomic
-    from flowc.cli.paths import check_output
+    from flowc.cli.paths import check_input, check_output
     from flowc.errors import UsageError
     from flowc.runtime.inputs import read_regular
     from flowc.runtime.verifier import verify
 
     path = Path(args.file)
+    check_input(path, "program file")
     check_output(args.output, "-o", path)
     if path.suffix == ".fcim":
         image = load(path)

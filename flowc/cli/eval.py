@@ -12,10 +12,8 @@ overall, next to the perplexity of the dense and the pruned model.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 
 def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -58,7 +56,6 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
     p.add_argument("--json", metavar="FILE", help="write all results as JSON")
     p.add_argument("--save-selection", metavar="FILE",
                    help='write {"layers": {name: [n, m]}, "target", "achieved"} as JSON')
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     add_debug(p)
     p.set_defaults(func=run)
 
@@ -68,18 +65,20 @@ def _items(text: str) -> tuple[str, ...]:
 
 
 def _write_json(path: str, data: dict) -> None:
-    out = Path(path)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    from flowc.cli.compare import write_json
+
+    write_json(path, data)
 
 
 def run(args: argparse.Namespace) -> int:
+    from flowc.cli.paths import check_output
     from flowc.studies.compiler import parse_nm, stderr_progress
     from flowc.studies.evaluate import MethodSpec, dense_result, peak_rss_mb, prepare, run_method
     from flowc.studies.results import from_eval
     from flowc.studies.tables import render_eval
 
+    check_output(args.json, "--json")
+    check_output(args.save_selection, "--save-selection")
     say = None if args.quiet else stderr_progress
     nm = parse_nm(args.nm) if args.nm else None
     target = args.target

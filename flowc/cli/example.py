@@ -16,9 +16,11 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
 
 
 def run(args: argparse.Namespace) -> int:
+    from flowc.cli.paths import check_output
     from flowc.studies.examples import save_example
 
     out = args.output or f"{args.name}.pt2"
+    check_output(out, "-o")
     save_example(args.name, out, seed=args.seed)
     print(f"wrote {out} (torch.export program of the built-in example '{args.name}')")
     return 0

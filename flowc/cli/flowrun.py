@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from flowc.cli.guard import add_debug, guard
+from flowc.cli.main import add_version
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,8 +55,9 @@ def _checked_run(args: argparse.Namespace) -> int:
     special file (flowc.cli.paths); --max-memory / --max-work set the limits the reader and
     the program verifier enforce (flowc.backend.limits)."""
     from flowc.backend import limits
-    from flowc.cli.paths import check_output
+    from flowc.cli.paths import check_input, check_output
 
+    check_input(args.file, ".fcim file")
     check_output(args.json, "--json", args.file, *(args.input or ()))
     if args.max_memory:
         limits.configure(member_bytes=args.max_memory, total_bytes=args.max_memory,
@@ -85,13 +87,13 @@ def build_flowrun_parser() -> argparse.ArgumentParser:
                    help="one row per layer (default: one row per block, e.g. model.layers.3)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON "
                    "(docs/results-format.md)")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only on a failed check")
     p.add_argument("--max-memory", type=_size, metavar="BYTES",
                    help="limit for buffers, decompressed weights and every file member the "
                    "verifier and reader accept (default: half the host memory; k/M/G suffixes)")
     p.add_argument("--max-work", type=_size, metavar="OPS",
                    help="limit for the operations one run may take (default 1e13)")
-    add_debug(p)
+    add_debug(p)  # -q: no progress, and the report only if the check fails
+    add_version(p)
     p.set_defaults(func=_checked_run)
     return p
 

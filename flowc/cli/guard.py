@@ -1,19 +1,54 @@
-"""Shared by every subcommand: the --debug flag and the mapping of failures to one line and an
-exit code (documented in docs/cli.md; the codes come from flowc/errors.py)."""
+"""Shared by every subcommand: the global flags (--debug, -v, -q, accepted before or after the
+subcommand), the mapping of failures to one line and an exit code (documented in docs/cli.md;
+the codes come from flowc/errors.py), and a quiet exit when the reader of stdout goes away."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from flowc.errors import FlowcError
 
+# the flags every subcommand takes; `flowc --debug compile ...` means `flowc compile --debug ...`
+GLOBAL_FLAGS = ("--debug", "-v", "-vv", "--verbose", "-q", "--quiet")
+EXIT_PIPE = 141  # what a shell reports for a process ended by SIGPIPE (128 + 13)
+
 
 def add_debug(p: argparse.ArgumentParser) -> None:
+    """Add the global flags to one (sub)command's parser."""
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more detail: Python warnings and library log messages on stderr")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+
+def hoist_global_flags(argv: Sequence[str], commands: Sequence[str]) -> list[str]:
+    """Move global flags given before the subcommand to just after it, so they are parsed by
+    the subcommand's parser like flags given after it."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg in commands:
+            before = [a for a in argv[:i] if a in GLOBAL_FLAGS]
+            rest = [a for a in argv[:i] if a not in GLOBAL_FLAGS]
+            return rest + [arg] + before + argv[i + 1:]
+        if not arg.startswith("-"):
+            break
+    return argv
+
+
+def set_verbosity(args: argparse.Namespace) -> None:
+    """-v: show Python warnings and flowc's log messages (both are held back otherwise)."""
+    if getattr(args, "verbose", 0):
+        import logging
+        import warnings
+
+        logging.basicConfig(level=logging.INFO if args.verbose == 1 else logging.DEBUG,
+                            format="%(name)s: %(message)s")
+        warnings.simplefilter("default")
 
 
 class Terminated(BaseException):
@@ -55,8 +90,13 @@ def guard(prog: str, fn: Callable[[argparse.Namespace], int], args: argparse.Nam
 
 
 def _run(prog: str, fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    set_verbosity(args)
     try:
-        return fn(args)
+        code = fn(args)
+        sys.stdout.flush()  # a closed pipe shows up here for buffered output
+        return code
+    except BrokenPipeError:
+        return closed_pipe()
     except Exception as exc:  # map every failure to one line + an exit code
         if getattr(args, "debug", False):
             raise
@@ -82,3 +122,15 @@ def foreign_exit_code(exc: Exception) -> int:
     if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
         return 2
     return 70
+
+
+def closed_pipe() -> int:
+    """The reader of stdout went away (`flowc compare ... | head`): stop quietly. Output files
+    were written before the report was printed; stdout is pointed at /dev/null so the
+    interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return EXIT_PIPE

@@ -10,7 +10,7 @@ import argparse
 import importlib
 from collections.abc import Sequence
 
-from flowc.cli.guard import add_debug, guard
+from flowc.cli.guard import GLOBAL_FLAGS, add_debug, guard, hoist_global_flags
 
 # Modules defining `register(subparsers, add_debug)`, in the order `flowc --help` lists them.
 SUBCOMMANDS: tuple[str, ...] = (
@@ -22,13 +22,26 @@ SUBCOMMANDS: tuple[str, ...] = (
 def build_flowc_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowc", description="Command-line interface: `flowc compile|disasm|asm|...` and "
-                                  "`flowrun`.")
+                                  "`flowrun`.",
+        epilog=f"The global flags ({', '.join(GLOBAL_FLAGS)}) go before or after the subcommand.")
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     for module in SUBCOMMANDS:
         importlib.import_module(module).register(sub, add_debug)
     return parser
 
 
+def add_version(parser: argparse.ArgumentParser) -> None:
+    from flowc import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_flowc_parser().parse_args(argv)
+    import sys
+
+    parser = build_flowc_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    argv = hoist_global_flags(sys.argv[1:] if argv is None else argv, list(commands.choices))
+    args = parser.parse_args(argv)
     return guard("flowc", args.func, args)

@@ -23,6 +23,11 @@ def check_output(out: str | os.PathLike | None, option: str, *inputs: str | os.P
     if path.is_symlink():
         raise UsageError(f"{option} {text}: is a symbolic link (give the real path)")
     if not path.exists():
+        folder = path.parent
+        if not folder.is_dir():
+            raise UsageError(f"{option} {text}: folder {os.fspath(folder)} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"{option} {text}: folder {os.fspath(folder)} is not writable")
         return
     if not path.is_file():
         raise UsageError(f"{option} {text}: is not a regular file")
@@ -30,3 +35,13 @@ def check_output(out: str | os.PathLike | None, option: str, *inputs: str | os.P
         if source is not None and Path(source).exists() and os.path.samefile(path, source):
             raise UsageError(f"{option} {text}: is the input file {os.fspath(source)}; "
                              "it would be replaced")
+
+
+def check_input(path: str | os.PathLike, what: str) -> None:
+    """A missing input file or a folder given as one is bad input (exit 2, docs/cli.md), not
+    a bad program: refused before the reader opens it."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{os.fspath(path)}: no such {what}")
+    if p.is_dir():
+        raise UsageError(f"{os.fspath(path)}: is a folder, not a {what}")

@@ -130,7 +130,8 @@ def _check_line(title: str, c: dict) -> str:
         floor = f"; noise floor (ORT int8 vs ORT fp32): cosine {worst['cosine']:.6f}" + (
             f", top-1 {worst['top1_agreement']:.4f}" if worst.get("top1_agreement") is not None
             else "")
-    return (f"{title}: {'PASSED' if c['passed'] else 'FAILED'}  max_abs_error "
+    ok = all(o["passed"] for o in c["outputs"])  # this comparison's own verdict
+    return (f"{title}: {'PASSED' if ok else 'FAILED'}  max_abs_error "
             f"{c['max_abs_error']:.3g}, cosine {c['cosine']:.6f}"
             + (f", top-1 {top1:.4f}" if top1 is not None else "") + floor
             + f"  [{c['reference_model']} reference; {c['criterion']}]")

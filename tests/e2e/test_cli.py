@@ -153,7 +153,8 @@ def test_console_script_exit_code_and_debug_traceback(work):
     missing = str(work / "missing.fcim")
     r = subprocess.run([sys.executable, "-m", "flowc.cli.flowrun", missing], capture_output=True,
                        text=True)
-    assert r.returncode == 4 and r.stderr.strip() == f"flowrun: error: {missing}: no such file"
+    # a missing file is bad input (2, docs/cli.md), not a bad program (4)
+    assert r.returncode == 2 and r.stderr.strip() == f"flowrun: error: {missing}: no such .fcim file"
     r = subprocess.run([sys.executable, "-m", "flowc.cli.flowrun", missing, "--debug"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "Traceback" in r.stderr

@@ -131,9 +131,10 @@ def test_eval_command_end_to_end(tmp_path, capsys):
     import argparse
 
     from flowc.cli import eval as eval_cmd
+    from flowc.cli.guard import add_debug
 
     parser = argparse.ArgumentParser()
-    eval_cmd.register(parser.add_subparsers(dest="command"), lambda p: None)
+    eval_cmd.register(parser.add_subparsers(dest="command"), add_debug)
     sel = tmp_path / "sel.json"
     args = parser.parse_args(["eval", "hf:tiny-llama", "--calib-text", "pydoc",
                               "--calib-windows", "2", "--eval-windows", "2", "--seq-len", "32",

@@ -8,6 +8,7 @@ import pytest
 
 from flowc.cli import analytic as analytic_cmd
 from flowc.cli import compare as compare_cmd
+from flowc.cli.guard import add_debug
 from flowc.errors import UsageError
 from flowc.machine import MachineConfigError
 from flowc.studies.compare import TARGETS, compare_model, parse_targets
@@ -45,7 +46,7 @@ def test_flexcim_beats_dense_at_1_8(cmp18):
 def test_cli_writes_json_and_plot(mlp_path, tmp_path, capsys):
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers()
-    compare_cmd.register(sub, lambda p: p.add_argument("--debug", action="store_true"))
+    compare_cmd.register(sub, add_debug)
     out, png = tmp_path / "c.json", tmp_path / "c.png"
     args = ap.parse_args(["compare", mlp_path, "--targets", "flexcim,dcim-dense", "--nm", "2:4",
                           "--json", str(out), "--plot", str(png), "-q"])
@@ -64,7 +65,7 @@ def test_cli_writes_json_and_plot(mlp_path, tmp_path, capsys):
 def test_analytic_cli_json(tmp_path, capsys):
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers()
-    analytic_cmd.register(sub, lambda p: p.add_argument("--debug", action="store_true"))
+    analytic_cmd.register(sub, add_debug)
     out = tmp_path / "a.json"
     args = ap.parse_args(["analytic", "smollm2-135m", "--targets", "flexcim,dcim-dense",
                           "--nm", "2:4", "--tokens", "64", "--json", str(out)])
