@@ -37,6 +37,15 @@ COUNTS: collections.Counter = collections.Counter()
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True)
+def _report_counts(request):
+    """Print each test's outcome counts (with -s), so a long run reports as it goes."""
+    before = COUNTS.copy()
+    yield
+    delta = {k: COUNTS[k] - before.get(k, 0) for k in COUNTS if COUNTS[k] - before.get(k, 0)}
+    print(f"\n[fuzz] {request.node.name}: {delta} (total {sum(delta.values())})", flush=True)
+
+
 class _Attention(torch.nn.Module):
     """Two heads of self-attention: mm.act, reshape, permute, softmax, scale."""
 
@@ -258,4 +267,4 @@ def test_container_mutations(bases):
         _judge(image)
 
     run()
-    print(f"fuzz counts so far: {dict(COUNTS)}")
+    print(f"\n[fuzz] all tests so far: {dict(COUNTS)} (total {sum(COUNTS.values())})", flush=True)
