@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -94,7 +95,10 @@ def run(args: argparse.Namespace) -> int:
     image = compile_captured(cap, opts, progress=progress)
     if progress:
         progress(f"writing {out} ...")
+    t0 = time.perf_counter()
     size = save(image, out)
+    if progress:
+        progress(f"writing done in {time.perf_counter() - t0:.2f} s")
     if not args.quiet:
         from flowc.backend.container import size_report
 

@@ -264,13 +264,19 @@ def compile_captured(cap: Captured, opts: CompileOptions,
         info["quality"] = _jsonable(quality_report(cap, dense, progress))
     if progress:
         progress(f"lowering to {machine.name} ...")
+    t0 = time.perf_counter()
     image = lower(cap, machine, keep_fp32=opts.keep_fp32)
+    if progress:
+        progress(f"lowering done in {time.perf_counter() - t0:.2f} s")
     if opts.reference:
         if progress:
             progress("exporting the reference ONNX model ...")
+        t0 = time.perf_counter()
         onnx_bytes = export_reference(cap)
         # the fp32 weights are in the image already: keep only recipes for them in the graph
         image.reference_onnx = externalise(onnx_bytes, image) if opts.keep_fp32 else onnx_bytes
+        if progress:
+            progress(f"reference export done in {time.perf_counter() - t0:.2f} s")
     image.vocab = tuple(cap.info.get("vocab", ()))
     image.samples = tuple(x.detach().numpy() for x in cap.example_inputs)
     info["source"] = cap.source

@@ -183,3 +183,11 @@ def test_outputs_honour_the_umask(work):
 
 def test_the_cli_copy_of_the_hf_prefix_is_the_frontends():
     assert compile_cmd.HF_PREFIX == HF_PREFIX
+
+
+def test_compile_log_times_lowering_export_and_writing(work, capsys):
+    assert main(["compile", str(work / "mlp.pt2"), "-o", str(work / "timed.fcim")]) == 0
+    err = capsys.readouterr().err
+    for stage in ("lowering", "reference export", "writing"):
+        line = next(x for x in err.splitlines() if f"] {stage} done in " in x)
+        assert float(line.rsplit(" in ", 1)[1].removesuffix(" s")) >= 0.0
