@@ -89,3 +89,23 @@ def test_asm_and_disasm_never_wait_on_a_fifo(tmp_path, capsys):
     assert "not a regular file" in _err(capsys)[0]
     assert flowc_main(["disasm", str(tmp_path / "p.bin")]) == 2
     assert "not a regular file" in _err(capsys)[0]
+
+
+def test_sigterm_during_a_write_leaves_no_temp_file(tmp_path, monkeypatch, capsys):
+    from flowc.backend import container
+
+    real_replace = os.replace
+
+    def replace_after_signal(src, dst):
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 0.05)  # the handler runs here, before the rename
+        real_replace(src, dst)
+
+    monkeypatch.setattr(container.os, "replace", replace_after_signal)
+
+    def handler(args):
+        container.write_atomic(tmp_path / "out.json", b"{}" * 1000)
+        return 0
+
+    assert guard("flowrun", handler, argparse.Namespace()) == 143
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
