@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -196,10 +197,17 @@ class EvalReport(Report):
 # -- builders from the objects the stages return ------------------------------------------------
 
 
+def pass_name(label: str) -> str:
+    """The layer name passes use (`0`, `0.fc`) for a program label: assembly names cannot
+    start with a digit, so the lowering writes `_0` (flowc.backend.lower.label); reports undo
+    that, so a name in a report can be given to a pass option such as `layers=`."""
+    return label[1:] if re.match(r"_\d", label) else label
+
+
 def cost_result(report: RunReport, target: str, clock_mhz: float) -> CostResult:
     from flowc.runtime.report import pattern_text
 
-    layers = [LayerRow(lc.name, lc.kind, pattern_text(report.infos.get(lc.name)), int(lc.macs),
+    layers = [LayerRow(pass_name(lc.name), lc.kind, pattern_text(report.infos.get(lc.name)), int(lc.macs),
                        int(lc.cycles), float(lc.energy_pj), *_padding(report.infos.get(lc.name)))
               for lc in report.layers]
     return CostResult(target, int(report.total_cycles), report.total_cycles / (clock_mhz * 1e6),

@@ -94,3 +94,21 @@ def test_tiny_llama_run_compare_analytic_eval(tmp_path):
     data = _json(out)
     assert [e["method"] for e in data["evaluations"]] == ["dense", "uniform"]
     assert data["evaluations"][0]["target_sparsity"] is None
+
+
+def test_report_layer_names_are_the_names_passes_take():
+    """nn.Sequential children are `0`, `1`, `2`; the program labels them `_0`.. (assembly
+    names start with a letter or `_`), the report gives the passes' names back."""
+    import torch
+    from torch import nn
+
+    import flowc
+
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    model = flowc.load(seq, inputs=torch.randn(4, 16))
+    image = flowc.compile(model, "calibrate,nm-prune{n=2,m=4,layers=0},verify-nm,quantize")
+    assert {i.name for i in image.layers if i.kind == "gemm"} == {"_0", "_2"}
+    layers = {lay.name: lay for lay in flowc.run(image, check=False).result().layers}
+    assert layers["0"].pattern == "2:4" and layers["2"].pattern != "2:4"
+    assert "_0" not in layers
