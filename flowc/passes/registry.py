@@ -4,13 +4,16 @@ Built-in passes register themselves with `@register_pass` when their module is i
 registry imports the modules listed in `BUILTIN_MODULES` on first lookup, so `get_pass` works
 without the caller knowing where a pass lives. Third-party packages declare passes in the
 entry-point group `flowc.passes` (value `package.module:PassClass`, or just `package.module`
-whose import registers its passes); they are loaded lazily, once, on the first lookup.
+whose import registers its passes); they are loaded lazily, once, on the first lookup. A
+plugin that fails to import is a `PluginWarning`, not an error, so one broken package does not
+stop compiles that never use it; asking for a pass of that plugin is the error (naming why).
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import warnings
 from importlib.metadata import entry_points
 
 from flowc.errors import UsageError
@@ -30,12 +33,17 @@ BUILTIN_MODULES: tuple[str, ...] = (
 )
 
 _REGISTRY: dict[str, type[Pass]] = {}
+_BROKEN: dict[str, str] = {}  # entry-point name -> why its plugin did not load
 _builtins_loaded = False
 _plugins_loaded = False
 
 
 class RegistryError(UsageError):
     """A pass could not be registered or found (one line)."""
+
+
+class PluginWarning(UserWarning):
+    """A pass plugin could not be imported; its passes are unavailable."""
 
 
 def register_pass(cls: type[Pass]) -> type[Pass]:
@@ -65,10 +73,13 @@ def get_pass(name: str) -> type[Pass]:
     try:
         return _REGISTRY[name]
     except KeyError:
+        if name in _BROKEN:
+            raise RegistryError(f"pass '{name}': {_BROKEN[name]}") from None
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
+        broken = f"; plugins that failed to load: {', '.join(sorted(_BROKEN))}" if _BROKEN else ""
         raise RegistryError(
-            f"unknown pass '{name}'; {hint}(available: {', '.join(sorted(_REGISTRY))})"
+            f"unknown pass '{name}'; {hint}(available: {', '.join(sorted(_REGISTRY))}){broken}"
         ) from None
 
 
@@ -90,14 +101,18 @@ def _ensure_loaded() -> None:
 
 
 def _load_plugins() -> None:
-    """Import every entry point of the group; a broken plugin is an error naming it."""
+    """Import every entry point of the group; one that fails to import is a PluginWarning
+    (recorded in _BROKEN for get_pass); one that loads the wrong thing is an error."""
+    _BROKEN.clear()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()
         except Exception as exc:
-            raise RegistryError(
-                f"cannot load pass plugin '{ep.name}' ({ep.value}): {type(exc).__name__}: {exc}"
-            ) from exc
+            first = (str(exc).strip().splitlines() or [""])[0]
+            why = f"cannot load pass plugin '{ep.name}' ({ep.value}): {type(exc).__name__}: {first}"
+            _BROKEN[ep.name] = why
+            warnings.warn(f"{why}; its passes are unavailable", PluginWarning, stacklevel=2)
+            continue
         if isinstance(obj, type):
             if getattr(obj, "name", None) != ep.name:
                 raise RegistryError(
