@@ -40,11 +40,14 @@ def hoist_global_flags(argv: Sequence[str], commands: Sequence[str]) -> list[str
     return argv
 
 
-def set_verbosity(args: argparse.Namespace) -> None:
-    """-v: show Python warnings and flowc's log messages (both are held back otherwise)."""
+def set_verbosity(args: argparse.Namespace, prog: str = "flowc") -> None:
+    """-v: show Python warnings and flowc's log messages (both are held back otherwise).
+    Warnings are one line, `PROG: warning: ...` (e.g. a pass plugin that does not import)."""
+    import warnings
+
+    warnings.formatwarning = lambda message, *_a, **_k: f"{prog}: warning: {message}\n"
     if getattr(args, "verbose", 0):
         import logging
-        import warnings
 
         logging.basicConfig(level=logging.INFO if args.verbose == 1 else logging.DEBUG,
                             format="%(name)s: %(message)s")
@@ -90,7 +93,7 @@ def guard(prog: str, fn: Callable[[argparse.Namespace], int], args: argparse.Nam
 
 
 def _run(prog: str, fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    set_verbosity(args)
+    set_verbosity(args, prog)
     try:
         code = fn(args)
         sys.stdout.flush()  # a closed pipe shows up here for buffered output

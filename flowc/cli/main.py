@@ -15,7 +15,8 @@ from flowc.cli.guard import GLOBAL_FLAGS, add_debug, guard, hoist_global_flags
 # Modules defining `register(subparsers, add_debug)`, in the order `flowc --help` lists them.
 SUBCOMMANDS: tuple[str, ...] = (
     "flowc.cli.compile", "flowc.cli.example", "flowc.cli.compare", "flowc.cli.analytic",
-    "flowc.cli.eval", "flowc.cli.disasm", "flowc.cli.asm",
+    "flowc.cli.eval", "flowc.cli.passes", "flowc.cli.inspect", "flowc.cli.disasm",
+    "flowc.cli.asm",
 )
 
 
