@@ -1,0 +1,209 @@
+"""How flowrun's time grows with sequence length and model width, next to ONNX Runtime's.
+
+    python bench/scaling.py [--tokens 32,128,512,2048] [--widths 64,128,256,512,1024]
+                            [--repeat 3] [--markdown FILE]
+
+One run of this script measures every size; each size runs in its own child process (so its
+peak memory is its own): compile (SmolLM2-135M at 2:4 with magnitude scores, no calibration
+needed; the .fcim is kept in out/bench/ and reused; the MLP (w, w, w, w) at 2:4, batch 8),
+load, warm up, then `--repeat` alternating rounds of: flowrun with accounting (a fresh cost
+listener and memo per run: what one `flowrun` call pays), flowrun functional (plan mode, the
+interpreter reused, weights unpacked once like a loaded model), ORT on the embedded fp32
+reference with 1 and with 2 intra-op threads (no spinning; the faster is the baseline).
+Medians are printed, the ratio flowrun-with-accounting / ORT per size, and per workload the
+growth exponent b of time ~ size^b fitted by least squares on log-log (flowrun and ORT).
+Peak RSS of the child is read after the flowrun rounds (flowrun: image + plan + buffers) and
+at its end (with ORT's sessions). The machine is shared: read ratios, not absolute times.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see run_vs_ort.py)
+os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "33554432")
+os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "1073741824")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OUT = Path("out/bench")
+MARK_BEGIN = "<!-- bench/scaling.py: begin -->"
+MARK_END = "<!-- bench/scaling.py: end -->"
+
+
+def compile_image(workload: str, size: int):
+    """The Image of one size (SmolLM2: cached in out/bench/)."""
+    from flowc.backend.container import load, save
+    from flowc.studies.compiler import CompileOptions, compile_captured
+
+    opts = CompileOptions(nm=(2, 4), score="magnitude", calib_batches=1)
+    if workload == "mlp":
+        import torch
+
+        from flowc.frontend.load import capture
+        from flowc.studies.examples import MLP
+
+        torch.manual_seed(0)
+        model = MLP((size, size, size, size)).eval()
+        cap = capture(model, (torch.randn(8, size),), source=f"mlp-{size}")
+        return compile_captured(cap, opts, progress=None), 0.0
+    path = OUT / f"smollm2-t{size}.fcim"
+    t0 = time.perf_counter()
+    if not path.exists():
+        from flowc.frontend.load import load_hf
+
+        cap = load_hf("hf:smollm2-135m", seq_len=size, calib_batches=1)
+        OUT.mkdir(parents=True, exist_ok=True)
+        save(compile_captured(cap, opts, progress=None), path)
+    compile_s = time.perf_counter() - t0
+    return load(path), compile_s
+
+
+def measure(workload: str, size: int, repeat: int) -> dict:
+    """Child process: the timings and memory of one size, as a dict."""
+    from flowc.backend.reference import materialise
+    from flowc.runtime.check import ort_session, run_reference
+    from flowc.runtime.interpreter import Interpreter
+    from flowc.runtime.session import FastCostListener, cost_model_for
+
+    image, compile_s = compile_image(workload, size)
+    samples = list(image.samples)
+    _, model = cost_model_for(image)
+    t0 = time.perf_counter()
+    interp = Interpreter(image)
+    interp.plan()
+    prepare_s = time.perf_counter() - t0
+
+    def accounted():  # a fresh listener and memo: one flowrun call's accounting
+        listener = FastCostListener(model, image.layers, image.tensors)
+        interp.listeners = [listener]
+        interp.run(samples)
+        listener.finish()
+
+    def functional():
+        interp.listeners = []
+        interp.run(samples)
+
+    flow = {"flowrun accounted": accounted, "flowrun functional": functional}
+    times: dict[str, list[float]] = {}
+    _rounds(flow, times, repeat)
+    rss_flowrun = _peak_rss_gb()
+    onnx_bytes = materialise(image)
+    sessions = {t: ort_session(onnx_bytes, threads=t) for t in (1, 2)}
+    ort = {f"ORT {t} thread": (lambda s=s: run_reference(onnx_bytes, samples, session=s))
+           for t, s in sessions.items()}
+    _rounds({**flow, **ort}, times, repeat)  # flowrun again, alternating with ORT
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ort_best = min(med["ORT 1 thread"], med["ORT 2 thread"])
+    return {"workload": workload, "size": size, "median_s": med, "ort_s": ort_best,
+            "ratio_accounted": med["flowrun accounted"] / ort_best,
+            "ratio_functional": med["flowrun functional"] / ort_best,
+            "prepare_s": prepare_s, "compile_s": compile_s,
+            "peak_rss_gb_flowrun": rss_flowrun, "peak_rss_gb": _peak_rss_gb()}
+
+
+def _rounds(runs: dict, times: dict, repeat: int) -> None:
+    for fn in runs.values():  # warm-up (ORT arenas, first-run recording)
+        fn()
+    order = list(runs)
+    for i in range(repeat):
+        for k in order[i % len(order):] + order[: i % len(order)]:
+            t0 = time.perf_counter()
+            runs[k]()
+            times.setdefault(k, []).append(time.perf_counter() - t0)
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+
+
+def exponent(sizes: list[int], secs: list[float]) -> float:
+    """b of secs ~ a * size^b, least squares on log-log."""
+    xs, ys = [math.log(s) for s in sizes], [math.log(t) for t in secs]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / \
+        sum((x - mx) ** 2 for x in xs)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| workload | size | flowrun accounted (ms) | flowrun functional (ms) | "
+             "ORT best (ms) | accounted / ORT | functional / ORT | peak RSS (GB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r["median_s"]
+        lines.append(f"| {r['workload']} | {r['size']} | {m['flowrun accounted'] * 1e3:.1f} | "
+                     f"{m['flowrun functional'] * 1e3:.1f} | {r['ort_s'] * 1e3:.1f} | "
+                     f"{r['ratio_accounted']:.2f}x | {r['ratio_functional']:.2f}x | "
+                     f"{r['peak_rss_gb']:.2f} |")
+    return "\n".join(lines)
+
+
+def growth(rows: list[dict]) -> list[str]:
+    out = []
+    for wl in dict.fromkeys(r["workload"] for r in rows):
+        rs = [r for r in rows if r["workload"] == wl]
+        if len(rs) < 2:
+            continue
+        sizes = [r["size"] for r in rs]
+        b_flow = exponent(sizes, [r["median_s"]["flowrun accounted"] for r in rs])
+        b_ort = exponent(sizes, [r["ort_s"] for r in rs])
+        out.append(f"{wl}: time ~ size^b with b = {b_flow:.2f} (flowrun, accounted) and "
+                   f"{b_ort:.2f} (ORT) over sizes {sizes[0]}..{sizes[-1]}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", default="32,128,512,2048")
+    ap.add_argument("--widths", default="64,128,256,512,1024")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--markdown", help="replace the marked section of this file with the table")
+    ap.add_argument("--child", nargs=2, metavar=("WORKLOAD", "SIZE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child[0], int(args.child[1]), args.repeat)))
+        return
+    jobs = [("mlp", int(w)) for w in args.widths.split(",") if w] + \
+        [("smollm2", int(t)) for t in args.tokens.split(",") if t]
+    rows = []
+    for wl, size in jobs:
+        print(f"[bench] {wl} {size} ...", file=sys.stderr, flush=True)
+        res = subprocess.run([sys.executable, __file__, "--repeat", str(args.repeat),
+                              "--child", wl, str(size)], capture_output=True, text=True)
+        if res.returncode:
+            sys.exit(f"{wl} {size} failed:\n{res.stderr[-3000:]}")
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    text = table(rows) + "\n\n" + "\n".join(f"- {g}" for g in growth(rows))
+    print(text)
+    for r in rows:
+        print(f"{r['workload']} {r['size']}: peak RSS {r['peak_rss_gb_flowrun']:.2f} GB after "
+              f"flowrun, {r['peak_rss_gb']:.2f} GB with ORT; plan preparation "
+              f"{r['prepare_s']:.2f} s")
+    if args.markdown:
+        _write_section(Path(args.markdown), text, args)
+
+
+def _write_section(path: Path, text: str, args) -> None:
+    doc = path.read_text()
+    cmd = (f"python bench/scaling.py --tokens {args.tokens} --widths {args.widths} "
+           f"--repeat {args.repeat}")
+    block = f"{MARK_BEGIN}\n`{cmd}` (medians of alternating runs, one invocation):\n\n{text}\n{MARK_END}"
+    if MARK_BEGIN in doc:
+        head, rest = doc.split(MARK_BEGIN, 1)
+        doc = head + block + rest.split(MARK_END, 1)[1]
+    else:
+        doc = doc.rstrip() + "\n\n## Scaling: flowrun vs ONNX Runtime (issue 14)\n\n" + block + "\n"
+    path.write_text(doc)
+
+
+if __name__ == "__main__":
+    main()
