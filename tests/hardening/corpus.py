@@ -166,6 +166,10 @@ def member_cases(good: bytes) -> list[Case]:
         _fcim("bias-nan", put(bias, _npy(np.full(np.load(io.BytesIO(m[bias])).shape, np.nan,
                                                  np.float32))), 4, "NaN"),
         _fcim("bias-complex", put(bias, _npy(np.zeros(3, np.complex64))), 4, "complex64"),
+        _fcim("bias-wrong-length", put(bias, _npy(np.zeros(3, np.float32))), 4, "expected float["),
+        _fcim("scale-int", put(bias.replace(".bias.", ".scale."), _npy(np.ones(
+            np.load(io.BytesIO(m[bias.replace(".bias.", ".scale.")])).shape, np.int32))), 4,
+            "scale is missing or not a float vector"),
         _fcim("bias-object", put(bias, _npy(np.array([1, None], dtype=object))), 4, "object"),
         _fcim("npy-2e40-header", put(bias, header), 4, "over the limit"),
         _fcim("program-s-differs", put("program.s", (s + "; edited\n").encode()), 4,

@@ -109,3 +109,16 @@ def test_sigterm_during_a_write_leaves_no_temp_file(tmp_path, monkeypatch, capsy
 
     assert guard("flowrun", handler, argparse.Namespace()) == 143
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_flowrun_json_is_checked_before_running(fcim, tmp_path, capsys):
+    from flowc.cli.flowrun import main as flowrun_main
+
+    os.symlink(tmp_path / "real.json", tmp_path / "link.json")
+    before = fcim.read_bytes()
+    for out, needle in (("", "empty path"), (str(fcim), "would be replaced"),
+                        (str(tmp_path / "link.json"), "symbolic link")):
+        assert flowrun_main([str(fcim), "--no-check", "-q", "--json", out]) == 2
+        err = _err(capsys)
+        assert len(err) == 1 and needle in err[0], err
+    assert fcim.read_bytes() == before and not (tmp_path / "real.json").exists()
