@@ -21,6 +21,7 @@ A failure is ProgramInvalid (exit 4): instruction index, mnemonic, operand and r
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,27 +53,28 @@ class Verified:
 
 def verify(image: Image, limits: limits_mod.Limits | None = None) -> Verified:
     """Check `image.program` against the image; raise ProgramInvalid at the first problem."""
-    return _verified(image, limits or limits_mod.current()).result
+    return _verified(image, limits or limits_mod.current())[0]
 
 
-_LAST: list[tuple[tuple, _Verifier]] = []  # the last image verified (flowrun asks twice)
+# The last image verified, held weakly (flowrun asks twice: the program, then the inputs).
+_LAST: list[tuple[tuple, weakref.ref, Verified, dict[str, int]]] = []
 
 
-def _verified(image: Image, limits: limits_mod.Limits) -> _Verifier:
+def _verified(image: Image, limits: limits_mod.Limits) -> tuple[Verified, dict[str, int]]:
     key = (id(image), id(image.program), id(image.tensors), limits)
-    if _LAST and _LAST[0][0] == key and _LAST[0][1].image is image:
-        return _LAST[0][1]
+    if _LAST and _LAST[0][0] == key and _LAST[0][1]() is image:
+        return _LAST[0][2], _LAST[0][3]
     v = _Verifier(image, limits)
-    v.result = v.run()
-    _LAST[:] = [(key, v)]
-    return v
+    result = v.run()
+    _LAST[:] = [(key, weakref.ref(image), result, v.embed_inputs)]
+    return result, v.embed_inputs
 
 
 def check_run_inputs(image: Image, arrays: Sequence[np.ndarray]) -> None:
     """Refuse (UsageError, exit 2) inputs the verified program cannot take: non-finite
     floats, and token ids that are not integers inside the real vocabulary of the table
     they index (the padded rows of a packed table are not tokens)."""
-    rows = _verified(image, limits_mod.current()).embed_inputs
+    rows = _verified(image, limits_mod.current())[1]
     for spec, arr in zip(image.inputs, arrays, strict=True):
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise UsageError(f"input {spec.name}: holds NaN or infinite values")
