@@ -24,6 +24,9 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
     p.add_argument("--method", default="flow",
                    choices=["dense", "uniform", "magnitude", "owl", "flow", "flow-repo",
                             "measured", "measured-search"])
+    p.add_argument("-p", "--pipeline", metavar="PIPELINE",
+                   help="score this pass pipeline instead of a --method (any passes, plugins "
+                   "included; calibrate has run already), e.g. 'uniform-nm{n=2,m=4},nm-prune'")
     p.add_argument("--target", type=float, default=0.5,
                    help="target sparsity of the prunable layers (flow, owl; default 0.5)")
     p.add_argument("--nm", default=None,
@@ -84,17 +87,23 @@ def run(args: argparse.Namespace) -> int:
     target = args.target
     if args.method in ("uniform", "magnitude"):  # the pattern is the target
         target = 1.0 - (nm or (2, 4))[0] / (nm or (2, 4))[1]
-    spec = MethodSpec(args.method, target, nm,
-                      _items(args.keep_dense), _items(args.skip), args.update,
-                      not args.one_shot, args.tau, args.granularity, args.solver,
-                      latency=args.latency, search=args.search)
+    if args.pipeline:  # checked (names, options) before the model loads
+        from flowc.passes.pipeline import parse_pipeline
+
+        parse_pipeline(args.pipeline)
+        spec = MethodSpec("pipeline", 0.0, skip=_items(args.skip), pipeline=args.pipeline)
+    else:
+        spec = MethodSpec(args.method, target, nm,
+                          _items(args.keep_dense), _items(args.skip), args.update,
+                          not args.one_shot, args.tau, args.granularity, args.solver,
+                          latency=args.latency, search=args.search)
     if not args.quiet and not os.environ.get("MALLOC_MMAP_THRESHOLD_"):
         say("hint: MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 make "
             "forward passes several times faster on this kind of VM (docs/flow.md)")
     base = prepare(args.model, args.calib_text, args.eval_text, args.calib_windows,
                    args.eval_windows, args.seq_len, bar=say is not None, say=say)
     results = [] if args.no_dense else [dense_result(base, bar=say is not None)]
-    if args.method != "dense":
+    if spec.method != "dense":
         results.append(run_method(base, spec, bar=say is not None, progress=say))
     report = from_eval(results, args.model, args.calib_text, args.eval_text, args.seq_len,
                        args.calib_windows, args.eval_windows, base.calib_seconds)
@@ -102,6 +111,6 @@ def run(args: argparse.Namespace) -> int:
         _write_json(args.json, report.to_dict())
     print(render_eval(report, args.per_layer))
     print(f"peak memory {peak_rss_mb():.0f} MB")
-    if args.save_selection and args.method != "dense":
+    if args.save_selection and spec.method != "dense":
         _write_json(args.save_selection, results[-1].selection)
     return 0

@@ -151,6 +151,7 @@ class MethodSpec:
     label: str = ""
     latency: float = 0.0  # measured methods: latency budget, fraction of dense (0 = none)
     search: str = ""  # measured-search: nm-search options, pipeline syntax
+    pipeline: str = ""  # method "pipeline": any pass pipeline (plugins included), as given
 
     def name(self) -> str:
         return self.label or method_label(self)
@@ -178,6 +179,10 @@ def method_pipeline(spec: MethodSpec) -> str:
                    f"granularity={spec.granularity}" if spec.granularity else "")
     if spec.method == "dense":
         return ""
+    if spec.method == "pipeline":  # calibrate already ran: its dense statistics are in meta
+        items = spec.pipeline.split(",", 1)
+        return items[1].strip() if items[0].strip() == "calibrate" and len(items) > 1 \
+            else spec.pipeline
     if spec.method in ("uniform", "magnitude"):
         n, m = spec.nm or (2, 4)
         select = f"uniform-nm{{{_opts(f'n={n},m={m}', common)}}}"
@@ -295,7 +300,8 @@ def run_method(base: Calibrated, spec: MethodSpec, bar: bool = False,
     ctx = CompileContext(calib_inputs=base.calib, progress=progress if bar else None,
                          price=base.price)
     ctx.completed.append("calibrate")  # the dense statistics are in meta already
-    if spec.method.startswith("measured"):
+    if spec.method.startswith("measured") or any(
+            p in pipeline for p in ("measured-select", "nm-search")):
         ctx.options["sensitivity_table"] = sensitivity_table(base, "none", spec.skip, bar)
         ctx.completed.append("sensitivity")
     timing = TimingInstrument()

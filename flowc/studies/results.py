@@ -154,7 +154,7 @@ class Evaluation:
     method: str
     label: str
     pipeline: str
-    target_sparsity: float | None  # None for the dense model
+    target_sparsity: float | None  # None for the dense model and for a given pipeline
     sparsity: float  # achieved over the prunable layers
     sparsity_all: float  # over every Linear
     ppl: float
@@ -266,7 +266,7 @@ def from_eval(results: list[MethodResult], model: str, calib_text: str, eval_tex
               seq_len: int, calib_windows: int, eval_windows: int,
               calib_seconds: float) -> EvalReport:
     evals = [Evaluation(r.spec.method, r.spec.name(), r.pipeline,
-                        None if r.spec.method == "dense" else float(r.spec.target),
+                        None if r.spec.method in ("dense", "pipeline") else float(r.spec.target),
                         float(r.sparsity), float(r.sparsity_all), float(r.ppl.ppl),
                         float(r.ppl.nll), int(r.ppl.tokens),
                         {k: float(v) for k, v in r.seconds.items()},
