@@ -187,79 +187,9 @@ class RunReport:
             **self.extra,
         }
 
-    def render(self) -> str:
-        rows = [("layer", "N:M", "MACs", "cycles", "energy nJ", "cycles %")]
-        cyc = max(self.total_cycles, 1)
-        for lc in self.layers:
-            rows.append((lc.name, pattern_text(self.infos.get(lc.name)), _si(lc.macs),
-                         f"{lc.cycles:,}", f"{lc.energy_pj / 1e3:.3f}", f"{100 * lc.cycles / cyc:.1f}"))
-        rows.append(("total", "", _si(sum(lc.macs for lc in self.layers)), f"{self.total_cycles:,}",
-                     f"{self.total_energy_pj / 1e3:.3f}", "100.0"))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = []
-        for j, r in enumerate(rows):
-            cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
-            cells += [c.rjust(w) for c, w in zip(r[2:], widths[2:], strict=True)]
-            lines.append("  ".join(cells))
-            if j == 0 or j == len(rows) - 2:
-                lines.append("  ".join("-" * w for w in widths))
-        latency_us = self.total_cycles / self.clock_mhz
-        lines.append(f"machine {self.machine} @ {self.clock_mhz:g} MHz: latency {latency_us:,.1f} us, "
-                     f"energy {self.total_energy_pj / 1e6:.4f} uJ, numerics {self.numerics}; "
-                     f"simulated in {self.wall_seconds:.3f} s")
-        if self.setup_cycles:
-            lines.append(f"setup (program load, once, not in the totals above): "
-                         f"{self.setup_cycles:,} cycles, {self.setup_energy_pj / 1e6:.4f} uJ")
-        padded = [_pad_text(i) for i in self.infos.values() if i.kind == "gemm" and i.k_pad]
-        if padded:
-            lines.append("zero-padded K (whole N:M groups; the zero columns fill macro rows and "
-                         "are priced): " + ", ".join(padded))
-        if self.check is None:
-            lines.append("check: skipped (--no-check or no reference in the .fcim)")
-        else:
-            lines.append(_check_line("check vs onnxruntime", self.check))
-            if self.check.fidelity is not None:
-                lines.append(_check_line("  and vs the fp32 reference (cost of int8)",
-                                         self.check.fidelity))
-        for k, v in self.extra.get("notes", {}).items():
-            lines.append(f"{k}: {v}")
-        return "\n".join(lines)
-
 
 def _padding(info: LayerInfo | None) -> dict:
     """K, its N:M group pad and the K the macro passes cover, for a CiM layer."""
     if info is None or info.kind != "gemm":
         return {}
     return {"in_features": info.in_features, "k_pad": info.k_pad, "padded_in": info.padded_in}
-
-
-def _pad_text(info: LayerInfo) -> str:
-    k = info.in_features
-    return (f"{info.name} K={k} -> {k + info.k_pad} (+{info.k_pad}), macro rows cover "
-            f"{info.padded_in}")
-
-
-def _check_line(title: str, check: CheckResult) -> str:
-    ok = all(o.passed for o in check.outputs)
-    top1 = check.top1_agreement
-    return (f"{title}: {'PASSED' if ok else 'FAILED'}  max_abs_error {check.max_abs_error:.3g}, "
-            f"cosine {min(o.cosine for o in check.outputs):.6f}"
-            + (f", top-1 {top1:.4f}" if top1 is not None else "")
-            + _floor_text(check)
-            + f"  [{check.label}; {check.criterion}]")
-
-
-def _floor_text(check: CheckResult) -> str:
-    floors = [o for o in check.outputs if o.floor_cosine is not None]
-    if not floors:
-        return ""
-    worst = min(floors, key=lambda o: o.floor_cosine)
-    top1 = f", top-1 {worst.floor_top1:.4f}" if worst.floor_top1 is not None else ""
-    return f"; noise floor (ORT int8 vs ORT fp32): cosine {worst.floor_cosine:.6f}{top1}"
-
-
-def _si(n: int) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)

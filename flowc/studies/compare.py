@@ -1,6 +1,6 @@
 """FlexCiM against its baselines on one model: prune once, lower per target, run, compare.
 
-Every target is compiled from the same pruned, quantised graph with the SPEC.md rule "a layer
+Every target is compiled from the same pruned, quantised graph with the rule "a layer
 runs as the cheapest supported pattern that contains its mask" (`MachineConfig.fit_pattern`,
 applied by the lowering), executed by the same interpreter with cost accounting, and compared
 on latency, energy and EDP. All targets run the same int8 model, so their outputs must agree
@@ -8,7 +8,8 @@ on latency, energy and EDP. All targets run the same int8 model, so their output
 
     from flowc.studies.compare import compare_model
     cmp = compare_model("model.pt2", ["flexcim", "dcim-dense"], nm=(1, 8))
-    print(cmp.render()); cmp.plot("cycles.png")
+    cmp.plot("cycles.png")
+    report = flowc.studies.results.from_comparison(cmp)  # the JSON/table form (CostReport)
 """
 
 from __future__ import annotations
@@ -99,46 +100,6 @@ class Comparison:
         e = self.runs[target].report.total_energy_pj
         return self.runs[baseline].report.total_energy_pj / max(e, 1e-30)
 
-    def to_dict(self) -> dict[str, Any]:
-        targets = {}
-        for name, run in self.runs.items():
-            r = run.report
-            targets[name] = {
-                "machine": run.machine.name, "clock_mhz": run.machine.clock_mhz,
-                "choices": CostModel(run.machine).choices(), "cycles": r.total_cycles,
-                "seconds": run.seconds, "energy_pj": r.total_energy_pj,
-                "edp_pj_s": r.total_energy_pj * run.seconds,
-                "setup_cycles": r.setup_cycles, "setup_energy_pj": r.setup_energy_pj,
-                "speedup": {b: self.speedup(name, b) for b in self.runs if b != name},
-                "energy_ratio": {b: self.energy_ratio(name, b) for b in self.runs if b != name},
-                "layers": [{"name": lc.name, "kind": lc.kind, "cycles": lc.cycles,
-                            "energy_pj": lc.energy_pj,
-                            "pattern": _pattern(r, lc.name)} for lc in r.layers],
-                "max_abs_diff_vs_primary": self.agreement.get(name, 0.0),
-            }
-        return {"model": self.model, "pipeline": self.pipeline, "primary": self._primary(),
-                "targets": targets}
-
-    def render(self) -> str:
-        rows = [("target", "cycles", "latency ms", "energy uJ", "EDP uJ*ms", "setup cycles")]
-        for name, run in self.runs.items():
-            r = run.report
-            rows.append((name, f"{r.total_cycles:,}", f"{run.seconds * 1e3:.4f}",
-                         f"{r.total_energy_pj / 1e6:.4f}",
-                         f"{r.total_energy_pj / 1e6 * run.seconds * 1e3:.4g}",
-                         f"{r.setup_cycles:,}"))
-        out = [f"model {self.model}, passes {self.pipeline}", _table(rows), ""]
-        names = list(self.runs)
-        for title, fn in (("speed-up (baseline latency / row latency)", self.speedup),
-                          ("energy ratio (baseline energy / row energy)", self.energy_ratio)):
-            rows = [("target vs",) + tuple(names)]
-            rows += [(t,) + tuple("-" if b == t else f"{fn(t, b):.3f}x" for b in names)
-                     for t in names]
-            out += [title, _table(rows), ""]
-        worst = max(self.agreement.values(), default=0.0)
-        out.append(f"outputs agree across targets: max |diff| vs {self._primary()} = {worst:.3g}")
-        return "\n".join(out)
-
     def plot(self, path: str | Path) -> Path:
         """Grouped bars: cycles per layer (x) by target (colour), Agg backend, PNG."""
         import matplotlib
@@ -165,21 +126,6 @@ class Comparison:
         plt.close(fig)
         tmp.replace(path)
         return path
-
-
-def _pattern(report: RunReport, name: str) -> str:
-    from flowc.runtime.report import pattern_text
-
-    return pattern_text(report.infos.get(name))
-
-
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:],
-                                                                             strict=True)])
-             for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def compare_captured(cap, targets: Sequence[str], opts, progress: Callable | None = None,

@@ -13,6 +13,7 @@ from flowc.errors import UsageError
 from flowc.machine import MachineConfigError
 from flowc.studies.compare import TARGETS, compare_model, parse_targets
 from flowc.studies.examples import save_example
+from flowc.studies.results import from_comparison
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def test_flexcim_beats_dense_at_1_8(cmp18):
     assert flex.total_energy_pj < dense.total_energy_pj
     assert cmp18.speedup("flexcim", "dcim-dense") == pytest.approx(
         dense.total_cycles / flex.total_cycles)
-    pats = {lc["name"]: lc["pattern"] for lc in cmp18.to_dict()["targets"]["vegeta"]["layers"]}
+    pats = {lay.name: lay.pattern for lay in from_comparison(cmp18).result("vegeta").layers}
     assert pats["fc1"] == "1:8->1:4"  # cheapest supported pattern containing the mask
 
 
