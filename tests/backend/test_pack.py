@@ -59,3 +59,18 @@ def test_sparse_group_pads_with_lowest_unused_index():
     values, meta, _ = pack(w, geo, "t")
     assert (meta[0, 0, 0, 0, 0], values[0, 0, 0, 0, 0]) == (0, 0)
     assert (meta[0, 0, 1, 0, 0], values[0, 0, 1, 0, 0]) == (2, 5)
+
+
+@pytest.mark.parametrize("n,m", [(1, 4), (2, 4), (4, 8), (3, 8), (8, 8)])
+def test_select_kept_equals_its_argsort_definition(n, m):
+    """select_kept (cumsum + nonzero) == sort(stable argsort(~nonzero)[..., :n]): every nonzero,
+    then the lowest zero slots, ascending; including groups with no or n nonzeros."""
+    from flowc.backend.pack import select_kept
+
+    rng = np.random.default_rng(n * m)
+    nz = np.zeros((37, 29, m), bool)
+    keep = np.argsort(rng.random(nz.shape), axis=-1)[..., :n]
+    np.put_along_axis(nz, keep, rng.random(keep.shape) < 0.6, axis=-1)
+    nz[0] = False
+    want = np.sort(np.argsort(~nz, axis=-1, kind="stable")[..., :n], axis=-1)
+    assert np.array_equal(select_kept(nz, n, m, "t"), want)

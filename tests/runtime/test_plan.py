@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from flowc.backend.pack import geometry_for, pack, unpack
+from flowc.backend.pack import geometry_for, pack, unpack, unpack_slow
 from flowc.runtime.interpreter import Interpreter
 from flowc.runtime.plan import Plan, mismatches
 from flowc.runtime.weights import dense_w, dense_wt
@@ -12,7 +12,8 @@ from flowc.runtime.weights import dense_w, dense_wt
 @pytest.mark.parametrize("nm", [(1, 8), (2, 4), (2, 8), (4, 8), (4, 4), (8, 8)])
 @pytest.mark.parametrize("shape", [(70, 100), (96, 1100)])
 def test_fast_unpack_equals_unpack(nm, shape):
-    """dense_wt / dense_w give unpack's matrix exactly (random N:M weights, ragged shapes)."""
+    """unpack, dense_wt and dense_w give the index-by-index inverse's matrix exactly, which is
+    the packed weight itself, zero-padded (random N:M weights, ragged shapes)."""
     n, m = nm
     rng = np.random.default_rng(n * 10 + m)
     pad = -(-shape[1] // m) * m
@@ -22,10 +23,17 @@ def test_fast_unpack_equals_unpack(nm, shape):
     np.put_along_axis(mask, keep, True, axis=-1)
     w = (w.reshape(mask.shape) * mask).reshape(shape[0], pad)[:, : shape[1]]
     vals, meta, _ = pack(w, geometry_for(n, m, 8, 16, 32, shape), "t")
-    ref = unpack(vals, meta, n, m)
+    ref = unpack_slow(vals, meta, n, m)
+    assert np.array_equal(unpack(vals, meta, n, m), ref) and np.array_equal(ref, w_padded(w, ref))
     assert np.array_equal(dense_wt(vals, meta, n, m, np.int8), ref.T)
     assert dense_wt(vals, meta, n, m).flags.c_contiguous
     assert np.array_equal(dense_w(vals, meta, n, m, np.float32), ref.astype(np.float32))
+
+
+def w_padded(w, like):
+    out = np.zeros(like.shape, w.dtype)
+    out[: w.shape[0], : w.shape[1]] = w
+    return out
 
 
 def assert_plan_matches(image, numerics):
