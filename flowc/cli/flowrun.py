@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_atomic(args.json, report.to_json().encode())
     failed = report.check is not None and not report.check["passed"]
-    if not args.quiet or failed:
+    if not args.quiet or failed or report.check is None:  # -q: quiet only on a verdict
         print(render_run(report, layers=args.layers))
         print(f"numerics {raw.numerics}, mode {raw.mode}; simulated in {raw.wall_seconds:.3f} s")
     if args.profile:
