@@ -176,18 +176,26 @@ def data_mutation(draw, image: Image) -> Image:
 
 @st.composite
 def signature_mutation(draw, image: Image) -> Image:
+    """One input or output spec: a dimension, the rank or the dtype (samples follow)."""
     which = draw(st.sampled_from(["inputs", "outputs"]))
     specs = list(getattr(image, which))
-    spec = specs[0]
-    shape = list(spec.shape)
-    k = draw(st.integers(0, len(shape) - 1))
-    shape[k] = draw(st.sampled_from([0, 1, shape[k] + 1, max(0, shape[k] - 1), 2 * shape[k]]))
-    specs[0] = dataclasses.replace(spec, shape=tuple(shape))
+    k_spec = draw(st.integers(0, len(specs) - 1))
+    spec = specs[k_spec]
+    shape, dtype = list(spec.shape), spec.dtype
+    kind = draw(st.sampled_from(["dim", "rank", "dtype"]))
+    if kind == "dim":
+        k = draw(st.integers(0, len(shape) - 1))
+        shape[k] = draw(st.integers(0, 2 * shape[k] + 2))
+    elif kind == "rank":
+        shape = shape + [1] if draw(st.booleans()) or len(shape) < 2 else shape[:-1]
+    else:
+        dtype = draw(st.sampled_from(["float32", "float64", "float16", "int64", "int8", "bool"]))
+    specs[k_spec] = dataclasses.replace(spec, shape=tuple(shape), dtype=dtype)
     changed = dataclasses.replace(image, **{which: tuple(specs)})
-    if which == "inputs":  # samples follow the declared shape where they can
-        sample = image.samples[0]
-        fitted = np.resize(sample, shape).astype(sample.dtype)
-        changed = dataclasses.replace(changed, samples=(fitted,) + image.samples[1:])
+    if which == "inputs":  # the samples follow the declared signature where they can
+        samples = list(image.samples)
+        samples[k_spec] = np.resize(samples[k_spec], shape).astype(dtype)
+        changed = dataclasses.replace(changed, samples=tuple(samples))
     return changed
 
 
