@@ -93,7 +93,18 @@ def guard(prog: str, fn: Callable[[argparse.Namespace], int], args: argparse.Nam
 
 
 def _run(prog: str, fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    set_verbosity(args, prog)
+    import warnings
+
+    old_format = warnings.formatwarning
+    with warnings.catch_warnings():  # the one-line format and filters last for this command
+        try:
+            set_verbosity(args, prog)
+            return _handle(prog, fn, args)
+        finally:
+            warnings.formatwarning = old_format
+
+
+def _handle(prog: str, fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     try:
         code = fn(args)
         sys.stdout.flush()  # a closed pipe shows up here for buffered output

@@ -191,3 +191,24 @@ def test_compile_log_times_lowering_export_and_writing(work, capsys):
     for stage in ("lowering", "reference export", "writing"):
         line = next(x for x in err.splitlines() if f"] {stage} done in " in x)
         assert float(line.rsplit(" in ", 1)[1].removesuffix(" s")) >= 0.0
+
+
+def test_warnings_are_one_line_and_the_format_is_restored(capfd):
+    import warnings
+
+    def plugin_warns(_args):
+        warnings.warn("cannot load pass plugin 'x' (x:P): ImportError: boom", UserWarning,
+                      stacklevel=2)
+        return 0
+
+    before = warnings.formatwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        def to_stderr(message, category, filename, lineno, file=None, line=None):
+            sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+        warnings.showwarning = to_stderr  # print, as outside pytest (which records them)
+        assert guard("flowc", plugin_warns, argparse.Namespace(debug=False, verbose=0)) == 0
+    assert capfd.readouterr().err == ("flowc: warning: cannot load pass plugin 'x' (x:P): "
+                                      "ImportError: boom\n")
+    assert warnings.formatwarning is before
