@@ -134,3 +134,13 @@ def test_evaluate_reports_dense_and_pruned() -> None:
     df = report.to_dataframe()
     assert df["method"].tolist() == ["dense", "uniform"] and df["ppl"].tolist() == [
         dense.ppl, pruned.ppl]
+
+
+def test_the_example_at_the_top_of_api_md_runs(capsys) -> None:
+    """The first code block of docs/api.md, as a user would paste it."""
+    code = re.search(r"```python\n(.*?)```", API_DOC.read_text(encoding="utf-8"), re.S).group(1)
+    exec(compile(code, str(API_DOC), "exec"), {"__name__": "api_example"})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("flexcim ") and out[0].endswith(" True")
+    assert out[1].startswith("flexcim-2 ") and out[1].endswith(" True")
+    assert out[2].split() == ["target", "flexcim", "flexcim-2"]  # the pivoted DataFrame

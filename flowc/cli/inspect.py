@@ -26,7 +26,7 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
 def run(args: argparse.Namespace) -> int:
     from flowc.backend.container import load, size_report
     from flowc.cli.paths import check_input
-    from flowc.studies.results import machine_entry
+    from flowc.studies.results import machine_entry, pass_name
     from flowc.studies.tables import table
 
     check_input(args.file, ".fcim file")
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
                  + [(f"out {io.name}", "x".join(map(str, io.shape)), io.dtype)
                     for io in image.outputs]),
            table(["layer", "kind", "N:M", "K", "N", "kept weights"],
-                 [(i.name, i.kind, _pattern(i), i.in_features or None, i.out_features or None,
+                 [(pass_name(i.name), i.kind, _pattern(i), i.in_features or None, i.out_features or None,
                    i.nonzeros or None) for i in image.layers]),
            "pass reports:"]
     for name, report in (info.get("reports") or {}).items():
