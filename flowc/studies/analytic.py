@@ -286,31 +286,6 @@ class AnalyticReport:
         out["setup_cycles"], out["setup_energy_pj"] = self.setup()
         return out
 
-    def to_dict(self, per_layer: bool = True) -> dict[str, Any]:
-        d = {"model": self.model, "machine": self.machine.name, "phase": self.phase,
-             "clock_mhz": self.machine.clock_mhz, "tokens": self.tokens, "kv_len": self.kv_len,
-             "assignment": self.assignment, "choices": CostModel(self.machine).choices(),
-             **self.summary(), "notes": self.notes}
-        if per_layer:
-            d["layers"] = [{"name": lc.name, "kind": lc.kind, "pattern": self.patterns.get(
-                lc.name, "-"), "cycles": lc.cycles, "energy_pj": lc.energy_pj,
-                "macs": lc.macs} for lc in self.layers]
-        return d
-
-    def render(self) -> str:
-        s = self.summary()
-        lines = [f"{self.model} {self.phase} (tokens {self.tokens}, kv_len {self.kv_len}) on "
-                 f"{self.machine.name} @ {self.machine.clock_mhz:g} MHz, N:M {self.assignment}"]
-        for key in ("gemm", "attention", "total"):
-            v = s[key]
-            lines.append(f"  {key:<9} {v['cycles']:>16,} cycles  {v['seconds'] * 1e3:>10.3f} ms"
-                         f"  {v['energy_pj'] / 1e6:>12.3f} uJ  {v['macs'] / 1e9:>10.2f} GMAC")
-        if s["setup_cycles"]:
-            lines.append(f"  setup (program load, once): {s['setup_cycles']:,} cycles, "
-                         f"{s['setup_energy_pj'] / 1e6:.3f} uJ")
-        lines += [f"  {k}: {v}" for k, v in self.notes.items()]
-        return "\n".join(lines)
-
 
 def model_gemms(config: Any, phase: str = "prefill", tokens: int = 2048,
                 kv_len: int | None = None, attention: bool = True,
@@ -370,18 +345,3 @@ def analyse_targets(config: Any, machines: Sequence[MachineConfig],
     """{phase: {machine name: AnalyticReport}} for several targets (same assignment)."""
     return {ph: {m.name: analyse(config, m, assignment, phase=ph, **kw) for m in machines}
             for ph in phases}
-
-
-def ratio_rows(reports: Mapping[str, AnalyticReport], kind: str | None = "gemm",
-               primary: str = "flexcim") -> list[dict[str, Any]]:
-    """Per target: latency, energy, EDP and the primary's speed-up / energy ratio vs it."""
-    base = reports.get(primary) or next(iter(reports.values()))
-    rows = []
-    for name, r in reports.items():
-        sec, e = r.seconds(kind), r.energy_pj(kind)
-        rows.append({"target": name, "cycles": r.cycles(kind), "ms": sec * 1e3,
-                     "energy_uj": e / 1e6, "edp_uj_ms": e / 1e6 * sec * 1e3,
-                     f"{base.machine.name}_x_faster": sec / max(base.seconds(kind), 1e-30),
-                     f"{base.machine.name}_x_less_energy":
-                         e / max(base.energy_pj(kind), 1e-30)})
-    return rows
