@@ -127,13 +127,33 @@ def test_exit_4_bad_program(work, capsys):
     assert flowrun_main([str(broken), "-q"]) == 4
 
 
-def test_exit_5_execution_error(work, capsys):
+def test_exit_5_execution_error(work, capsys, monkeypatch):
+    """ONNX Runtime stopped by the reference check's wall-clock watchdog. The session waits
+    until the watchdog has fired before it runs, so the real terminate path is taken every
+    time (on an idle machine the tiny MLP could otherwise finish first)."""
+    import flowc.runtime.check as check
     from flowc.backend import limits
 
+    real = check.ort_session
+
+    class AfterTheWatchdog:
+        def __init__(self, onnx_bytes: bytes, *args) -> None:
+            self.sess = real(onnx_bytes, *args)
+
+        def get_inputs(self):
+            return self.sess.get_inputs()
+
+        def run(self, names, feeds, run_options):
+            deadline = time.monotonic() + 10.0
+            while not run_options.terminate and time.monotonic() < deadline:
+                time.sleep(0.001)
+            return self.sess.run(names, feeds, run_options)
+
+    monkeypatch.setattr(check, "ort_session", AfterTheWatchdog)
     saved = limits.current()
     try:
-        limits.configure(onnx_seconds=1e-9)  # the reference check's wall-clock limit
-        one_line(capsys, 5, flowrun_main([str(work / "mlp.fcim"), "-q"]), "s limit")
+        limits.configure(onnx_seconds=0.01)  # the reference check's wall-clock limit
+        one_line(capsys, 5, flowrun_main([str(work / "mlp.fcim"), "-q"]), "0.01 s limit")
     finally:
         limits.configure(**{f: getattr(saved, f) for f in saved.__dataclass_fields__})
 
