@@ -14,8 +14,9 @@ unpacked once like a loaded model), ORT on the embedded fp32 reference with 1 an
 intra-op threads (no spinning; the faster is the baseline).
 Medians are printed, the ratio flowrun-with-accounting / ORT per size, and per workload the
 growth exponent b of time ~ size^b fitted by least squares on log-log (flowrun and ORT).
-Peak RSS of the child is read after the flowrun rounds (flowrun: image + plan + buffers) and
-at its end (with ORT's sessions). The machine is shared: read ratios, not absolute times.
+Peak RSS of the child is read after flowrun's warm-up runs (flowrun alone: image, plan and
+buffers) and at its end (with ORT's sessions). MLP sizes run 50 x `--repeat` rounds. The
+machine is shared: read ratios, not absolute times.
 """
 
 from __future__ import annotations
@@ -98,14 +99,16 @@ def measure(workload: str, size: int, repeat: int, compile_only: bool = False) -
         interp.run(samples)
 
     flow = {"flowrun accounted": accounted, "flowrun functional": functional}
-    times: dict[str, list[float]] = {}
-    _rounds(flow, times, repeat)
+    for fn in flow.values():  # warm-up: the plan records its events, BLAS warms
+        fn()
     rss_flowrun = _peak_rss_gb()
     onnx_bytes = materialise(image)
     sessions = {t: ort_session(onnx_bytes, threads=t) for t in (1, 2)}
     ort = {f"ORT {t} thread": (lambda s=s: run_reference(onnx_bytes, samples, session=s))
            for t, s in sessions.items()}
-    _rounds({**flow, **ort}, times, repeat)  # flowrun again, alternating with ORT
+    times: dict[str, list[float]] = {}
+    # tiny workloads: many rounds (each takes a millisecond), large ones: `repeat`
+    _rounds({**flow, **ort}, times, repeat * 50 if workload == "mlp" else repeat)
     med = {k: statistics.median(v) for k, v in times.items()}
     ort_best = min(med["ORT 1 thread"], med["ORT 2 thread"])
     return {"workload": workload, "size": size, "median_s": med, "ort_s": ort_best,
@@ -116,8 +119,9 @@ def measure(workload: str, size: int, repeat: int, compile_only: bool = False) -
 
 
 def _rounds(runs: dict, times: dict, repeat: int) -> None:
-    for fn in runs.values():  # warm-up (ORT arenas, first-run recording)
-        fn()
+    for key in runs:  # warm-up: ORT's arenas
+        if key.startswith("ORT"):
+            runs[key]()
     order = list(runs)
     for i in range(repeat):
         for k in order[i % len(order):] + order[: i % len(order)]:
@@ -191,6 +195,7 @@ def main() -> None:
         row = _child(cmd, wl, size)
         row["compile_s"] = compile_s if compile_s is not None else row["compile_s"]
         rows.append(row)
+        print(json.dumps(row), flush=True)  # each size as soon as it is measured
     text = table(rows) + "\n\n" + "\n".join(f"- {g}" for g in growth(rows))
     print(text)
     for r in rows:
