@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from flowc.errors import ExecutionError
+from flowc.runtime.gemm import EXACT_CHUNK
 
 if TYPE_CHECKING:
     from flowc.runtime.interpreter import Interpreter, Loop, State
 
-EXACT_CHUNK = 1024  # see interpreter.EXACT_CHUNK: int8 dot products of this length are exact
 
 
 @dataclass
@@ -272,7 +272,7 @@ def _contiguous(x: np.ndarray) -> np.ndarray:
 
 def _chunked_int_gemm(xt: torch.Tensor, wt: torch.Tensor, k: int) -> torch.Tensor:
     """Exact int32 x @ wt[:k] of int8-valued operands with float32 BLAS: chunks of K <= 1024
-    are exact in float32 (interpreter.exact_int_matmul); their int32 sum is exact too."""
+    are exact in float32 (gemm.exact_int_matmul); their int32 sum is exact too."""
     xf = xt.to(torch.float32)
     y = None
     for k0 in range(0, k, EXACT_CHUNK):
