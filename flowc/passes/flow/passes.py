@@ -284,7 +284,7 @@ class OutlierAnalysis(_Selector):
 @register_pass
 @dataclass(frozen=True)
 class FlowSelect(_Selector):
-    """FLOW: per-unit N:M from outlier ratio and distribution, by ILP (SPEC.md 2.5).
+    """FLOW: per-unit N:M from outlier ratio and distribution, by ILP (docs/flow.md).
 
     `preset` ("paper" or "repo", presets.py) supplies every option left at None; an option
     given explicitly wins. The report's `achieved` is the parameter-weighted sparsity of what
