@@ -150,7 +150,8 @@ def load_hf(spec: str, seq_len: int | None = None, prompt: str | None = None,
     if name.startswith("tiny-"):
         return _load_tiny(spec, name[5:], seq_len, prompt, calib_batches, say, seed)
     if name == SMOLLM2:
-        say("loading SmolLM2-135M (GGUF weights, ~15 s) ...")
+        say("loading SmolLM2-135M (GGUF weights: ~30-60 s the first time, then from the "
+            "weights cache) ...")
         model, tok = hf.load_smollm2()
     else:
         ckpt = (checkpoint.Checkpoint(checkpoint.minilm_folder(), label=MINILM)
