@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import stat
 import zipfile
 from pathlib import Path
 
@@ -46,19 +44,8 @@ _MEMBER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9
 def read_path(path: str | Path) -> Image:
     """Open `path` only if it is a regular file (never blocks on a FIFO), then `read`."""
     path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot open ({exc.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ImageError(f"{path}: not a regular file")
-        if st.st_size > limits_mod.current().total_bytes:
-            raise ImageError(f"{path}: {st.st_size} bytes, over the limit of "
-                             f"{limits_mod.current().total_bytes}")
+    with limits_mod.open_regular(path, limits_mod.current().total_bytes, ImageError,
+                                 str(path)) as f:
         return read(f, str(path))
 
 

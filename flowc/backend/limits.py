@@ -10,7 +10,9 @@ flowrun's --max-memory / --max-work raise them (`configure`).
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, replace
+from typing import BinaryIO
 
 
 def _host_memory() -> int:
@@ -57,3 +59,26 @@ def configure(**changes: int | float) -> Limits:
     new = replace(current(), **changes)
     _CURRENT[:] = [new]
     return new
+
+
+def open_regular(path: str | os.PathLike, max_bytes: int, error: type[Exception],
+                 label: str) -> BinaryIO:
+    """`path` opened for binary reading if it is a regular file of at most `max_bytes`, else
+    `error("<label>: reason")`. Opened non-blocking first, so a FIFO never blocks the check."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise error(f"{label}: no such file") from None
+    except OSError as exc:
+        raise error(f"{label}: cannot open ({exc.strerror})") from None
+    f = os.fdopen(fd, "rb")
+    try:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{label}: not a regular file")
+        if st.st_size > max_bytes:
+            raise error(f"{label}: {st.st_size} bytes, over the limit of {max_bytes}")
+    except BaseException:
+        f.close()
+        raise
+    return f

@@ -9,9 +9,8 @@ cannot drift from the backend. Regenerate with `python -m flowc.backend.opsdoc d
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from flowc.backend.archs import ALL
@@ -68,27 +67,35 @@ def render() -> str:
     return "\n".join(lines + ["", END])
 
 
-def replace_block(text: str, block: str) -> str:
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"the document has no generated block ({BEGIN} ... {END})")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+def replace_block(text: str, block: str, begin: str = BEGIN, end: str = END) -> str:
+    """`text` with everything from `begin` to `end` replaced by `block` (which carries the
+    markers itself); shared by every generated doc block (also flowc.cli.docgen)."""
+    if begin not in text or end not in text:
+        raise ValueError(f"the document has no generated block ({begin} ... {end})")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
     return head + block + tail
+
+
+def rewrite_block(argv: list[str] | None, block: Callable[[], str], begin: str, end: str,
+                  command: str) -> int:
+    """`python -m MODULE DOC`: rewrite DOC's generated block atomically; usage errors exit 2."""
+    from flowc.backend.container import write_atomic
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print(f"usage: {command}", file=sys.stderr)
+        return 2
+    path = Path(args[0])
+    text = replace_block(path.read_text(encoding="utf-8"), block(), begin, end)
+    write_atomic(path, text.encode("utf-8"))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Rewrite the generated block of the given file (atomically) and print nothing."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m flowc.backend.opsdoc docs/models.md", file=sys.stderr)
-        return 2
-    path = Path(args[0])
-    text = replace_block(path.read_text(encoding="utf-8"), render())
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".opsdoc-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return 0
+    return rewrite_block(argv, render, BEGIN, END,
+                         "python -m flowc.backend.opsdoc docs/models.md")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """docs/cli.md's reference block, generated from the argument parsers themselves, so the doc
-cannot drift from the code (tests/cli/test_cli_doc.py fails when they differ).
+cannot drift from the code (tests/cli/test_docs.py fails when they differ).
 
     python -m flowc.cli.docgen docs/cli.md     # rewrite the block between the markers
 
@@ -10,8 +10,6 @@ codes, model sources, checks and limits) are kept as they are.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 BEGIN = "<!-- BEGIN GENERATED: python -m flowc.cli.docgen docs/cli.md -->"
 END = "<!-- END GENERATED -->"
@@ -89,14 +87,6 @@ def render() -> str:
     return "\n".join(lines + [END])
 
 
-def replace_block(text: str, block: str) -> str:
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"the document has no generated block ({BEGIN} ... {END})")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return head + block + tail
-
-
 def current_block(text: str) -> str:
     head, rest = text.split(BEGIN, 1)
     return BEGIN + rest.split(END, 1)[0] + END
@@ -104,15 +94,9 @@ def current_block(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Rewrite the generated block of the given file (atomically)."""
-    from flowc.backend.container import write_atomic
+    from flowc.backend.opsdoc import rewrite_block
 
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m flowc.cli.docgen docs/cli.md", file=sys.stderr)
-        return 2
-    path = Path(args[0])
-    write_atomic(path, replace_block(path.read_text(encoding="utf-8"), render()).encode())
-    return 0
+    return rewrite_block(argv, render, BEGIN, END, "python -m flowc.cli.docgen docs/cli.md")
 
 
 if __name__ == "__main__":

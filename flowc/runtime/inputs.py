@@ -9,8 +9,6 @@ Everything else is a UsageError (exit 2) naming the file.
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,19 +23,8 @@ _F32_MAX = float(np.finfo(np.float32).max)
 
 def read_regular(path: str, what: str) -> bytes:
     """The bytes of `path` if it is a regular file within the size limit, else UsageError."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise UsageError(f"{what} {path}: no such file") from None
-    except OSError as exc:
-        raise UsageError(f"{what} {path}: cannot open ({exc.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise UsageError(f"{what} {path}: not a regular file")
-        if st.st_size > limits.current().member_bytes:
-            raise UsageError(f"{what} {path}: {st.st_size} bytes, over the limit of "
-                             f"{limits.current().member_bytes}")
+    with limits.open_regular(path, limits.current().member_bytes, UsageError,
+                             f"{what} {path}") as f:
         return f.read()
 
 
