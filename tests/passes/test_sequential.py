@@ -161,3 +161,17 @@ def test_obs_pass_lowers_the_output_error_of_the_model() -> None:
         with torch.no_grad():
             outs[update] = torch.cat([gm(*b) - model(*b) for b in batches]).square().sum()
     assert outs["obs"] < outs["none"]
+
+
+def test_obs_float32_sweep_matches_float64() -> None:
+    # nm-prune runs the column sweep in float32 (SparseGPT's precision): same zeros, same
+    # kept weights up to float32 rounding, and the same reconstruction error
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(300, 24)) @ rng.normal(size=(24, 24))
+    w = rng.normal(size=(10, 24))
+    keep = nm_mask(wanda_scores(w, np.linalg.norm(x, axis=0)), 2, 4)
+    a = obs_update(w, keep, x.T @ x, blocksize=8)
+    b = obs_update(w, keep, x.T @ x, blocksize=8, dtype=np.float32)
+    assert np.array_equal(a == 0.0, b == 0.0)
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+    assert _recon_error(x, w, b) == pytest.approx(_recon_error(x, w, a), rel=1e-4)
