@@ -130,9 +130,19 @@ def pattern_text(info: LayerInfo | None) -> str:
         return "attn"  # activation x activation GEMM on the macros (docs/attention.md)
     if info is None or info.kind != "gemm":
         return "-"
-    asked = f"{info.pattern[0]}:{info.pattern[1]}"
-    native = f"{info.native[0]}:{info.native[1]}"
-    return asked if asked == native else f"{asked}->{native}"
+    return pattern_label(info.pattern, info.native)
+
+
+def pattern_label(asked: tuple[int, int], native: tuple[int, int]) -> str:
+    """How reports name what a Linear runs as: "2:4"; "1:8->1:4" when the machine rounds the
+    asked pattern up to a supported one; "dense" for n == m (the machine's dense mode is
+    n = m = P, e.g. 4:4 on FlexCiM, which users would not recognise as dense);
+    "3:4->dense" when no supported sparse pattern holds the asked one."""
+    def text(p: tuple[int, int]) -> str:
+        return "dense" if p[0] == p[1] else f"{p[0]}:{p[1]}"
+
+    a, n = text(asked), text(native)
+    return a if a == n else f"{a}->{n}"
 
 
 @dataclass
