@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 
 def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -> None:
+    from flowc.cli.compile import add_hf_arguments
+
     p = subparsers.add_parser(
         "compare", help="prune once, run on every target, compare latency/energy/EDP",
         description="Prune and quantise MODEL once, lower it for each target with the rule "
@@ -21,6 +23,7 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
     g = p.add_mutually_exclusive_group()
     g.add_argument("--nm", help="uniform N:M, N kept per M (e.g. 2:4)")
     g.add_argument("-p", "--pipeline", help="pass pipeline (e.g. 'calibrate,nm-prune{...}')")
+    add_hf_arguments(p)
     p.add_argument("--input-shape", help="override input shapes, e.g. 1x784")
     p.add_argument("--trust-pickle", action="store_true", help="allow pickled nn.Module files")
     p.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
@@ -37,6 +40,7 @@ def write_json(path: str, data: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from flowc.cli.compile import check_hf_arguments
     from flowc.cli.paths import check_output
     from flowc.frontend.load import check_hf_source, is_hf_source, load_hf, load_model
     from flowc.studies.compare import compare_captured, parse_targets
@@ -48,9 +52,12 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.plot, "--plot", args.model)
     targets = parse_targets(args.targets)
     say = None if args.quiet else stderr_progress
-    if is_hf_source(args.model):  # brings its own calibration text, used like compile does
+    hf = is_hf_source(args.model)
+    check_hf_arguments(args, hf)
+    if hf:  # brings its own calibration text, used like compile does
         check_hf_source(args.model)
-        cap = load_hf(args.model, progress=say)
+        cap = load_hf(args.model, seq_len=args.seq_len, prompt=args.prompt, progress=say,
+                      trust_remote_code=args.trust_remote_code)
     else:
         cap = load_model(args.model, input_shapes=args.input_shape, trust_pickle=args.trust_pickle)
     opts = CompileOptions(nm=parse_nm(args.nm) if args.nm else None, pipeline=args.pipeline,

@@ -19,9 +19,7 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
                    "hf:tiny-<arch> (random weights; arch: llama, mistral, qwen2, opt, gpt2, bert, gpt_neox, "
                    "phi3, gemma), hf:PATH (checkpoint folder with config.json "
                    "or a .gguf file), hf:ORG/NAME (local Hugging Face cache, offline)")
-    p.add_argument("--seq-len", type=int, help="hf: sources: tokens per sequence (SmolLM2 "
-                   "default 128 = the built-in prompt; tiny models default 32)")
-    p.add_argument("--prompt", help="hf:smollm2-135m: the prompt text (cycled or cut to --seq-len)")
+    add_hf_arguments(p)
     p.add_argument("-o", "--output", help="output .fcim (default: <model>.fcim here)")
     p.add_argument("--nm", help="uniform N:M pattern, N kept per group of M (e.g. 2:4)")
     p.add_argument("--score", default="wanda", choices=["wanda", "magnitude"],
@@ -40,8 +38,6 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
                    "with the model's tokenizer into windows of the example input length")
     p.add_argument("--calib-data", metavar="NPZ", help="calibrate on these arrays: one per model "
                    "input (named like the inputs or arr_0..), first dimension = samples")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="hf: checkpoints whose config asks for their own Python code (auto_map)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow loading a pickled nn.Module (unpickling runs arbitrary code)")
     p.add_argument("--no-reference", action="store_true",
@@ -50,6 +46,24 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
                    help="do not embed fp32 weights (smaller; no --numerics fp32)")
     add_debug(p)
     p.set_defaults(func=run)
+
+
+def add_hf_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that shape how an hf: model source is loaded (compile and compare)."""
+    p.add_argument("--seq-len", type=int, help="hf: sources: tokens per sequence (SmolLM2 "
+                   "default 128 = the built-in prompt; tiny models default 32)")
+    p.add_argument("--prompt", help="hf:smollm2-135m: the prompt text (cycled or cut to --seq-len)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="hf: checkpoints whose config asks for their own Python code (auto_map)")
+
+
+def check_hf_arguments(args: argparse.Namespace, hf: bool) -> None:
+    if not hf and (args.seq_len or args.prompt):
+        raise UsageError("--seq-len and --prompt apply to hf: model sources only")
+    if not hf and args.trust_remote_code:
+        raise UsageError("--trust-remote-code applies to hf: model sources only")
+    if args.seq_len is not None and args.seq_len < 1:
+        raise UsageError(f"--seq-len must be >= 1, got {args.seq_len}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,10 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from flowc.frontend.load import check_hf_source, load_hf, load_model
     from flowc.studies.compiler import CompileOptions, compile_captured, parse_nm, stderr_progress
 
-    if not hf and (args.seq_len or args.prompt):
-        raise UsageError("--seq-len and --prompt apply to hf: model sources only")
-    if not hf and args.trust_remote_code:
-        raise UsageError("--trust-remote-code applies to hf: model sources only")
+    check_hf_arguments(args, hf)
     if args.calib_text and args.calib_data:
         raise UsageError("give --calib-text or --calib-data, not both")
     if hf:

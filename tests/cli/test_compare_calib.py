@@ -20,3 +20,19 @@ def test_compare_passes_the_sources_own_calibration(monkeypatch, tmp_path):
                  "--json", str(tmp_path / "c.json")]) == 0
     assert seen["own"] and seen["calib"] is seen["own"]  # the text windows, not synthetic
     assert all(tuple(x.shape) == (1, 32) for sample in seen["calib"] for x in sample)
+
+
+def test_compare_takes_the_sequence_length_of_an_hf_source(tmp_path):
+    out = tmp_path / "c.json"
+    assert main(["compare", "hf:tiny-llama", "--seq-len", "12", "--targets", "flexcim",
+                 "--nm", "2:4", "-q", "--json", str(out)]) == 0
+    import json
+
+    (result,) = json.loads(out.read_text())["results"]
+    q = next(lay for lay in result["layers"] if lay["name"].endswith("layers.0.self_attn.q_proj"))
+    assert q["macs"] == 12 * 64 * 64  # 12 tokens through a 64 x 64 projection
+
+
+def test_compare_refuses_hf_options_on_a_model_file(tmp_path, capsys):
+    assert main(["compare", str(tmp_path / "m.pt2"), "--seq-len", "8"]) == 2
+    assert "--seq-len and --prompt apply to hf: model sources only" in capsys.readouterr().err
