@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["load_results", "load_spec", "points_of", "run_sweep"]
+__all__ = ["load_results", "load_spec", "pareto_front", "points_of", "report", "run_sweep"]
 
-_WHERE = {"load_spec": "spec", "points_of": "spec", "run_sweep": "run", "load_results": "store"}
+_WHERE = {"load_spec": "spec", "points_of": "spec", "run_sweep": "run", "load_results": "store",
+          "report": "reporter", "pareto_front": "analysis"}  # reporter.py: see its docstring
 
 
 def __getattr__(name: str) -> Any:
