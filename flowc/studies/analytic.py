@@ -39,7 +39,7 @@ from flowc.machine import MachineConfig
 from flowc.runtime.cost import CostModel
 from flowc.runtime.events import ExecEvent, LoopEvent
 from flowc.runtime.report import CostListener, LayerCost
-from flowc.studies.analytic_models import Gemm, attention_gemms, linear_gemms, shapes_of
+from flowc.studies.analytic_models import Gemm, Shapes, attention_gemms, linear_gemms, shapes_of
 
 Pattern = tuple[int, int]
 PHASES = ("prefill", "decode")
@@ -295,7 +295,15 @@ def model_gemms(config: Any, phase: str = "prefill", tokens: int = 2048,
     only unless `all_logits`."""
     if phase not in PHASES:
         raise UsageError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
-    shapes = shapes_of(config)
+    return shape_gemms(shapes_of(config), phase, tokens, kv_len, attention, all_logits)
+
+
+def shape_gemms(shapes: Shapes, phase: str = "prefill", tokens: int = 2048,
+                kv_len: int | None = None, attention: bool = True,
+                all_logits: bool = False) -> tuple[list[Gemm], int, int]:
+    """`model_gemms` of already resolved hyper-parameters (the fast path caches by them)."""
+    if phase not in PHASES:
+        raise UsageError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
     if phase == "decode" and shapes.family == "bert":
         raise UsageError("decode does not apply to an encoder (bert): use prefill")
     t = tokens if phase == "prefill" else 1
