@@ -13,7 +13,7 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +39,9 @@ class Bound(Protocol):
     def map(self, fn: Callable[[Any, Any], Any], items: Iterable[Any], *,
             progress: Progress | None = None) -> list[Any]: ...
 
+    def imap_unordered(self, fn: Callable[[Any, Any], Any], items: Iterable[Any]
+                       ) -> Iterator[tuple[int, Any]]: ...
+
     def close(self) -> None: ...
 
     def __enter__(self) -> Self: ...
@@ -56,6 +59,9 @@ class Executor(Protocol):
 
     def map(self, fn: Callable[[Any, Any], Any], items: Iterable[Any], *, shared: Any = None,
             progress: Progress | None = None) -> list[Any]: ...
+
+    def imap_unordered(self, fn: Callable[[Any, Any], Any], items: Iterable[Any], *,
+                       shared: Any = None) -> Iterator[tuple[int, Any]]: ...
 
     def close(self) -> None: ...
 
@@ -89,10 +95,20 @@ class _ExecutorBase:
     def map(self, fn: Callable[[Any, Any], Any], items: Iterable[Any], *, shared: Any = None,
             progress: Progress | None = None) -> list[Any]:
         """`[fn(shared, x) for x in items]`; reuses the workers if `shared` is the value bound last."""
+        return self._binding_for(shared).map(fn, items, progress=progress)
+
+    def imap_unordered(self, fn: Callable[[Any, Any], Any], items: Iterable[Any], *,
+                       shared: Any = None) -> Iterator[tuple[int, Any]]:
+        """`(index, fn(shared, items[index]))` pairs as items finish (streaming: a caller can
+        store each result at once). A failure is raised when its pair would be; closing the
+        iterator early cancels the items not started."""
+        return self._binding_for(shared).imap_unordered(fn, items)
+
+    def _binding_for(self, shared: Any) -> Bound:
         cur = self._current
         if cur is None or cur.closed or cur.shared is not shared:
             cur = self.bind(shared)
-        return cur.map(fn, items, progress=progress)
+        return cur
 
     def close(self) -> None:
         if self._current is not None:
@@ -271,28 +287,38 @@ class _SerialBinding(_BindingBase):
     def __init__(self, shared: Any) -> None:
         self.shared, self.closed = shared, False
         self.key, self.scratch_root = _new_scratch_root("serial")
+        self._scratch: Path | None = None  # worker_scratch() of this binding, once created
 
     def map(self, fn: Callable[[Any, Any], Any], items: Iterable[Any], *,
             progress: Progress | None = None) -> list[Any]:
-        _ensure_open(self)
         items = list(items)
-        saved = (_WORKER.key, _WORKER.shared, _WORKER.scratch_root, _WORKER.scratch,
-                 _WORKER.threads, _WORKER.pinned)
-        _WORKER.key, _WORKER.shared, _WORKER.scratch_root = self.key, self.shared, self.scratch_root
-        _WORKER.scratch, _WORKER.threads = None, None
-        try:
-            out = []
-            _report(progress, 0, len(items))
-            for i, item in enumerate(items):
-                try:
-                    out.append(fn(self.shared, item))
-                except Exception as exc:
-                    raise _tag(exc, i)  # noqa: B904 (the same exception, now with its index)
-                _report(progress, i + 1, len(items))
-            return out
-        finally:
-            (_WORKER.key, _WORKER.shared, _WORKER.scratch_root, _WORKER.scratch,
-             _WORKER.threads, _WORKER.pinned) = saved
+        out = []
+        _report(progress, 0, len(items))
+        for i, value in self.imap_unordered(fn, items):
+            out.append(value)
+            _report(progress, i + 1, len(items))
+        return out
+
+    def imap_unordered(self, fn: Callable[[Any, Any], Any], items: Iterable[Any]
+                       ) -> Iterator[tuple[int, Any]]:
+        """In item order (one item at a time); the binding is installed only while an item
+        runs, so the caller's code between two results sees its own worker state."""
+        _ensure_open(self)
+        for i, item in enumerate(list(items)):
+            saved = (_WORKER.key, _WORKER.shared, _WORKER.scratch_root, _WORKER.scratch,
+                     _WORKER.threads, _WORKER.pinned)
+            _WORKER.key, _WORKER.shared = self.key, self.shared
+            _WORKER.scratch_root, _WORKER.scratch, _WORKER.threads = (
+                self.scratch_root, self._scratch, None)
+            try:
+                value = fn(self.shared, item)
+            except Exception as exc:
+                raise _tag(exc, i)  # noqa: B904 (the same exception, now with its index)
+            finally:
+                self._scratch = _WORKER.scratch
+                (_WORKER.key, _WORKER.shared, _WORKER.scratch_root, _WORKER.scratch,
+                 _WORKER.threads, _WORKER.pinned) = saved
+            yield i, value
 
     def close(self) -> None:
         self.closed = True

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from flowc.errors import UsageError, WorkerError
@@ -127,29 +127,24 @@ class _RayBinding(_BindingBase):
 
     def map(self, fn: Callable[[Any, Any], Any], items: Iterable[Any], *,
             progress: Progress | None = None) -> list[Any]:
+        items = list(items)
+        results: list[Any] = [None] * len(items)
+        _report(progress, 0, len(items))
+        for done, (i, value) in enumerate(self.imap_unordered(fn, items), 1):
+            results[i] = value
+            _report(progress, done, len(items))
+        return results
+
+    def imap_unordered(self, fn: Callable[[Any, Any], Any], items: Iterable[Any]
+                       ) -> Iterator[tuple[int, Any]]:
+        """(index, result) as tasks finish (ray.wait); a failure, or the consumer closing the
+        generator, cancels the tasks not finished."""
         _ensure_open(self)
         _check_picklable(fn, "ray")
         ray, task = self._owner._ray, self._owner._task
-        items = list(items)
         refs = [task.remote(fn, i, item, self._box, self.key, self.scratch_name)
                 for i, item in enumerate(items)]
-        index = {ref: i for i, ref in enumerate(refs)}
-        results: list[Any] = [None] * len(refs)
-        pending = list(refs)
-        _report(progress, 0, len(refs))
-        try:
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                if pending:  # collect whatever else finished meanwhile in one go
-                    more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
-                    ready += more
-                for ref in sorted(ready, key=index.__getitem__):
-                    results[index[ref]] = _get(ray, ref, index[ref])
-                _report(progress, len(refs) - len(pending), len(refs))
-        finally:
-            for ref in pending:  # the first failure cancels what has not finished
-                ray.cancel(ref)
-        return results
+        return _stream_refs(ray, refs)
 
     def close(self) -> None:
         if self.closed:
@@ -158,6 +153,22 @@ class _RayBinding(_BindingBase):
         self._box = []  # drop the ObjectRef: Ray frees the object once no task holds it
         # the local part of the scratch space (remote nodes' workers drop theirs on rebinding)
         shutil.rmtree(os.path.join(tempfile.gettempdir(), self.scratch_name), ignore_errors=True)
+
+
+def _stream_refs(ray: Any, refs: list[Any]) -> Iterator[tuple[int, Any]]:
+    index = {ref: i for i, ref in enumerate(refs)}
+    pending = list(refs)
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            if pending:  # collect whatever else finished meanwhile in one go
+                more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+                ready += more
+            for ref in sorted(ready, key=index.__getitem__):
+                yield index[ref], _get(ray, ref, index[ref])
+    finally:
+        for ref in pending:  # the first failure cancels what has not finished
+            ray.cancel(ref)
 
 
 def _get(ray: Any, ref: Any, i: int) -> Any:

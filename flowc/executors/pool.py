@@ -6,7 +6,7 @@ import multiprocessing
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -101,6 +101,17 @@ class _PoolBinding(_BindingBase):
             pool.submit(_run_item, fn, i, item): i for i, item in enumerate(items)}
         return _gather_futures(futures, len(items), progress, self)
 
+    def imap_unordered(self, fn: Callable[[Any, Any], Any], items: Iterable[Any]
+                       ) -> Iterator[tuple[int, Any]]:
+        """(index, result) as items complete; closing the iterator cancels the queued rest."""
+        _ensure_open(self)
+        _check_picklable(fn, "local")
+        items = list(items)
+        pool = self._ensure_pool()
+        futures: dict[Future[Any], int] = {
+            pool.submit(_run_item, fn, i, item): i for i, item in enumerate(items)}
+        return _stream_futures(futures, self)
+
     def _broken(self) -> None:
         """The pool lost a worker; the next map starts a fresh one (shared shipped again)."""
         if self._pool is not None:
@@ -120,15 +131,25 @@ class _PoolBinding(_BindingBase):
 
 def _gather_futures(futures: dict[Future[Any], int], total: int, progress: Progress | None,
                     binding: _PoolBinding) -> list[Any]:
-    """Collect results by index as they complete; the first failure cancels the queued rest
-    (as_completed: linear in the number of items, unlike repeated wait() calls)."""
+    """Collect results by index as they complete; the first failure cancels the queued rest."""
     results: list[Any] = [None] * total
     _report(progress, 0, total)
+    for done, (i, value) in enumerate(_stream_futures(futures, binding), 1):
+        results[i] = value
+        _report(progress, done, total)
+    return results
+
+
+def _stream_futures(futures: dict[Future[Any], int], binding: _PoolBinding
+                    ) -> Iterator[tuple[int, Any]]:
+    """(index, result) as futures complete (as_completed: linear in the number of items,
+    unlike repeated wait() calls); a failure, or the consumer closing the generator, cancels
+    the queued rest."""
     try:
-        for done, fut in enumerate(as_completed(futures), 1):
+        for fut in as_completed(futures):
             i = futures[fut]
             try:
-                results[i] = fut.result()
+                value = fut.result()
             except BrokenProcessPool as exc:
                 binding._broken()
                 raise WorkerError(
@@ -138,8 +159,7 @@ def _gather_futures(futures: dict[Future[Any], int], total: int, progress: Progr
                     "item run in-process") from None
             except Exception as exc:
                 raise _tag(exc, i)  # noqa: B904 (the worker's exception, remote traceback as cause)
-            _report(progress, done, total)
+            yield i, value
     finally:
         for fut in futures:  # no-op for finished ones
             fut.cancel()
-    return results
