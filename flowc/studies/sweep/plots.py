@@ -144,15 +144,15 @@ def svg_bytes(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def png_data_uri(fig: Figure) -> str:
-    return "data:image/png;base64," + base64.b64encode(png_bytes(fig)).decode("ascii")
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def save_figure(fig: Figure, folder: Path, stem: str) -> list[Path]:
-    """`folder/stem.png` and `folder/stem.svg`."""
+def save_figure(fig: Figure, folder: Path, stem: str, png: bytes | None = None) -> list[Path]:
+    """`folder/stem.png` (`png` when already rendered) and `folder/stem.svg`."""
     folder.mkdir(parents=True, exist_ok=True)
     out = []
-    for ext, data in (("png", png_bytes(fig)), ("svg", svg_bytes(fig))):
+    for ext, data in (("png", png or png_bytes(fig)), ("svg", svg_bytes(fig))):
         path = folder / f"{stem}.{ext}"
         write_atomic(path, data)
         out.append(path)

@@ -39,16 +39,19 @@ def write_report(df: pd.DataFrame, meta: SweepMeta, out_html: str | Path,
     from flowc.backend.container import write_atomic
     from flowc.studies.sweep import html, plots
 
-    a = analyse_sweep(df, meta, objectives)
-    figs = make_figures(a)
-    page = html.render(a, {k: plots.png_data_uri(f) for k, f in figs.items()})
-    if plots_dir is not None:
-        for k, f in figs.items():
-            stem = "axis-" + plots.file_stem(k[5:]) if k.startswith("axis:") else k
-            plots.save_figure(f, Path(plots_dir), stem)
     out = Path(out_html)
     if not out.parent.is_dir():
         raise UsageError(f"{out}: the folder {out.parent} does not exist")
+    if plots_dir is not None and Path(plots_dir).exists() and not Path(plots_dir).is_dir():
+        raise UsageError(f"{plots_dir}: the plots folder is a file")
+    a = analyse_sweep(df, meta, objectives)
+    figs = make_figures(a)
+    pngs = {k: plots.png_bytes(f) for k, f in figs.items()}
+    page = html.render(a, {k: plots.data_uri(b) for k, b in pngs.items()})
+    if plots_dir is not None:
+        for k, f in figs.items():
+            stem = "axis-" + plots.file_stem(k[5:]) if k.startswith("axis:") else k
+            plots.save_figure(f, Path(plots_dir), stem, pngs[k])
     write_atomic(out, page.encode("utf-8"))
     return a
 
