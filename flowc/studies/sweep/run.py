@@ -1,0 +1,176 @@
+"""The sweep driver: points -> (pruning) -> chunks on an executor -> one Parquet part per chunk.
+
+Results stream: every chunk is stored the moment it arrives (executor `imap_unordered`), so a
+run killed at any moment keeps every finished chunk and `resume=True` evaluates only the rest.
+What is shared by every point (assignment files read once, run mode's compiled images) is
+built here once and shipped to each worker once (executor `shared=`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flowc.errors import FlowcError, UsageError
+from flowc.executors import Executor, Progress, make_executor
+from flowc.studies.sweep.point import Shared, base_row, compile_images, evaluate_chunk
+from flowc.studies.sweep.point import load_assignments as read_assignments
+from flowc.studies.sweep.spec import Point, SweepSpec, load_spec, points_of, spec_hash
+from flowc.studies.sweep.store import ResultStore
+
+Say = Callable[[str], None]
+MAX_CHUNK = 500
+
+
+@dataclass
+class SweepSummary:
+    """What a run did: `evaluated` now (ok + errors), `stored_before` (resume), `skipped`
+    (pruned, with each reason's count), wall time and rate of the points evaluated now."""
+
+    name: str
+    out: str
+    points: int
+    evaluated: int = 0
+    ok: int = 0
+    errors: int = 0
+    skipped: int = 0
+    stored_before: int = 0
+    wall_s: float = 0.0
+    chunks: int = 0
+    chunk_size: int = 0
+    executor: str = ""
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    error_samples: list[str] = field(default_factory=list)  # the first few error rows
+
+    @property
+    def rate(self) -> float:
+        return self.evaluated / self.wall_s if self.wall_s > 0 else 0.0
+
+    def render(self) -> str:
+        lines = [f"sweep {self.name}: {self.points} points -> {self.out}",
+                 f"  evaluated {self.evaluated} ({self.ok} ok, {self.errors} errors) in "
+                 f"{self.wall_s:.2f} s, {self.rate:.1f} points/s ({self.executor}, "
+                 f"{self.chunks} chunks of <= {self.chunk_size})",
+                 f"  already stored (resume): {self.stored_before}",
+                 f"  skipped (pruned): {self.skipped}"]
+        lines += [f"    {n} x {reason}" for reason, n in sorted(self.skip_reasons.items())]
+        if self.errors:
+            lines.append("  errors (first ones; every one is a row with status 'error'):")
+            lines += [f"    {e}" for e in self.error_samples]
+        return "\n".join(lines)
+
+
+def chunk_size(spec: SweepSpec, todo: int, workers: int | None) -> int:
+    """Points per task: the spec's `chunk`, else 1 in run mode (a point takes long enough)
+    and in analytic mode enough for ~4 tasks per worker, at most MAX_CHUNK (so 10,000 points
+    are ~20 tasks and a kill loses at most one chunk per worker)."""
+    if spec.sweep.chunk:
+        return spec.sweep.chunk
+    if spec.sweep.mode == "run":
+        return 1
+    return max(1, min(MAX_CHUNK, -(-todo // (4 * max(workers or 1, 1)))))
+
+
+def run_sweep(spec: str | Path | Mapping[str, Any] | SweepSpec, out: str | Path, *,
+              executor: Executor | None = None, resume: bool = False,
+              progress: Progress | None = None, say: Say | None = None) -> SweepSummary:
+    """Evaluate every point of `spec` not yet stored in `out` (see the module docstring).
+
+    `executor` defaults to a local process pool on all CPUs (closed at the end; one passed
+    in is left open). `progress(done, total)` counts the points evaluated by this run."""
+    say = say or (lambda _msg: None)
+    spec = load_spec(spec)
+    points = points_of(spec)
+    store = ResultStore.open(out, spec, points, spec_hash(spec, points), resume)
+    t0 = time.perf_counter()
+    done = store.done_keys() if resume else set()
+    todo = [p for p in points if p.key not in done]
+    summary = SweepSummary(spec.sweep.name, str(out), len(points),
+                           stored_before=len(points) - len(todo))
+    todo = _prune(spec, todo, store, summary)
+    own = executor is None
+    ex = make_executor() if own else executor
+    try:
+        summary.executor = ex.name
+        size = chunk_size(spec, len(todo), ex.workers)
+        summary.chunk_size = size
+        shared, failed = _shared(spec, todo, say)
+        if failed:  # a group that did not compile: its points are error rows, not a crash
+            rows = [base_row(p, "error", failed[p.index]) for p in todo if p.index in failed]
+            store.write(rows)
+            _count(summary, rows)
+            todo = [p for p in todo if p.index not in failed]
+        chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+        summary.chunks = len(chunks)
+        if progress:
+            progress(0, len(todo))
+        for _, rows in ex.imap_unordered(evaluate_chunk, chunks, shared=shared):
+            store.write(rows)
+            _count(summary, rows)
+            if progress:
+                progress(summary.evaluated - len(failed), len(todo))
+    finally:
+        if own:
+            ex.close()
+    summary.wall_s = time.perf_counter() - t0
+    return summary
+
+
+def _count(summary: SweepSummary, rows: Sequence[dict[str, Any]]) -> None:
+    for r in rows:
+        summary.evaluated += 1
+        if r["status"] == "ok":
+            summary.ok += 1
+        else:
+            summary.errors += 1
+            if len(summary.error_samples) < 5:
+                summary.error_samples.append(f"point {r['point']}: {r['reason']}")
+
+
+def _prune(spec: SweepSpec, todo: list[Point], store: ResultStore,
+           summary: SweepSummary) -> list[Point]:
+    """With `prune = true`, F's bounds decide which points cannot be on the front; they are
+    stored as rows with status "skipped" and the reason (never dropped silently)."""
+    if not spec.sweep.prune or not todo:
+        return todo
+    try:
+        from flowc.studies.sweep.bounds import prune_plan
+    except ImportError:
+        raise UsageError(f"{spec.source}: sweep.prune: pruning is not available in this flowc "
+                         "(flowc.studies.sweep.bounds.prune_plan is missing); set prune = false"
+                         ) from None
+    skip: dict[int, str] = prune_plan(spec, todo)
+    rows = [base_row(p, "skipped", skip[p.index]) for p in todo if p.index in skip]
+    if rows:
+        store.write(rows)
+    summary.skipped = len(rows)
+    summary.skip_reasons = dict(Counter(r["reason"] for r in rows))
+    return [p for p in todo if p.index not in skip]
+
+
+def _shared(spec: SweepSpec, todo: Sequence[Point], say: Say
+            ) -> tuple[Shared, dict[int, str]]:
+    """Built once in the driver: assignment files (analytic), compiled images (run), and the
+    points whose (model, nm) failed to compile, with the error line."""
+    shared, failed = Shared(spec.sweep.mode), {}
+    if spec.sweep.mode == "analytic":
+        shared.assignments = read_assignments(todo)
+        return shared, failed
+    groups: dict[tuple[str, str], list[Point]] = {}
+    for p in todo:
+        groups.setdefault((p.model, p.nm), []).append(p)
+    for (model, nm), pts in groups.items():
+        say(f"compiling {model} ({nm}) once for {len(pts)} points ...")
+        try:
+            images = compile_images(model, nm, [p.machine for p in pts])
+        except FlowcError as exc:
+            line = f"compiling {model} ({nm}): {str(exc).splitlines()[0] if str(exc) else exc!r}"
+            failed.update(dict.fromkeys((p.index for p in pts), line))
+            continue
+        for key, image in images.items():
+            shared.images[(model, nm, key)] = image
+    return shared, failed
