@@ -193,6 +193,23 @@ def test_analysis_names_a_missing_axis(rows: pd.DataFrame) -> None:
         analyse_sweep(rows, meta_of(rows, "x", ["target", "macro.rows"]))
 
 
+def test_report_api_reads_a_results_directory(rows: pd.DataFrame, tmp_path: Path) -> None:
+    """flowc.studies.sweep.report on what run_sweep stored: the same numbers as the rows
+    evaluated directly, the axes and objectives taken from sweep.json."""
+    from flowc.executors import SerialExecutor
+    from flowc.studies.sweep import report, run_sweep
+
+    run_sweep(SPEC, tmp_path / "res", executor=SerialExecutor())
+    df = report(tmp_path / "res", tmp_path / "r.html", tmp_path / "plots")
+    cols = ["point", "key", "target", "nm", "macros", "cycles", "latency_s", "energy_pj"]
+    pd.testing.assert_frame_equal(df[cols], rows[cols], check_dtype=False)
+    assert list(df["on_front"]) == list(df["point"].isin(pareto_front(rows)["point"]))
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<h1>report-test</h1>" in page
+    assert all(f"<h3>{h}</h3>" in page for h in ("target", "nm", "macros [count]",
+                                                  "macro.act_bw_bits [bit/cycle]"))
+
+
 @pytest.mark.slow
 def test_report_screenshot_in_headless_chromium(tmp_path: Path) -> None:
     """bench/report_screenshot.py: a real sweep's page rendered by Chromium, not blank, every
