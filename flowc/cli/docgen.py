@@ -83,6 +83,8 @@ def render() -> str:
     lines.append("")
     for name, parser in sub.choices.items():
         lines += command_section(f"flowc {name}", parser)
+        for title, action_parser in getattr(parser, "doc_sections", ()):  # `flowc sweep report`
+            lines += command_section(title, action_parser)
     lines += command_section("flowrun", build_flowrun_parser())
     return "\n".join(lines + [END])
 

@@ -16,7 +16,7 @@ from flowc.cli.guard import GLOBAL_FLAGS, add_debug, guard, hoist_global_flags
 SUBCOMMANDS: tuple[str, ...] = (
     "flowc.cli.compile", "flowc.cli.example", "flowc.cli.compare", "flowc.cli.analytic",
     "flowc.cli.eval", "flowc.cli.passes", "flowc.cli.inspect", "flowc.cli.disasm",
-    "flowc.cli.asm",
+    "flowc.cli.asm", "flowc.cli.sweep",
 )
 
 

@@ -9,7 +9,6 @@ built here once and shipped to each worker once (executor `shared=`).
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +80,7 @@ def run_sweep(spec: str | Path | Mapping[str, Any] | SweepSpec, out: str | Path,
     """Evaluate every point of `spec` not yet stored in `out` (see the module docstring).
 
     `executor` defaults to a local process pool on all CPUs (closed at the end; one passed
-    in is left open). `progress(done, total)` counts the points evaluated by this run."""
+    in is left open). `progress(done, total)` counts the points this run stores."""
     say = say or (lambda _msg: None)
     spec = load_spec(spec)
     points = points_of(spec)
@@ -89,76 +88,102 @@ def run_sweep(spec: str | Path | Mapping[str, Any] | SweepSpec, out: str | Path,
     t0 = time.perf_counter()
     done = store.done_keys() if resume else set()
     todo = [p for p in points if p.key not in done]
-    summary = SweepSummary(spec.sweep.name, str(out), len(points),
-                           stored_before=len(points) - len(todo))
-    todo = _prune(spec, todo, store, summary)
+    run = _Run(spec, store, SweepSummary(spec.sweep.name, str(out), len(points),
+                                         stored_before=len(points) - len(todo)),
+               progress, len(todo))
     own = executor is None
     ex = make_executor() if own else executor
     try:
-        summary.executor = ex.name
-        size = chunk_size(spec, len(todo), ex.workers)
-        summary.chunk_size = size
-        shared, failed = _shared(spec, todo, say)
+        run.summary.executor = ex.name
+        run.size = chunk_size(spec, len(todo), ex.workers)
+        shared, failed = _shared(spec, points if spec.sweep.prune else todo, todo, say)
         if failed:  # a group that did not compile: its points are error rows, not a crash
-            rows = [base_row(p, "error", failed[p.index]) for p in todo if p.index in failed]
-            store.write(rows)
-            _count(summary, rows)
-            todo = [p for p in todo if p.index not in failed]
-        chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-        summary.chunks = len(chunks)
-        if progress:
-            progress(0, len(todo))
-        for _, rows in ex.imap_unordered(evaluate_chunk, chunks, shared=shared):
-            store.write(rows)
-            _count(summary, rows)
-            if progress:
-                progress(summary.evaluated - len(failed), len(todo))
+            run.store_rows([base_row(p, "error", failed[p.index]) for p in todo
+                            if p.index in failed])
+        todo = [p for p in todo if p.index not in failed]
+        if spec.sweep.prune and todo:
+            todo = _prune(run, shared, points, todo)
+        if todo:
+            run.evaluate(ex, shared, todo)
     finally:
         if own:
             ex.close()
-    summary.wall_s = time.perf_counter() - t0
-    return summary
+    run.summary.wall_s = time.perf_counter() - t0
+    return run.summary
 
 
-def _count(summary: SweepSummary, rows: Sequence[dict[str, Any]]) -> None:
-    for r in rows:
-        summary.evaluated += 1
-        if r["status"] == "ok":
-            summary.ok += 1
-        else:
-            summary.errors += 1
-            if len(summary.error_samples) < 5:
-                summary.error_samples.append(f"point {r['point']}: {r['reason']}")
+@dataclass
+class _Run:
+    """A run's state: where rows go and what is counted."""
+
+    spec: SweepSpec
+    store: ResultStore
+    summary: SweepSummary
+    progress: Progress | None
+    total: int
+    size: int = 1
+    stored: int = 0
+
+    def store_rows(self, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        self.store.write(rows)
+        self.stored += len(rows)
+        s = self.summary
+        for r in rows:
+            if r["status"] == "skipped":
+                s.skipped += 1
+                s.skip_reasons[r["reason"]] = s.skip_reasons.get(r["reason"], 0) + 1
+                continue
+            s.evaluated += 1
+            if r["status"] == "ok":
+                s.ok += 1
+            else:
+                s.errors += 1
+                if len(s.error_samples) < 5:
+                    s.error_samples.append(f"point {r['point']}: {r['reason']}")
+        if self.progress:
+            self.progress(self.stored, self.total)
+
+    def evaluate(self, ex: Executor, shared: Shared, points: Sequence[Point]
+                 ) -> list[dict[str, Any]]:
+        """Points in chunks on the executor; each chunk stored as it arrives."""
+        chunks = [points[i:i + self.size] for i in range(0, len(points), self.size)]
+        self.summary.chunks += len(chunks)
+        self.summary.chunk_size = self.size
+        if self.progress and not self.stored:
+            self.progress(0, self.total)
+        out: list[dict[str, Any]] = []
+        for _, rows in ex.imap_unordered(evaluate_chunk, chunks, shared=shared):
+            self.store_rows(rows)
+            out += rows
+        return out
 
 
-def _prune(spec: SweepSpec, todo: list[Point], store: ResultStore,
-           summary: SweepSummary) -> list[Point]:
-    """With `prune = true`, F's bounds decide which points cannot be on the front; they are
-    stored as rows with status "skipped" and the reason (never dropped silently)."""
-    if not spec.sweep.prune or not todo:
-        return todo
+def _prune(run: _Run, shared: Shared, points: Sequence[Point], todo: Sequence[Point]
+           ) -> list[Point]:
+    """`prune = true`: bounds.prune_plan decides, over every point of the spec (so a resumed
+    sweep decides the same), which cannot be on the Pareto front; those still to do are
+    stored as rows with status "skipped" and the reason, never dropped silently."""
+    spec = run.spec
     try:
         from flowc.studies.sweep.bounds import prune_plan
     except ImportError:
         raise UsageError(f"{spec.source}: sweep.prune: pruning is not available in this flowc "
-                         "(flowc.studies.sweep.bounds.prune_plan is missing); set prune = false"
-                         ) from None
-    skip: dict[int, str] = prune_plan(spec, todo)
-    rows = [base_row(p, "skipped", skip[p.index]) for p in todo if p.index in skip]
-    if rows:
-        store.write(rows)
-    summary.skipped = len(rows)
-    summary.skip_reasons = dict(Counter(r["reason"] for r in rows))
+                         "(flowc.studies.sweep.bounds is missing); set prune = false") from None
+    skip = prune_plan(spec, points, shared)
+    run.store_rows([base_row(p, "skipped", skip[p.index]) for p in todo if p.index in skip])
     return [p for p in todo if p.index not in skip]
 
 
-def _shared(spec: SweepSpec, todo: Sequence[Point], say: Say
+def _shared(spec: SweepSpec, every: Sequence[Point], todo: Sequence[Point], say: Say
             ) -> tuple[Shared, dict[int, str]]:
-    """Built once in the driver: assignment files (analytic), compiled images (run), and the
-    points whose (model, nm) failed to compile, with the error line."""
+    """Built once in the driver: assignment files (analytic; those of `every` point, which
+    the bounds read too), compiled images (run: for `todo`), and the points whose (model, nm)
+    failed to compile, with the error line."""
     shared, failed = Shared(spec.sweep.mode), {}
     if spec.sweep.mode == "analytic":
-        shared.assignments = read_assignments(todo)
+        shared.assignments = read_assignments(every)
         return shared, failed
     groups: dict[tuple[str, str], list[Point]] = {}
     for p in todo:
