@@ -12,7 +12,14 @@ from flowc.machine import load_machine
 from flowc.machine.errors import MachineConfigError
 from flowc.studies.analytic import Assignment, uniform
 from flowc.studies.analytic_fast import analyse_totals, plan_of
-from flowc.studies.sweep.bounds import PrunePlan, Pruner, plan_bounds, prune_plan
+from flowc.studies.sweep.bounds import (
+    PrunePlan,
+    Pruner,
+    bound_front,
+    bound_plan,
+    plan_bounds,
+    prune_plan,
+)
 from flowc.studies.sweep.point import Shared, evaluate_point
 from flowc.studies.sweep.spec import load_spec, points_of
 
@@ -81,7 +88,7 @@ def brute_front(values: dict[int, tuple[float, ...]]) -> set[int]:
 def simulate(plan: PrunePlan, evaluate, batch: int, shuffle: random.Random | None = None):
     """The driver loop the contract describes: decide a batch, evaluate it, record its rows."""
     pruner, done, skipped = Pruner(plan), {}, {}
-    for b in plan.batches(batch):
+    for b in (plan.order[s:s + batch] for s in range(0, len(plan.order), batch)):
         run, skip = pruner.decide(b)
         skipped.update(skip)
         rows = [(i, evaluate(i)) for i in run]
@@ -126,7 +133,7 @@ def test_pruning_keeps_the_whole_front(seed, objectives):
     for i, why in skipped.items():  # every skip names a dominating evaluated point
         k = int(why.split("point #")[1].split(" ")[0])
         assert k in done and all(x <= y for x, y in zip(values[k], bounds[i], strict=True))
-        assert why.startswith("lower bound (")
+        assert why.startswith("lower bound dominated by point #")
     if objectives == ("latency_s", "energy_pj"):
         assert skipped, "nothing pruned on a 60-point random grid"
 
@@ -144,32 +151,65 @@ def test_decisions_do_not_depend_on_finish_order():
         assert simulate(plan, values.__getitem__, batch=5, shuffle=random.Random(s)) == ref
 
 
-def test_prune_plan_on_a_spec_matches_evaluated_rows(tmp_path):
-    spec = load_spec({"sweep": {"prune": True},
-                      "fixed": {"model": "smollm2-135m", "phase": "prefill"},
-                      "axes": {"target": ["flexcim", "dcim-dense", "sdp"],
-                               "nm": ["dense", "2:4", "1:8"], "macros": [8, 32],
-                               "tokens": [64, 512]}})
+SPEC = {"sweep": {"prune": True}, "fixed": {"model": "smollm2-135m", "phase": "prefill"},
+        "axes": {"target": ["flexcim", "dcim-dense", "sdp", "vegeta"],
+                 "nm": ["dense", "2:4", "1:8"], "macros": [8, 32],
+                 "macro.act_bw_bits": [256, 1024], "tokens": [64, 512]}}
+
+
+def test_prune_plan_on_a_spec_keeps_the_front_of_the_evaluated_rows():
+    """The driver's call: every bound <= its row, no front row skipped, every reason names
+    a point whose row strictly dominates the skipped point's row."""
+    spec = load_spec(SPEC)
     points = points_of(spec)
-    plan = prune_plan(spec, points)
-    assert sorted(plan.order) == [p.index for p in points] and not plan.note
     shared = Shared("analytic")
-    for p in points:
-        row = evaluate_point(shared, p)
-        assert row["status"] == "ok"
-        b = plan.bounds[p.index]
-        assert b is not None and b[0] <= row["latency_s"] and b[1] <= row["energy_pj"]
-    done, skipped = simulate(plan, lambda i: tuple(
-        evaluate_point(shared, points[i])[o] for o in plan.objectives), batch=4)
-    assert skipped  # 512-token points are dominated by the 64-token ones
+    rows = {p.index: evaluate_point(shared, p) for p in points}
+    assert all(r["status"] == "ok" for r in rows.values())
+    plan = bound_plan(spec, points)
+    assert sorted(plan.order) == sorted(rows) and not plan.note
+    for i, b in plan.bounds.items():
+        assert b is not None and b[0] <= rows[i]["latency_s"] and b[1] <= rows[i]["energy_pj"]
+    values = {i: (r["latency_s"], r["energy_pj"]) for i, r in rows.items()}
+    skip = prune_plan(spec, points)
+    front = brute_front(values)
+    assert skip and not front & set(skip), "a Pareto-optimal point was skipped"
+    for i, why in skip.items():
+        k = int(why.split("point #")[1].split(" ")[0])
+        assert all(x <= y for x, y in zip(values[k], values[i], strict=True))
+        assert values[k] != values[i]
+    assert len(bound_front(plan)) < len(points) // 4  # what the driver evaluates itself
 
 
 def test_nothing_pruned_without_a_bound():
     spec = load_spec({"sweep": {"prune": True, "objectives": ["latency_s", "perplexity"]},
                       "fixed": {"model": "smollm2-135m"}, "axes": {"macros": [8, 16]}})
-    plan = prune_plan(spec, points_of(spec))
+    points = points_of(spec)
+    assert prune_plan(spec, points) == {}
+    plan = bound_plan(spec, points)
     assert "perplexity has no lower bound" in plan.note
     assert all(b is None for b in plan.bounds.values())
     pruner = Pruner(plan)
     pruner.record(0, (0.0, 0.0))
     assert pruner.decide(plan.order) == (plan.order, {})
+
+
+def test_driver_with_prune_has_the_same_front(tmp_path):
+    """run_sweep with prune = true: skipped rows carry a reason, and the Pareto front of the
+    table equals the front of the same sweep without pruning (same rows, same values)."""
+    from flowc.executors import SerialExecutor
+    from flowc.studies.sweep import load_results, pareto_front, run_sweep
+
+    spec = {**SPEC, "axes": {**SPEC["axes"], "target": ["flexcim", "sdp"]}}
+    fronts = {}
+    for prune in (False, True):
+        out = tmp_path / f"prune-{prune}"
+        summary = run_sweep({**spec, "sweep": {"prune": prune}}, out,
+                            executor=SerialExecutor())
+        df = load_results(out)
+        skipped = df[df.status == "skipped"]
+        assert summary.skipped == len(skipped) and (len(skipped) > 0) == prune
+        assert skipped.reason.str.startswith("lower bound dominated by point #").all()
+        assert skipped.latency_s.isna().all()
+        front = pareto_front(df, ["latency_s", "energy_pj"])
+        fronts[prune] = front[["point", "latency_s", "energy_pj"]].reset_index(drop=True)
+    assert fronts[True].equals(fronts[False])

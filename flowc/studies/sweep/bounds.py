@@ -18,10 +18,10 @@ dropped term is >= 0):
   (1 - 1e-9) so float rounding of a tight bound can never put it above the value `analyse`
   sums in another order. Pair-select muxes and select configuration are left out.
 
-`prune_plan` orders the points by their bounds (small first: those are the likely front) and
-`Pruner` decides in fixed rounds of that order which points to skip, using only the points of
-earlier rounds: the decisions do not depend on worker timing, so the same spec gives the same
-table, and a resumed sweep decides the same. A skip needs a point that is <= the bound in every
+`prune_plan` evaluates, in the driver, the points whose bounds are not dominated by another
+point's bound (the likely front) and skips every point whose bound one of those values
+dominates: decided before the workers start, so the decisions do not depend on worker timing
+and the same spec gives the same table. A skip needs a point that is <= the bound in every
 objective and < in one, i.e. strictly dominates the point itself: points tied with the front
 (the report keeps ties) are never skipped. Run-mode points (real models) get no bound.
 """
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -40,7 +40,7 @@ from flowc.machine import MachineConfig
 from flowc.machine.errors import MachineConfigError
 from flowc.runtime.cost import ACC_BITS, VEC_BITS, select_stages
 from flowc.studies.analytic import Pattern
-from flowc.studies.analytic_fast import MachineKey, Plan, plan_of, pricing_key
+from flowc.studies.analytic_fast import MachineKey, Plan, event_key, plan_of, pricing_key
 from flowc.studies.analytic_models import Gemm
 
 if TYPE_CHECKING:
@@ -81,13 +81,19 @@ def _loop_cycles_lb(machine: MachineConfig, n: int, m: int, tiles: int, tokens: 
     return waves * (wave + c)
 
 
+@lru_cache(maxsize=4096)
+def _native(asked: Pattern | None, key: MachineKey) -> Pattern:
+    """The pattern a layer runs at (MachineConfig.fit_pattern; `key` = event_key)."""
+    return key.machine.fit_pattern(*(asked or key.machine.dense_pattern))
+
+
 @lru_cache(maxsize=16384)
-def _gemm_bound(sig: Gemm, asked: Pattern | None, key: MachineKey) -> GemmBound:
+def _gemm_bound(sig: Gemm, native: Pattern, key: MachineKey) -> GemmBound:
     machine = key.machine
     if sig.runtime_weight and machine.residency == "resident":
         machine = dataclasses.replace(machine, residency="streamed")  # as gemm_cost
     mc = machine.macro
-    n, m = machine.fit_pattern(*(asked or machine.dense_pattern))
+    n, m = native
     k_pass = machine.k_pass(n, m)
     n_tiles = -(-sig.out_features // mc.cols)
     tiles = n_tiles * -(-sig.in_features // k_pass)
@@ -140,11 +146,11 @@ def _vector_ops(machine: MachineConfig, sig: Gemm, padded_out: int,
 
 def plan_bounds(plan: Plan, machine: MachineConfig) -> dict[str, float]:
     """Lower bounds of cycles, latency_s, energy_pj and edp_pj_s of a plan on a machine."""
-    key = pricing_key(machine)
+    key, fit = pricing_key(machine), event_key(machine)
     per_count = {e.action: e.per_count_pj for e in machine.energy.entries}
     cycles, energy = 0, 0.0
     for (sig, asked), mult in zip(plan.sigs, plan.mult, strict=True):
-        b = _gemm_bound(sig, asked, key)
+        b = _gemm_bound(sig, _native(asked, fit), key)
         cycles += b.cycles * mult
         energy += mult * sum(v * per_count.get(a, 0.0) for a, v in b.actions)
     if any(v < 0 for v in per_count.values()):
@@ -199,13 +205,45 @@ class PrunePlan:
     order: list[int]
     note: str = ""  # why nothing can be pruned, when nothing can
 
-    def batches(self, size: int) -> Iterator[list[int]]:
-        """The evaluation order in fixed rounds of `size` points (decide, run, record)."""
-        for s in range(0, len(self.order), max(size, 1)):
-            yield self.order[s:s + size]
-
 
 def prune_plan(spec: SweepSpec, points: Sequence[Point], shared: Shared | None = None
+               ) -> dict[int, str]:
+    """{point index: reason} for the points that cannot be on the Pareto front of the spec's
+    objectives (what the driver stores as "skipped" rows instead of evaluating them).
+
+    The points whose bounds no other bound strictly dominates (the front of the bounds, a
+    few per cent of a grid) are evaluated here, in the driver, by the workers' own
+    `evaluate_point`; every point whose bound one of their values strictly dominates is
+    skipped. One pass, decided before any worker starts: nothing depends on timing, and a
+    resumed sweep (the same points left) decides the same."""
+    from flowc.studies.sweep.point import Shared, evaluate_point, load_assignments
+
+    if shared is None:
+        shared = Shared(spec.sweep.mode, load_assignments(points))
+    plan = bound_plan(spec, points, shared)
+    if plan.note:
+        return {}
+    by_index = {p.index: p for p in points}
+    pruner = Pruner(plan)
+    for i in bound_front(plan):
+        row = evaluate_point(shared, by_index[i])
+        if row["status"] == "ok":
+            pruner.record(i, row)
+    return pruner.decide(plan.order)[1]
+
+
+def bound_front(plan: PrunePlan) -> list[int]:
+    """Points whose bound no other point's bound strictly dominates, in evaluation order."""
+    front = Pruner(plan)
+    for i in plan.order:
+        b = plan.bounds[i]
+        if b is not None:
+            front.add((i, b))
+    rank = {i: r for r, i in enumerate(plan.order)}
+    return sorted((i for i, _ in front.front), key=rank.__getitem__)
+
+
+def bound_plan(spec: SweepSpec, points: Sequence[Point], shared: Shared | None = None
                ) -> PrunePlan:
     """Bounds of every point on the spec's objectives and an order that finds the front
     early (ascending sum of log bounds; points without a bound first, in spec order)."""
@@ -236,14 +274,14 @@ def prune_plan(spec: SweepSpec, points: Sequence[Point], shared: Shared | None =
 
 @dataclass
 class Pruner:
-    """Round-by-round skip decisions. `decide(batch)` judges a batch against the front of the
-    points recorded from earlier batches only (call it, run the batch, `record` its rows,
-    then the next batch); a point recorded later in the order never influences it."""
+    """The front of the evaluated points and the skip decisions against it. `decide(points)`
+    judges points against the values `record`ed before the call (a driver evaluating in
+    rounds records a whole round, then decides the next: decisions never depend on which
+    worker finished first)."""
 
     plan: PrunePlan
     front: list[tuple[int, tuple[float, ...]]] = field(default_factory=list)
     pending: list[tuple[int, tuple[float, ...]]] = field(default_factory=list)
-    skipped: int = 0
 
     def record(self, index: int, values: Sequence[float] | Mapping[str, Any]) -> None:
         """An evaluated point's objective values (a row dict or a sequence in objective
@@ -257,7 +295,7 @@ class Pruner:
     def decide(self, batch: Sequence[int]) -> tuple[list[int], dict[int, str]]:
         """(points to evaluate, {point: skip reason}) for one batch of the plan's order."""
         for item in self.pending:
-            self._add(item)
+            self.add(item)
         self.pending.clear()
         run, skip = [], {}
         for i in batch:
@@ -266,8 +304,7 @@ class Pruner:
             if by is None:
                 run.append(i)
             else:
-                skip[i] = self._reason(b, by)  # type: ignore[arg-type]
-        self.skipped += len(skip)
+                skip[i] = self._reason(by)
         return run, skip
 
     def _dominator(self, b: tuple[float, ...]) -> tuple[int, tuple[float, ...]] | None:
@@ -276,7 +313,8 @@ class Pruner:
                 return k, v
         return None
 
-    def _add(self, item: tuple[int, tuple[float, ...]]) -> None:
+    def add(self, item: tuple[int, tuple[float, ...]]) -> None:
+        """Put (index, values) into the front unless a front point strictly dominates it."""
         _, v = item
         for _, f in self.front:
             if all(x <= y for x, y in zip(f, v, strict=True)) and f != v:
@@ -286,8 +324,8 @@ class Pruner:
         self.front.append(item)
         self.front.sort()
 
-    def _reason(self, b: tuple[float, ...], by: tuple[int, tuple[float, ...]]) -> str:
-        objs = self.plan.objectives
-        lb = ", ".join(f"{o} {x:.6g} {UNITS[o]}" for o, x in zip(objs, b, strict=True))
-        got = ", ".join(f"{o} {x:.6g}" for o, x in zip(objs, by[1], strict=True))
-        return f"lower bound ({lb}) dominated by point #{by[0]} ({got})"
+    def _reason(self, by: tuple[int, tuple[float, ...]]) -> str:
+        """One text per dominating point (the driver's summary counts points per reason)."""
+        got = ", ".join(f"{o} {x:.6g} {UNITS[o]}"
+                        for o, x in zip(self.plan.objectives, by[1], strict=True))
+        return f"lower bound dominated by point #{by[0]} ({got})"
