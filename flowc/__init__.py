@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from flowc.api import analytic, compare, compile, evaluate, load, run
+    from flowc.api import analytic, compare, compile, evaluate, load, run, sweep
     from flowc.backend.container import load as load_image
     from flowc.backend.container import save as save_image
     from flowc.backend.image import Image
@@ -34,6 +34,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "compare": ("flowc.api", "compare"),
     "analytic": ("flowc.api", "analytic"),
     "evaluate": ("flowc.api", "evaluate"),
+    "sweep": ("flowc.api", "sweep"),
     "save_image": ("flowc.backend.container", "save"),
     "load_image": ("flowc.backend.container", "load"),
     "load_machine": ("flowc.machine", "load_machine"),
@@ -52,7 +53,7 @@ __all__ = [
     "CostReport", "EvalReport", "FlowcError", "Image", "MachineConfig",
     "Model", "Pass", "__version__", "analytic", "builtin_machines", "compare",
     "compile", "evaluate", "load", "load_image", "load_machine", "register_pass", "run",
-    "save_image",
+    "save_image", "sweep",
 ]
 
 

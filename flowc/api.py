@@ -19,6 +19,7 @@ from flowc.errors import UsageError
 
 if TYPE_CHECKING:
     import numpy as np
+    import pandas as pd
     import torch
 
     from flowc.backend.image import Image
@@ -179,6 +180,30 @@ def evaluate(model: str, method: str = "flow", sparsity: float = 0.5, *,
         results.append(run_method(base, spec, progress=progress))
     return from_eval(results, model, calib_text, eval_text, seq_len, calib_windows,
                      eval_windows, base.calib_seconds)
+
+
+def sweep(spec: str | os.PathLike[str] | dict[str, Any], out: str | os.PathLike[str], *,
+          executor: str | Any = None, jobs: int | None = None, resume: bool = False,
+          progress: bool = False) -> pd.DataFrame:
+    """Run a design-space sweep (a TOML spec path or its dict, docs/sweeps.md) into the results
+    directory `out` and return every stored row as a DataFrame sorted by point (units in
+    `df.attrs["units"]`). `executor`: "local" (default), "serial", "ray", "ray:ADDRESS" or an
+    executor object; `resume` continues a killed sweep stored in `out`."""
+    from contextlib import nullcontext
+
+    from flowc.executors import make_executor, progress_bar
+    from flowc.studies.sweep.run import run_sweep
+    from flowc.studies.sweep.store import load_results
+
+    own = executor is None or isinstance(executor, str)
+    ex = make_executor(executor, jobs) if own else executor
+    try:
+        with progress_bar("points") if progress else nullcontext(None) as bar:
+            run_sweep(spec, out, executor=ex, resume=resume, progress=bar)
+    finally:
+        if own:
+            ex.close()
+    return load_results(out)
 
 
 # -- helpers ------------------------------------------------------------------------------------
