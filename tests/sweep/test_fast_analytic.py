@@ -131,3 +131,29 @@ def test_errors_are_the_same_as_analyse():
         analyse_totals("llama-9", only24)
     with pytest.raises(UsageError, match="phase must be one of"):
         analyse_totals("llama-2-7b", only24, phase="train")
+
+
+def test_sweep_rows_equal_what_flowc_analytic_reports():
+    """evaluate_point (now on analyse_totals) == from_analytic (what `flowc analytic --json`
+    writes) for every point of a small grid, field by field, exactly."""
+    from flowc.studies.analytic import analyse
+    from flowc.studies.results import from_analytic
+    from flowc.studies.sweep.point import Shared, assignment_of, evaluate_point
+    from flowc.studies.sweep.spec import load_spec, points_of
+
+    spec = load_spec({"fixed": {"model": "llama-2-7b"},
+                      "axes": {"target": list(TARGETS), "nm": ["dense", "2:4", "1:8"],
+                               "phase": ["prefill", "decode"], "macros": [8, 64]}})
+    shared = Shared("analytic")
+    for p in points_of(spec):
+        row = evaluate_point(shared, p)
+        rep = analyse(p.model, p.machine, assignment_of(shared, p), phase=p.values["phase"],
+                      tokens=p.values["tokens"])
+        (res,) = from_analytic({p.values["phase"]: {p.machine.name: rep}}, p.model).results
+        assert row["status"] == "ok", row["reason"]
+        assert (row["cycles"], row["latency_s"], row["energy_pj"], row["edp_pj_s"],
+                row["setup_cycles"], row["setup_energy_pj"], row["macs"]) == (
+            res.cycles, res.time, res.energy, res.edp, res.setup_cycles, res.setup_energy,
+            float(res.macs)), p.describe()
+        assert (row["gemm_cycles"], row["attention_cycles"]) == (rep.cycles("gemm"),
+                                                                 rep.cycles("attention"))

@@ -132,21 +132,23 @@ def load_assignments(points: Sequence[Point]) -> dict[tuple[str, str], Assignmen
 
 
 def _analytic(shared: Shared, point: Point) -> dict[str, Any]:
-    from flowc.studies.analytic import analyse
+    """The quantities from_analytic (flowc analytic --json) reports, from analyse_totals: the
+    totals of `analyse(...)` bit for bit (tests/sweep/test_fast_analytic.py), each GEMM
+    signature priced once per machine pricing key and process (most points reuse them)."""
+    from flowc.studies.analytic_fast import analyse_totals
 
     v = point.values
-    report = analyse(point.model, point.machine, assignment_of(shared, point),
-                     phase=v["phase"], tokens=v["tokens"], kv_len=v.get("kv_len"),
-                     name=v["model"])
-    # the quantities from_analytic (flowc analytic --json) reports, computed the same way
-    cycles, energy, seconds = report.cycles(), report.energy_pj(), report.seconds()
-    setup_cycles, setup_energy = report.setup()
-    return {"cycles": int(cycles), "latency_s": float(seconds), "energy_pj": float(energy),
-            "edp_pj_s": float(energy) * float(seconds),
-            "gemm_cycles": int(report.cycles("gemm")),
-            "attention_cycles": int(report.cycles("attention")),
-            "setup_cycles": int(setup_cycles), "setup_energy_pj": float(setup_energy),
-            "macs": float(sum(int(lc.macs) for lc in report.layers))}
+    totals = analyse_totals(point.model, point.machine, assignment_of(shared, point),
+                            phase=v["phase"], tokens=v["tokens"], kv_len=v.get("kv_len"))
+    total = totals["total"]
+    energy, seconds = float(total["energy_pj"]), float(total["seconds"])
+    return {"cycles": int(total["cycles"]), "latency_s": seconds, "energy_pj": energy,
+            "edp_pj_s": energy * seconds,
+            "gemm_cycles": int(totals["gemm"]["cycles"]),
+            "attention_cycles": int(totals["attention"]["cycles"]),
+            "setup_cycles": int(totals["setup_cycles"]),
+            "setup_energy_pj": float(totals["setup_energy_pj"]),
+            "macs": float(total["macs"])}
 
 
 # -- run: compile once per (model, nm), lower + flowrun per point ------------------------------
