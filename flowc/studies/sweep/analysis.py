@@ -100,6 +100,18 @@ def read_meta(results_dir: str | Path, df: pd.DataFrame) -> SweepMeta:
     return meta
 
 
+def short(v: Any, width: int = 28) -> str:
+    """An axis value for a tick label or legend: an assignment or pipeline named by its file
+    name or its start, anything else as text (the tables keep the full value)."""
+    text = str(label(v))
+    if len(text) <= width:
+        return text
+    kind, sep, rest = text.partition(":")
+    if sep and kind == "assignment":
+        return Path(rest).stem
+    return text[: width - 3] + "..."
+
+
 def label(v: Any) -> Any:
     """A hashable, printable form of an axis value ({assignment = "a.json"} -> its JSON)."""
     if isinstance(v, dict | list | tuple):
@@ -268,10 +280,12 @@ def analyse_sweep(df: pd.DataFrame, meta: SweepMeta,
     df = df.sort_values("point", kind="stable") if "point" in df.columns else df
     front = pareto_front(df, objectives)
     df = df.assign(on_front=df.index.isin(front.index))
-    bests = list(objectives) + [c for c in ("edp_pj_s", "perplexity")
-                                if c in df.columns and c not in objectives
-                                and df[c].notna().any()]
-    sens = {a: {o: sensitivity(df, a, o) for o in objectives[:2]} for a in meta.axes}
+    # an axis may be an objective (`--objectives latency_s,macros`: array size as the cost);
+    # its "best" and its sensitivity to the axes are not worth a plot
+    outputs = [o for o in objectives if o not in meta.axes] or list(OBJECTIVES)
+    bests = outputs + [c for c in ("edp_pj_s", "perplexity")
+                       if c in df.columns and c not in outputs and df[c].notna().any()]
+    sens = {a: {o: sensitivity(df, a, o) for o in outputs[:2]} for a in meta.axes}
     ppl = None
     if "perplexity" in df.columns and "perplexity" not in objectives[:2] \
             and ok_rows(df, [objectives[0], "perplexity"]).shape[0]:

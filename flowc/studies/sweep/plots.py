@@ -21,9 +21,17 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from flowc.backend.container import write_atomic
-from flowc.studies.sweep.analysis import SweepMeta, axis_order, is_numeric_axis, label, ok_rows
+from flowc.studies.sweep.analysis import (
+    SweepMeta,
+    axis_order,
+    is_numeric_axis,
+    label,
+    ok_rows,
+    short,
+)
 
 DPI = 110
 
@@ -57,21 +65,32 @@ def _log_if_wide(ax: Any, which: str, values: np.ndarray) -> None:
         (ax.set_xscale if which == "x" else ax.set_yscale)("log")
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
 def pareto_figure(df: pd.DataFrame, front: pd.DataFrame, x: str, y: str, meta: SweepMeta,
                   colour_by: str = "target") -> Figure:
-    """Every finished point of (x, y) coloured by `colour_by`, the front as a black step line
+    """Every finished point of (x, y) coloured by `colour_by` and shaped by the first other
+    axis with up to ten values (the N:M mix, typically), the front as a black step line
     through ringed markers."""
-    fig = new_figure(7.5, 5.0)
+    fig = new_figure(7.5, 5.2)
     ax = fig.add_subplot()
     rows = ok_rows(df, [x, y])
     groups = groups_of(rows, colour_by)[0]
     cmap = colours(groups.tolist(), groups_of(df, colour_by)[1])
+    shape_by = next((a for a in meta.axes if a not in (colour_by, x, y)
+                     and 1 < df[a].map(label).nunique() <= len(MARKERS)), None)
+    shapes, order = groups_of(rows, shape_by) if shape_by else (groups.map(lambda _: ""), [""])
+    marker = {v: MARKERS[i] for i, v in enumerate(groups_of(df, shape_by)[1] if shape_by
+                                                    else order)}
     for g, colour in cmap.items():
-        sel = rows[groups == g]
-        ax.scatter(sel[x], sel[y], s=22, color=colour, alpha=0.75, label=str(g), linewidths=0)
+        for v in order:
+            sel = rows[(groups == g) & (shapes == v)]
+            ax.scatter(sel[x], sel[y], s=24, color=colour, marker=marker[v], alpha=0.75,
+                       linewidths=0)
     f = front.sort_values([x, y])
-    ax.step(f[x], f[y], where="post", color="black", linewidth=1.0, label="Pareto front")
-    ax.scatter(f[x], f[y], s=70, facecolors="none", edgecolors="black", linewidths=1.2)
+    ax.step(f[x], f[y], where="post", color="black", linewidth=1.0)
+    ax.scatter(f[x], f[y], s=80, facecolors="none", edgecolors="black", linewidths=1.2)
     _log_if_wide(ax, "x", rows[x].to_numpy(dtype=float))
     _log_if_wide(ax, "y", rows[y].to_numpy(dtype=float))
     ax.set_xlabel(meta.header(x))
@@ -79,7 +98,14 @@ def pareto_figure(df: pd.DataFrame, front: pd.DataFrame, x: str, y: str, meta: S
     ax.set_title(f"{meta.name}: {y} vs {x} ({len(f)} of {len(rows)} points on the front)",
                  fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, title=colour_by if colour_by in rows.columns else None)
+    handles = [Line2D([], [], linestyle="", marker="o", color=c, label=short(g))
+               for g, c in cmap.items()]
+    handles += [Line2D([], [], linestyle="", marker=marker[v], color="grey", label=short(v))
+                for v in (order if shape_by else [])]
+    handles.append(Line2D([], [], color="black", marker="o", markerfacecolor="none",
+                          label="Pareto front"))
+    title = colour_by + (f" / {shape_by}" if shape_by else "")
+    ax.legend(handles=handles, fontsize=7, title=title, title_fontsize=8)
     return fig
 
 
@@ -101,12 +127,12 @@ def axis_figure(df: pd.DataFrame, axis: str, sens: dict[str, pd.DataFrame], meta
             xs = sel[axis].map(pos).to_numpy(dtype=float)
             med, lo, hi = (sel[c].to_numpy(dtype=float) for c in ("median", "min", "max"))
             if numeric:
-                ax.plot(xs, med, marker="o", color=colour, label=str(g), linewidth=1.2)
+                ax.plot(xs, med, marker="o", color=colour, label=short(g), linewidth=1.2)
                 ax.fill_between(xs, lo, hi, color=colour, alpha=0.15, linewidth=0)
             else:
                 shift = (j - (len(cmap) - 1) / 2) * min(0.8 / len(cmap), 0.2)
                 ax.errorbar(xs + shift, med, yerr=[med - lo, hi - med], fmt="o", capsize=3,
-                            color=colour, label=str(g))
+                            color=colour, label=short(g))
         if numeric:
             vals = np.array(list(pos.values()), dtype=float)
             if len(vals) and vals.min() > 0 and vals.max() / vals.min() >= 8:
@@ -114,7 +140,7 @@ def axis_figure(df: pd.DataFrame, axis: str, sens: dict[str, pd.DataFrame], meta
             ax.set_xticks(vals, [f"{v:g}" for v in vals])
             ax.minorticks_off()
         else:
-            ax.set_xticks(list(pos.values()), [str(v) for v in pos], rotation=20, ha="right")
+            ax.set_xticks(list(pos.values()), [short(v) for v in pos], rotation=20, ha="right")
             ax.set_xlim(-0.5, len(pos) - 0.5)
         _log_if_wide(ax, "y", np.concatenate([s["min"].to_numpy(float),
                                               s["max"].to_numpy(float)]))
