@@ -55,7 +55,9 @@ def _infer(values: list[Any]) -> str:
 def arrow_schema(types: dict[str, str]) -> pa.Schema:
     import pyarrow as pa
 
-    fields = [pa.field(name, getattr(pa, t)()) for name, t in types.items()]
+    kinds = {"bool": pa.bool_(), "int64": pa.int64(), "float64": pa.float64(),
+             "string": pa.string()}
+    fields = [pa.field(name, kinds[t]) for name, t in types.items()]
     return pa.schema(fields, metadata={"flowc.units": json.dumps(UNITS)})
 
 

@@ -1,0 +1,165 @@
+"""Running sweeps: a point equals `flowc analytic --json` field by field; serial, local pool and
+Ray give the same table; run mode equals lowering and running each point's machine directly;
+the executors stream results; the results directory refuses to be overwritten."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flowc.cli.main import main as flowc_main
+from flowc.errors import UsageError
+from flowc.executors import LocalPoolExecutor, SerialExecutor
+from flowc.studies.results import machine_entry
+from flowc.studies.sweep.run import run_sweep
+from flowc.studies.sweep.spec import points_of
+from flowc.studies.sweep.store import load_results
+
+TIMING = ["elapsed_s", "worker"]
+
+SPEC = {"sweep": {"name": "small", "chunk": 3},
+        "fixed": {"model": "smollm2-135m", "tokens": 32},
+        "axes": {"target": ["flexcim", "dcim-dense"], "nm": ["2:4", "dense"],
+                 "macros": [4, 16], "macro.act_bw_bits": [512, 2048]}}
+
+
+def _square(shared, x):  # top level: sent to pool workers by reference
+    return shared + x * x
+
+
+def table(out):
+    return load_results(out).drop(columns=TIMING)
+
+
+@pytest.mark.parametrize("phase, nm", [("prefill", "2:4"), ("decode", "1:8"), ("prefill", "dense")])
+def test_a_point_equals_flowc_analytic_json_field_by_field(tmp_path, phase, nm):
+    spec = {"fixed": {"model": "llama-2-7b", "tokens": 48, "kv_len": 96, "phase": phase,
+                      "nm": nm},
+            "axes": {"target": ["vegeta"], "macros": [8], "macro.act_bw_bits": [512],
+                     "energy.dram_read.pj": [3.0]}}
+    df = load_results_after(spec, tmp_path / "out")
+    row = df.iloc[0]
+    (point,) = points_of(spec)
+    machine_file = tmp_path / "machine.json"  # the same machine, for the CLI
+    machine_file.write_text(json.dumps(point.machine.to_dict()))
+    args = ["analytic", "llama-2-7b", "--targets", str(machine_file), "--phase", phase,
+            "--tokens", "48", "--kv-len", "96", "--json", str(tmp_path / "a.json"), "-q"]
+    if nm != "dense":
+        args += ["--nm", nm]
+    assert flowc_main(args) == 0
+    report = json.loads((tmp_path / "a.json").read_text())
+    (res,) = report["results"]
+    assert row["status"] == "ok"
+    assert row["cycles"] == res["cycles"]
+    assert row["latency_s"] == res["time"]
+    assert row["energy_pj"] == res["energy"]
+    assert row["edp_pj_s"] == res["energy"] * res["time"]
+    assert row["macs"] == res["macs"]
+    assert row["setup_cycles"] == res["setup_cycles"]
+    assert row["setup_energy_pj"] == res["setup_energy"]
+    by_kind = {k: sum(lay["cycles"] for lay in res["layers"] if lay["kind"] == k)
+               for k in ("gemm", "attention")}
+    assert row["gemm_cycles"] == by_kind["gemm"] and row["attention_cycles"] == by_kind["attention"]
+    assert row["gemm_cycles"] + row["attention_cycles"] == row["cycles"]
+    assert row["machine_hash"] == report["machines"]["vegeta"]["hash"]
+    assert row["machine_hash"] == machine_entry(point.machine.to_dict())["hash"]
+    assert row["tokens"] == 48 and row["phase"] == phase
+
+
+def load_results_after(spec, out):
+    with SerialExecutor() as ex:
+        run_sweep(spec, out, executor=ex)
+    return load_results(out)
+
+
+def test_serial_and_local_pool_give_the_same_table(tmp_path):
+    with SerialExecutor() as ex:
+        s1 = run_sweep(SPEC, tmp_path / "serial", executor=ex)
+    with LocalPoolExecutor(2) as ex:
+        s2 = run_sweep(SPEC, tmp_path / "pool", executor=ex)
+    a, b = table(tmp_path / "serial"), table(tmp_path / "pool")
+    assert len(a) == 16 and list(a["point"]) == list(range(16))
+    assert (a["status"] == "ok").all()
+    assert a.equals(b)
+    assert s1.evaluated == s2.evaluated == 16 and s2.chunks == 6  # 16 points in chunks of 3
+    assert len(list((tmp_path / "pool" / "parts").glob("part-*.parquet"))) == 6
+    assert a.attrs["units"]["energy_pj"] == "pJ"
+    assert a.attrs["sweep"]["axes"] == list(SPEC["axes"])
+    # more bandwidth never costs cycles; the dense baseline never beats FlexCiM 2:4 on cycles
+    key = ["target", "nm", "macros"]
+    for _, g in a.groupby(key):
+        assert g.sort_values("macro.act_bw_bits")["cycles"].is_monotonic_decreasing
+
+
+@pytest.mark.slow
+def test_ray_gives_the_same_table_as_the_local_pool(tmp_path):
+    pytest.importorskip("ray")
+    from flowc.executors.cluster import RayExecutor
+
+    with LocalPoolExecutor(2) as ex:
+        run_sweep(SPEC, tmp_path / "pool", executor=ex)
+    with RayExecutor(num_cpus=2) as ex:
+        summary = run_sweep(SPEC, tmp_path / "ray", executor=ex)
+    assert summary.executor == "ray" and summary.evaluated == 16
+    assert table(tmp_path / "pool").equals(table(tmp_path / "ray"))
+
+
+def test_errors_are_rows_and_an_existing_directory_is_not_overwritten(tmp_path):
+    spec = {"fixed": {"model": "bert-large", "tokens": 16},
+            "axes": {"phase": ["prefill", "decode"]}}
+    with SerialExecutor() as ex:
+        summary = run_sweep(spec, tmp_path / "out", executor=ex)
+        assert summary.ok == 1 and summary.errors == 1
+        with pytest.raises(UsageError, match="exists and is not empty: pass --resume"):
+            run_sweep(spec, tmp_path / "out", executor=ex)
+        other = dict(spec, fixed={"model": "bert-large", "tokens": 17})
+        with pytest.raises(UsageError, match="holds a different sweep"):
+            run_sweep(other, tmp_path / "out", executor=ex, resume=True)
+    df = load_results(tmp_path / "out")
+    err = df[df["status"] == "error"].iloc[0]
+    assert err["phase"] == "decode" and "decode does not apply to an encoder" in err["reason"]
+    assert df[df["status"] == "error"]["cycles"].isna().all()
+
+
+def test_the_cli_runs_a_spec_file(tmp_path, capsys):
+    spec = tmp_path / "s.toml"
+    spec.write_text('[sweep]\nname = "cli"\n[fixed]\nmodel = "smollm2-135m"\ntokens = 16\n'
+                    '[axes]\nmacros = [4, 8]\n')
+    assert flowc_main(["sweep", str(spec), "-o", str(tmp_path / "out"), "-j", "1", "-q"]) == 0
+    assert "evaluated 2 (2 ok, 0 errors)" in capsys.readouterr().out
+    assert (tmp_path / "out" / "spec.toml").read_text() == spec.read_text()
+    assert list(load_results(tmp_path / "out")["macros"]) == [4, 8]
+
+
+@pytest.mark.parametrize("make", [SerialExecutor, lambda: LocalPoolExecutor(2)])
+def test_imap_unordered_streams_every_item_once(make):
+    with make() as ex:
+        got = dict(ex.imap_unordered(_square, range(20), shared=1))
+        assert got == {i: 1 + i * i for i in range(20)}
+        assert ex.map(_square, range(5), shared=1) == [1, 2, 5, 10, 17]
+
+
+@pytest.mark.slow
+def test_run_mode_equals_lowering_and_running_each_machine(tmp_path):
+    """Run mode ships one image per (model, nm, geometry) and prices it with each point's
+    machine; this checks that against lowering for the point's machine itself."""
+    from flowc.backend.lower import lower
+    from flowc.runtime.session import run_image
+    from flowc.studies.compiler import CompileOptions, compile_captured
+    from flowc.studies.sweep.point import compile_images, load_run_model
+
+    spec = {"sweep": {"mode": "run"}, "fixed": {"model": "mlp", "nm": "2:4"},
+            "axes": {"macros": [4, 16], "macro.rows": [16, 32], "load_overlap": [True, False]}}
+    df = load_results_after(spec, tmp_path / "out")
+    assert (df["status"] == "ok").all() and (df["check"] == "PASSED").all()
+    points = points_of(spec)
+    assert len(compile_images("mlp", "2:4", [p.machine for p in points])) == 2  # two geometries
+    cap = load_run_model("mlp")
+    compile_captured(cap, CompileOptions(nm=(2, 4), reference=False), progress=None)
+    for p, (_, row) in zip(points, df.iterrows(), strict=True):
+        image = lower(cap, p.machine, keep_fp32=True)
+        rep = run_image(image, [x.detach().numpy() for x in cap.example_inputs], check=False)
+        assert row["cycles"] == rep.total_cycles, p.describe()
+        assert row["energy_pj"] == pytest.approx(rep.total_energy_pj, rel=1e-12)
+        assert row["setup_cycles"] == rep.setup_cycles
