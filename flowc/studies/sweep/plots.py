@@ -73,7 +73,7 @@ def pareto_figure(df: pd.DataFrame, front: pd.DataFrame, x: str, y: str, meta: S
     """Every finished point of (x, y) coloured by `colour_by` and shaped by the first other
     axis with up to ten values (the N:M mix, typically), the front as a black step line
     through ringed markers."""
-    fig = new_figure(7.5, 5.2)
+    fig = new_figure(9.0, 5.2)
     ax = fig.add_subplot()
     rows = ok_rows(df, [x, y])
     groups = groups_of(rows, colour_by)[0]
@@ -105,7 +105,8 @@ def pareto_figure(df: pd.DataFrame, front: pd.DataFrame, x: str, y: str, meta: S
     handles.append(Line2D([], [], color="black", marker="o", markerfacecolor="none",
                           label="Pareto front"))
     title = colour_by + (f" / {shape_by}" if shape_by else "")
-    ax.legend(handles=handles, fontsize=7, title=title, title_fontsize=8)
+    ax.legend(handles=handles, fontsize=7, title=title, title_fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)  # outside: never over points
     return fig
 
 
