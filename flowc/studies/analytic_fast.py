@@ -39,6 +39,7 @@ from flowc.studies.analytic_models import Gemm, Shapes, shapes_of
 PRICE_CACHE = 16384  # (signature, machine pricing key) entries kept per process (~1 KB each)
 PLAN_CACHE = 256  # model phases kept per process
 NOT_PRICED = ("name", "description", "clock_mhz", "energy")  # fields pricing does not read
+SIG_FIELDS = tuple(f.name for f in dataclasses.fields(Gemm) if f.name not in ("name", "block"))
 
 
 class MachineKey:
@@ -142,17 +143,21 @@ def _price(sig: Gemm, asked: Pattern | None, key: MachineKey) -> Priced:
 def _build_plan(shapes: Shapes, phase: str, tokens: int, kv_len: int | None, attention: bool,
                 all_logits: bool, assignment: Assignment) -> Plan:
     gemms, t, kv = shape_gemms(shapes, phase, tokens, kv_len, attention, all_logits)
-    index: dict[tuple[Gemm, Pattern | None], int] = {}
+    index: dict[tuple, int] = {}
+    sigs: list[tuple[Gemm, Pattern | None]] = []
     order = []
     for g in gemms:
         asked = None if g.kind == "attention" else assignment.pattern_for(g.name)
-        order.append(index.setdefault((dataclasses.replace(g, name="", block=-1), asked),
-                                      len(index)))
+        key = (*(getattr(g, f) for f in SIG_FIELDS), asked)
+        if key not in index:  # one dataclasses.replace per signature, not per layer
+            index[key] = len(sigs)
+            sigs.append((dataclasses.replace(g, name="", block=-1), asked))
+        order.append(index[key])
     kinds = [g.kind for g in gemms]
     gemm = tuple(i for i, k in zip(order, kinds, strict=True) if k == "gemm")
     att = tuple(i for i, k in zip(order, kinds, strict=True) if k == "attention")
-    n = len(index)
-    return Plan(tuple(index), tuple(order), gemm, att, t, kv, _multiplicity(order, n),
+    n = len(sigs)
+    return Plan(tuple(sigs), tuple(order), gemm, att, t, kv, _multiplicity(order, n),
                 _multiplicity(gemm, n), _multiplicity(att, n))
 
 
