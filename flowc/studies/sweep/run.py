@@ -28,7 +28,9 @@ MAX_CHUNK = 500
 @dataclass
 class SweepSummary:
     """What a run did: `evaluated` now (ok + errors), `stored_before` (resume), `skipped`
-    (pruned, with each reason's count), wall time and rate of the points evaluated now."""
+    (pruned, with each reason's count); `wall_s` is the whole call, `setup_s` its part before
+    the first chunk was sent (points and machines built and checked, store opened, shared
+    state built: run mode compiles there, pruning evaluates its bound front there)."""
 
     name: str
     out: str
@@ -39,6 +41,7 @@ class SweepSummary:
     skipped: int = 0
     stored_before: int = 0
     wall_s: float = 0.0
+    setup_s: float = 0.0
     chunks: int = 0
     chunk_size: int = 0
     executor: str = ""
@@ -52,7 +55,8 @@ class SweepSummary:
     def render(self) -> str:
         lines = [f"sweep {self.name}: {self.points} points -> {self.out}",
                  f"  evaluated {self.evaluated} ({self.ok} ok, {self.errors} errors) in "
-                 f"{self.wall_s:.2f} s, {self.rate:.1f} points/s ({self.executor}, "
+                 f"{self.wall_s:.2f} s (setup {self.setup_s:.2f} s), {self.rate:.1f} points/s "
+                 f"({self.executor}, "
                  f"{self.chunks} chunks of <= {self.chunk_size})",
                  f"  already stored (resume): {self.stored_before}",
                  f"  skipped (pruned): {self.skipped}"]
@@ -81,11 +85,11 @@ def run_sweep(spec: str | Path | Mapping[str, Any] | SweepSpec, out: str | Path,
 
     `executor` defaults to a local process pool on all CPUs (closed at the end; one passed
     in is left open). `progress(done, total)` counts the points this run stores."""
+    t0 = time.perf_counter()
     say = say or (lambda _msg: None)
     spec = load_spec(spec)
     points = points_of(spec)
     store = ResultStore.open(out, spec, points, spec_hash(spec, points), resume)
-    t0 = time.perf_counter()
     done = store.done_keys() if resume else set()
     todo = [p for p in points if p.key not in done]
     run = _Run(spec, store, SweepSummary(spec.sweep.name, str(out), len(points),
@@ -95,6 +99,8 @@ def run_sweep(spec: str | Path | Mapping[str, Any] | SweepSpec, out: str | Path,
     ex = make_executor() if own else executor
     try:
         run.summary.executor = ex.name
+        if ex.workers is None and hasattr(ex, "connect"):  # Ray: its CPUs size the chunks
+            ex.connect()
         run.size = chunk_size(spec, len(todo), ex.workers)
         shared, failed = _shared(spec, points if spec.sweep.prune else todo, todo, say)
         if failed:  # a group that did not compile: its points are error rows, not a crash
@@ -103,6 +109,7 @@ def run_sweep(spec: str | Path | Mapping[str, Any] | SweepSpec, out: str | Path,
         todo = [p for p in todo if p.index not in failed]
         if spec.sweep.prune and todo:
             todo = _prune(run, shared, points, todo)
+        run.summary.setup_s = time.perf_counter() - t0
         if todo:
             run.evaluate(ex, shared, todo)
     finally:

@@ -305,13 +305,17 @@ class _Builder:
         self.bases: dict[str, MachineConfig] = {}
         self.machines: dict[str, tuple[MachineConfig, str]] = {}
         self.hashes: dict[str, str | None] = {}
+        self.resolved: dict[str, str] = {}
 
     def resolve(self, name: str) -> str:
         """A relative file name against the spec's folder; other names unchanged."""
-        p = Path(name)
-        if p.suffix in (".toml", ".json", ".pt2", ".pt", ".fcim") or "/" in name:
-            return str(p if p.is_absolute() else self.spec.base_dir / p)
-        return name
+        if name not in self.resolved:
+            p = Path(name)
+            if p.suffix in (".toml", ".json", ".pt2", ".pt", ".fcim") or "/" in name:
+                self.resolved[name] = str(p if p.is_absolute() else self.spec.base_dir / p)
+            else:
+                self.resolved[name] = name
+        return self.resolved[name]
 
     def file_hash(self, path: str) -> str | None:
         if path not in self.hashes:
@@ -341,25 +345,28 @@ class _Builder:
         return Point(index, key, row, machine, mhash, model, row["nm"], assignment)
 
     def machine(self, index: int, row: dict[str, Any]) -> tuple[MachineConfig, str]:
+        """The point's machine, built and validated once per distinct (target, fields)."""
         from flowc.studies.results import machine_entry
 
-        flat = {p: row[p] for p in self.spec.machine_paths if p in row}
-        for path in list(flat):  # an energy value the sweep sets cites the sweep, not the file
+        paths = [p for p in self.spec.machine_paths if p in row]
+        cache_key = repr([row["target"], *(row[p] for p in paths)])
+        if cache_key in self.machines:
+            return self.machines[cache_key]
+        flat = {p: row[p] for p in paths}
+        for path in paths:  # an energy value the sweep sets cites the sweep, not the file
             parts = path.split(".")
             if parts[0] == "energy" and len(parts) == 3 and parts[2] == "pj":
                 flat.setdefault(f"energy.{parts[1]}.source", f"flowc sweep: {path} = {flat[path]}")
         changes = nested_changes(flat)
-        cache_key = _canonical([row["target"], changes])
-        if cache_key not in self.machines:
-            target = row["target"]
-            try:
-                if target not in self.bases:
-                    self.bases[target] = load_machine(self.resolve(target))
-                m = self.bases[target].replace(**changes) if changes else self.bases[target]
-            except (MachineConfigError, UsageError) as exc:
-                desc = ", ".join(f"{k}={_show(v)}" for k, v in row.items())
-                raise self.spec.error(f"point {index} ({desc})", str(exc)) from None
-            self.machines[cache_key] = (m, machine_entry(m.to_dict())["hash"])
+        target = row["target"]
+        try:
+            if target not in self.bases:
+                self.bases[target] = load_machine(self.resolve(target))
+            m = self.bases[target].replace(**changes) if changes else self.bases[target]
+        except (MachineConfigError, UsageError) as exc:
+            desc = ", ".join(f"{k}={_show(v)}" for k, v in row.items())
+            raise self.spec.error(f"point {index} ({desc})", str(exc)) from None
+        self.machines[cache_key] = (m, machine_entry(m.to_dict())["hash"])
         return self.machines[cache_key]
 
 
