@@ -221,3 +221,33 @@ def test_report_screenshot_in_headless_chromium(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "page not blank" in proc.stdout and "names every axis" in proc.stdout
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+DSE_BLOCK = re.compile(r"<!-- (dse-[a-z]+):begin -->\n```python\n(.*?)```\n\n```text\n(.*?)```\n"
+                       r"<!-- \1:end -->", re.S)
+DSE_SPECS = ("llama2-7b-prefill", "llama2-7b-decode", "llama2-7b-prefill-booth")
+
+
+def test_dse_study_numbers_are_what_the_shipped_specs_give(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """docs/dse.md: rerun the three shipped sweeps, run the page's scripts on them, and
+    compare their output with the output printed on the page, character for character
+    (390 analytic points: about 2.5 s with the shared pricing cache)."""
+    import contextlib
+    import io
+
+    from flowc.executors import SerialExecutor
+    from flowc.studies.sweep import run_sweep
+
+    for name in DSE_SPECS:
+        run_sweep(ROOT / "examples" / "sweeps" / f"{name}.toml",
+                  tmp_path / "out" / "sweeps" / name, executor=SerialExecutor())
+    monkeypatch.chdir(tmp_path)
+    blocks = DSE_BLOCK.findall((ROOT / "docs" / "dse.md").read_text(encoding="utf-8"))
+    assert [b[0] for b in blocks] == ["dse-script", "dse-booth"]
+    for name, code, printed in blocks:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, f"docs/dse.md:{name}", "exec"), {})
+        assert out.getvalue() == printed, name

@@ -290,8 +290,10 @@ def analyse_sweep(df: pd.DataFrame, meta: SweepMeta,
     if "perplexity" in df.columns and "perplexity" not in objectives[:2] \
             and ok_rows(df, [objectives[0], "perplexity"]).shape[0]:
         ppl = pareto_front(df, [objectives[0], "perplexity"])
-    fixed = {c: label(df[c].iloc[0]) for c in INPUTS
-             if c in df.columns and c not in meta.axes and len(df)
-             and df[c].map(label).nunique(dropna=False) == 1}
+    # the inputs every point shares ([fixed] of the spec: model, phase, machine fields)
+    inputs = [c for c in df.columns if c not in BOOKKEEPING and c not in OUTPUT_UNITS
+              and c not in meta.axes and c != "on_front"] + ["tokens"]
+    fixed = {c: label(df[c].iloc[0]) for c in dict.fromkeys(inputs)
+             if c in df.columns and len(df) and df[c].map(label).nunique(dropna=False) == 1}
     return Analysis(meta, df, objectives, front, best_per_objective(df, bests), sens,
                     status_summary(df), {a: axis_order(df[a]) for a in meta.axes}, fixed, ppl)
