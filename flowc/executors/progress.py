@@ -28,9 +28,14 @@ def progress_bar(description: str, *, console: Any = None) -> Iterator[Progress]
     from rich.text import Text
 
     class RateColumn(ProgressColumn):
+        """Items per second since the bar started: results that arrive in bursts (a pool
+        finishing chunks together after starting up) would make rich's windowed speed jump."""
+
         def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text("?/s" if speed is None else f"{speed:.2f}/s")
+            elapsed = task.finished_time or task.elapsed
+            if not elapsed or not task.completed:
+                return Text("?/s")
+            return Text(f"{task.completed / elapsed:.2f}/s")
 
     bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    RateColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
