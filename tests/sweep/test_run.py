@@ -163,3 +163,14 @@ def test_run_mode_equals_lowering_and_running_each_machine(tmp_path):
         assert row["cycles"] == rep.total_cycles, p.describe()
         assert row["energy_pj"] == pytest.approx(rep.total_energy_pj, rel=1e-12)
         assert row["setup_cycles"] == rep.setup_cycles
+
+
+def test_the_python_api_returns_the_stored_table(tmp_path):
+    import flowc
+
+    spec = {"fixed": {"model": "smollm2-135m", "tokens": 8}, "axes": {"macros": [2, 4, 8]}}
+    df = flowc.sweep(spec, tmp_path / "out", executor="serial")
+    assert list(df["macros"]) == [2, 4, 8] and (df["status"] == "ok").all()
+    assert df.drop(columns=TIMING).equals(table(tmp_path / "out"))
+    # fewer macros never make a streamed machine faster
+    assert df["cycles"].is_monotonic_decreasing

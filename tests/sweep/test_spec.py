@@ -150,3 +150,18 @@ def test_an_assignment_file_is_part_of_the_key(tmp_path):
                                                             "pipeline:quantize")])
 def test_nm_values_have_one_text_form(given, text):
     assert canonical_nm(given) == text
+
+
+def test_the_spec_in_docs_sweeps_md_is_valid(tmp_path):
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "sweeps.md").read_text()
+    block = re.search(r"```toml\n(.*?)```", doc, flags=re.S).group(1)
+    path = tmp_path / "study.toml"
+    path.write_text(block)
+    points = points_of(path)
+    assert len(points) == 3 * 3 * 3 * 3 * 2 + 1
+    last = points[-1]
+    assert last.values["nm"] == "4:8" and last.machine.macros == 64
+    assert last.machine.macro.act_bw_bits == 4096
