@@ -85,21 +85,26 @@ def sort_key(v: Any) -> str:
     return str(label(v))
 
 
+def cell(v: Any) -> str:
+    v = v.item() if hasattr(v, "item") else v
+    num = isinstance(v, int | float) and not isinstance(v, bool)
+    return f'<td data-v="{E(sort_key(v))}"{"" if num else " class=t"}>{E(fmt(v))}</td>'
+
+
 def table(df: pd.DataFrame, columns: Sequence[str], headers: Sequence[str],
           sortable: bool = False, front: set[int] | None = None) -> str:
+    """A table of `columns` of `df` (a missing column: empty cells); rows whose point is in
+    `front` are highlighted. Built column-wise from plain lists: 10,000 rows in well under a
+    second (row-wise pandas access was the report's slowest step)."""
     cls = ' class="sortable"' if sortable else ""
     head = "".join(f"<th>{E(h)}</th>" for h in headers)
+    n = len(df)
+    cols = [df[c].tolist() if c in df.columns else [None] * n for c in columns]
+    points = df["point"].tolist() if "point" in df.columns else [-1] * n
     rows = []
-    for _, r in df.iterrows():
-        cells = []
-        for c in columns:
-            v = r.get(c)
-            v = v.item() if hasattr(v, "item") else v
-            num = isinstance(v, int | float) and not isinstance(v, bool)
-            cells.append(f'<td data-v="{E(sort_key(v))}"{"" if num else " class=t"}>'
-                         f"{E(fmt(v))}</td>")
-        mark = ' class="front"' if front is not None and int(r.get("point", -1)) in front else ""
-        rows.append(f"<tr{mark}>{''.join(cells)}</tr>")
+    for i in range(n):
+        mark = ' class="front"' if front is not None and int(points[i]) in front else ""
+        rows.append(f"<tr{mark}>{''.join(cell(col[i]) for col in cols)}</tr>")
     return (f"<div class=wide><table{cls}><thead><tr>{head}</tr></thead><tbody>\n"
             + "\n".join(rows) + "\n</tbody></table></div>")
 
