@@ -134,7 +134,7 @@ class Interpreter:
 
     def plan(self) -> Plan:
         """The execution plan of this interpreter's program (prepared on first use)."""
-        if self._plan is None:
+        if self._plan is None or self._plan.keeps_buffers != self.keep_buffers:
             self._plan = Plan(self)
         return self._plan
 

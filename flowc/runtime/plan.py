@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from flowc.errors import ExecutionError
+from flowc.runtime.fused import fuse
 from flowc.runtime.gemm import EXACT_CHUNK
 
 if TYPE_CHECKING:
@@ -63,6 +64,10 @@ class Plan:
         self.interp = interp
         t0 = time.perf_counter()
         self.steps = self._prepare(interp.steps)
+        # fused steps (flowc.runtime.fused) skip intermediates: not when every buffer is kept
+        self.keeps_buffers = interp.keep_buffers
+        self.fused = 0 if interp.keep_buffers or interp.numerics != "int8" else \
+            fuse(self, interp.steps, self.steps)
         self.dead = dead_after(self.steps, {o.buffer for o in interp.image.outputs})
         self.prepare_seconds = time.perf_counter() - t0  # weights unpacked, steps resolved
         self._events: list | None = None  # (is_loop, event) per emitting step, first run

@@ -1,0 +1,414 @@
+"""Fused plan steps: the same bits as the handlers in fewer passes over memory.
+
+Where a run spends its time at long sequences is not arithmetic but passes over large
+arrays: at 2,048 tokens one SmolLM2 layer's attention scores are 9 x 2048 x 2048 float32
+(151 MB), and the handlers walk them ~15 times (quantise, int32 GEMM, casts, scales,
+softmax), each pass into a freshly mapped array. The plan (int8 numerics, exact GEMMs on
+float32 BLAS, intermediates not kept) replaces three patterns:
+
+- **v.quant** in torch: max|x| as max(amax, -amin), then divide, round, clamp in place; the
+  int8 values stay float32 (exactly the integers) when every reader is a fused GEMM.
+- **psum.clr, tile loop, v.deq** on one accumulator: the exact product (float32 BLAS, K
+  chunks of <= 1024 exact; two chunks' float32 sum is the one rounding of the exact sum the
+  int32 -> float32 cast makes; more chunks sum in float64, exact) is dequantised in place.
+- **attention**: mm.act, then row-wise vector ops (v.scale, v.add / v.mul with an operand
+  from before, v.softmax), then the mm.act of that result: computed per block of heads
+  (or rows) small enough to stay in the last-level cache, intermediates never materialised.
+Every step is elementwise the handlers' float32 operation in the handlers' order, and the
+integer GEMMs are exact in any blocking, so results are identical (integer sums come out as
++0.0, never -0.0, as the int32 cast gives). The replaced steps that follow the fused one
+only hand back the event sizes the handlers would have returned (precomputed by it), so the
+accounting sees the same events. tests/runtime/test_fused.py checks bit equality.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from flowc.errors import ExecutionError
+from flowc.runtime.gemm import EXACT_CHUNK
+
+QMAX = 127
+BLOCK_ELEMENTS = 1 << 22  # one attention block: 16 MB of float32 (L3-resident here: 32 MB)
+ROWWISE = ("v.scale", "v.softmax", "v.add", "v.mul")
+
+
+def quantise(x: torch.Tensor, dim: int,
+             inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """vector.quantise_per_token along `dim`, bit for bit, values as float32 integers
+    (`inplace`: into x itself)."""
+    amax = torch.maximum(x.amax(dim), x.amin(dim).neg_())
+    scale = torch.where(amax > 0, amax / QMAX, 1.0)
+    q = x.div_(scale.unsqueeze(dim)) if inplace else x / scale.unsqueeze(dim)
+    return q.round_().clamp_(-QMAX, QMAX), scale
+
+
+def exact_product(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None,
+                  plus_zero: bool = True) -> torch.Tensor:
+    """float32 x @ w (batched) of integer-valued operands with |values| <= 127, rounded once
+    from the exact integer sum (as int32 -> float32 does); `plus_zero`: zero sums as +0.0
+    like the integer sum (a float sum of -0.0 products is -0.0), else either sign. `out`:
+    where to write it (K <= EXACT_CHUNK)."""
+    k = x.shape[-1]
+    if k <= EXACT_CHUNK and out is not None:
+        y = torch.matmul(x, w, out=out)
+    elif k <= 2 * EXACT_CHUNK:
+        y = torch.matmul(x[..., :EXACT_CHUNK], w[..., :EXACT_CHUNK, :])
+        if k > EXACT_CHUNK:  # fl(exact + exact): one rounding of the exact sum
+            y.add_(torch.matmul(x[..., EXACT_CHUNK:], w[..., EXACT_CHUNK:, :]))
+    else:
+        acc = None
+        for k0 in range(0, k, EXACT_CHUNK):
+            part = torch.matmul(x[..., k0:k0 + EXACT_CHUNK], w[..., k0:k0 + EXACT_CHUNK, :])
+            acc = part.double() if acc is None else acc.add_(part)  # float64: exact
+        y = acc.float()
+    return y.add_(0.0) if plus_zero else y  # -0.0 + 0.0 = +0.0, other values unchanged
+
+
+def vector_sizes(shape: tuple, in_elements: int) -> dict:
+    """The sizes vector._sizes returns for an output of `shape`."""
+    return {"elements": math.prod(shape), "in_elements": in_elements,
+            "tokens": math.prod(shape[:-1])}
+
+
+@dataclass
+class Usage:
+    """Per buffer: indices of the plan items naming it, and of those writing it."""
+
+    named: dict[str, list[int]] = field(default_factory=dict)
+    written: dict[str, list[int]] = field(default_factory=dict)
+
+    def before(self, name: str, i: int) -> bool:
+        """Whether every write of `name` (none: a program input) comes before item i."""
+        return all(w < i for w in self.written.get(name, []))
+
+    @classmethod
+    def of(cls, items: Sequence) -> Usage:
+        from flowc.runtime.plan import buffers_of
+
+        u = cls()
+        for i, item in enumerate(items):
+            for name in buffers_of(item):
+                u.named.setdefault(name, []).append(i)
+            for name in writes_of(item):
+                u.written.setdefault(name, []).append(i)
+        return u
+
+
+def writes_of(item) -> set[str]:
+    body = getattr(item, "body", None)
+    if body is not None:
+        return set().union(*(writes_of(i) for i in body))
+    out = {item.dst} if hasattr(item, "dst") else set()
+    if item.mnemonic == "v.quant":
+        out.add(item.scale)
+    return out
+
+
+def fuse(plan, items: Sequence, steps: list) -> int:
+    """Replace steps of `steps` (one per item) by fused ones; returns how many were fused."""
+    it = plan.interp
+    usage, pending = Usage.of(items), {}
+    keep = {o.buffer for o in it.image.outputs}
+    linear = _fuse_linear(it, items, steps, usage, keep, pending) \
+        if it.gemm_backend() == "float32-chunks" else set()  # int_mm hosts: int32 GEMMs
+    attention = _fuse_attention(it, items, steps, usage, keep, pending)
+    _fuse_quant(items, steps, usage, linear)
+    return len(linear) + attention
+
+
+def _later(pending: dict, index: int, what: str) -> Callable:
+    """A replaced step: the sizes its fused step computed for it."""
+
+    def run(state) -> dict:
+        try:
+            return pending.pop(index)
+        except KeyError:
+            raise ExecutionError(f"{what}: its fused step did not run") from None
+
+    return run
+
+
+# -- linear layers --------------------------------------------------------------------------------
+def _fuse_linear(it, items, steps, usage: Usage, keep: set, pending: dict) -> set[int]:
+    """psum.clr + canonical loop + v.deq on one accumulator -> one step at the loop."""
+    fused = set()
+    for j, step in enumerate(steps):
+        if step.nm is None:
+            continue
+        acc = step.item.body[4].dst
+        idx = usage.named.get(acc, [])
+        if len(idx) != 3 or idx[1] != j or acc in keep:
+            continue
+        i, d = idx[0], idx[2]
+        clr, deq = items[i], items[d]
+        if getattr(clr, "mnemonic", "") != "psum.clr" or getattr(deq, "mnemonic", "") != "v.deq" \
+                or deq.src != acc or not usage.before(deq.ascale, j) \
+                or usage.named.get(deq.dst, [0])[0] != d or len(usage.written[deq.dst]) != 1:
+            continue
+        wscale = it.image.tensors.get(f"{deq.w}.scale")
+        if wscale is None or wscale.dtype != np.float32 or wscale.ndim != 1:
+            continue
+        steps[i].run = _clr_sizes(clr)
+        steps[j].run = _linear_step(it, step, clr, deq, wscale, pending, d)
+        steps[d].run = _later(pending, d, f"v.deq {deq.dst}")
+        fused.add(j)
+    return fused
+
+
+def _clr_sizes(ins) -> Callable:
+    def run(state) -> dict:
+        like = state.bufs[ins.like]
+        return {"elements": math.prod(like.shape[:-1]) * ins.cols}
+
+    return run
+
+
+def _linear_step(it, step, clr, deq, wscale: np.ndarray, pending: dict, d: int) -> Callable:
+    ld_tile, ld_act = step.item.body[0], step.item.body[1]
+    macro, w, src = ld_tile.macro, ld_tile.w, ld_act.src
+    keep_n, group_m = step.nm
+    wt = torch.from_numpy(it.dense_weight(w, keep_n, group_m, float_chunks=True))
+    k_max, n_pad = wt.shape
+    cols = deq.cols
+    if clr.cols != n_pad or cols > n_pad:
+        raise ExecutionError(f"v.deq {deq.dst}: {cols} columns of a {clr.cols}-column "
+                             f"accumulator, @{w} has {n_pad}")
+    wcol = torch.from_numpy(np.ascontiguousarray(wscale[:cols]))
+    wt_cols = wt[:, :cols]
+    P, R = it.geometry["subarrays"], it.geometry["rows"]
+    sizes = {"keep_n": keep_n, "group_m": group_m, "k_pass": P * R * group_m // keep_n}
+
+    def run(state) -> dict:
+        mac = state.macro(macro)
+        mac.weight, mac.src = w, src
+        x = state.bufs[src]
+        k = x.shape[-1]
+        if k > k_max:
+            raise ExecutionError(f"ld.act: {src} has {k} inputs, the tiles of {w} cover {k_max}")
+        lead = x.shape[:-1]
+        xt = torch.from_numpy(np.ascontiguousarray(x)).reshape(-1, k)
+        y = exact_product(xt.to(torch.float32), wt_cols[:k])
+        a = torch.from_numpy(np.ascontiguousarray(state.bufs[deq.ascale], np.float32))
+        y.mul_(a.reshape(-1, 1)).mul_(wcol)
+        state.bufs[deq.dst] = y.numpy().reshape(lead + (cols,))
+        like = state.bufs[clr.like]
+        rows = math.prod(like.shape[:-1])
+        pending[d] = vector_sizes(lead + (cols,), rows * clr.cols)
+        return {"tokens": math.prod(lead), **sizes}
+
+    return run
+
+
+# -- v.quant --------------------------------------------------------------------------------------
+def _fuse_quant(items, steps, usage: Usage, linear: set[int]) -> None:
+    """Every v.quant in torch; float32 values when only fused GEMMs and psum.clr read them."""
+    for i, item in enumerate(items):
+        if getattr(item, "mnemonic", "") != "v.quant":
+            continue
+        readers = [r for r in usage.named.get(item.dst, []) if r != i]
+        as_float = all(r in linear or _clr_fused(items, r, linear) for r in readers)
+        steps[i].run = _quant_step(item, steps[i].run, as_float)
+
+
+def _clr_fused(items, r: int, linear: set[int]) -> bool:
+    """Whether item r is a psum.clr of a fused linear step (it then reads only a shape)."""
+    if getattr(items[r], "mnemonic", "") != "psum.clr":
+        return False
+    return any(items[j].body[4].dst == items[r].dst for j in linear)
+
+
+def _quant_step(ins, handler_run: Callable, as_float: bool) -> Callable:
+    def run(state) -> dict:
+        x = state.bufs[ins.src]
+        if x.dtype != np.float32:  # the handler's numpy dtype rules, unchanged
+            return handler_run(state)
+        q, s = quantise(torch.from_numpy(np.ascontiguousarray(x)), -1)
+        state.bufs[ins.dst] = q.numpy() if as_float else q.to(torch.int8).numpy()
+        state.bufs[ins.scale] = s.numpy()
+        return vector_sizes(x.shape, x.size)
+
+    return run
+
+
+# -- attention ------------------------------------------------------------------------------------
+@dataclass
+class Chain:
+    """mm.act, row-wise ops, mm.act: item indices and the operands from outside the chain."""
+
+    first: int
+    ops: list[int]  # row-wise ops' indices, in order
+    last: int
+    other: dict[int, tuple[str, str]]  # op index -> (buffer it reads, const tensor or "")
+
+
+def find_chain(items, i: int, usage: Usage, keep: set) -> Chain | None:
+    """The attention chain starting at the mm.act items[i], or None."""
+    cur, ops, other, consts, chain_bufs = items[i].dst, [], {}, {}, []
+    for j in range(i + 1, len(items)):
+        ins = items[j]
+        mn = getattr(ins, "mnemonic", "")
+        if mn == "layer":
+            continue
+        if mn == "v.const":
+            consts[ins.dst] = ins.t
+            continue
+        if mn == "mm.act" and ins.a == cur and ins.b != cur:
+            chain_bufs.append(cur)
+            if not usage.before(ins.b, i) or ins.b in consts:
+                return None
+            break
+        if mn in ("v.scale", "v.softmax") and ins.src == cur:
+            pass
+        elif mn in ("v.add", "v.mul") and (ins.a == cur) != (ins.b == cur):
+            o = ins.b if ins.a == cur else ins.a
+            if o in consts:
+                other[j] = (o, consts[o])
+            elif usage.before(o, i):
+                other[j] = (o, "")
+            else:
+                return None
+        else:
+            return None
+        ops.append(j)
+        chain_bufs.append(cur)
+        cur = ins.dst
+    else:
+        return None
+    last = j
+    for name in chain_bufs:  # each intermediate: written once, read once, not an output
+        if name in keep or len(usage.named.get(name, [])) != 2:
+            return None
+    if usage.named.get(items[last].dst, [last])[0] != last:
+        return None
+    return Chain(i, ops, last, other)
+
+
+def _fuse_attention(it, items, steps, usage: Usage, keep: set, pending: dict) -> int:
+    n = 0
+    for i, item in enumerate(items):
+        if getattr(item, "mnemonic", "") != "mm.act":
+            continue
+        chain = find_chain(items, i, usage, keep)
+        if chain is None:
+            continue
+        steps[i].run = _attention_step(it, items, chain, pending)
+        for j in chain.ops + [chain.last]:
+            steps[j].run = _later(pending, j, f"{items[j].mnemonic} {items[j].dst}")
+        n += 1
+    return n
+
+
+def _attention_step(it, items, chain: Chain, pending: dict) -> Callable:
+    from flowc.runtime.interpreter import HANDLERS, State
+
+    first, last = items[chain.first], items[chain.last]
+    ops = [items[j] for j in chain.ops]
+    tensors = it.image.tensors
+
+    def operand(state, j: int) -> np.ndarray:
+        """An outside operand; a v.const's (it runs later in program order) from the image,
+        as the v.const handler makes it."""
+        buf, const = chain.other[j]
+        return tensors[const].astype(np.float32) if const else state.bufs[buf]
+
+    def by_handlers(state) -> dict:
+        """The chain through the handlers, here at once (operands not float32, or shapes the
+        blocked path does not take): the specification itself."""
+        tmp = State(dict(state.bufs), state.layer, state.macros)
+        for j in chain.other:
+            tmp.bufs[chain.other[j][0]] = operand(state, j)
+        sizes = HANDLERS["mm.act"](it, tmp, first)
+        for j in chain.ops + [chain.last]:
+            pending[j] = HANDLERS[items[j].mnemonic](it, tmp, items[j])
+        state.bufs[last.dst] = tmp.bufs[last.dst]
+        return sizes
+
+    def run(state) -> dict:
+        a, b, v = state.bufs[first.a], state.bufs[first.b], state.bufs[last.b]
+        others = {j: operand(state, j) for j in chain.other}
+        arrays = [a, b, v, *others.values()]
+        if any(x.dtype != np.float32 for x in arrays) or min(x.ndim for x in (a, b, v)) < 2:
+            return by_handlers(state)
+        out = _attention(it, a, b, v, ops, chain, others, pending)
+        if out is None:
+            return by_handlers(state)
+        state.bufs[last.dst] = out
+        return pending.pop(chain.first)
+
+    return run
+
+
+def _t(x: np.ndarray) -> torch.Tensor:
+    x = np.ascontiguousarray(x)
+    return torch.from_numpy(x if x.flags.writeable else x.copy())
+
+
+def _attention(it, a, b, v, ops, chain: Chain, others: dict, pending: dict) -> np.ndarray | None:
+    """The chain, blocked over heads (and rows); None when shapes need the handlers."""
+    ta, tb, tv = _t(a), _t(b), _t(v)
+    m, k, n, dv = ta.shape[-2], ta.shape[-1], tb.shape[-1], tv.shape[-1]
+    if tb.shape[-2] != k or tv.shape[-2] != n:
+        return None
+    try:
+        batch = torch.broadcast_shapes(ta.shape[:-2], tb.shape[:-2])
+        if torch.broadcast_shapes(batch, tv.shape[:-2]) != batch:
+            return None
+        s_shape = batch + (m, n)
+        ext = {}
+        for j, o in others.items():
+            if torch.broadcast_shapes(s_shape, o.shape) != s_shape:
+                return None
+            ext[j] = _t(o).broadcast_to(s_shape).reshape(-1, m, n)
+    except RuntimeError:
+        return None
+    qa, sa = quantise(ta, -1)
+    qb, sb = quantise(tb, -2)
+    qv, sv = quantise(tv, -2)
+    nb = math.prod(batch)
+
+    def flat(x: torch.Tensor, tail: tuple) -> torch.Tensor:
+        return x.broadcast_to(batch + tail).reshape((nb,) + tail)
+
+    qa, sa, qb, sb = flat(qa, (m, k)), flat(sa, (m,)), flat(qb, (k, n)), flat(sb, (n,))
+    qv, sv = flat(qv, (n, dv)), flat(sv, (dv,))
+    out = torch.empty((nb, m, dv), dtype=torch.float32)
+    heads = max(1, BLOCK_ELEMENTS // max(1, m * n))
+    rows = m if heads > 1 or m * n <= BLOCK_ELEMENTS else max(1, BLOCK_ELEMENTS // max(1, n))
+    scratch = torch.empty((2, min(nb, heads) * min(m, rows) * n), dtype=torch.float32)
+    # softmax maps -0.0 and +0.0 alike (exp(x - max)): before one, a zero's sign is moot
+    softmax = any(ins.mnemonic == "v.softmax" for ins in ops)
+    for h0 in range(0, nb, heads):
+        h = slice(h0, min(nb, h0 + heads))
+        for r0 in range(0, m, rows):
+            r = slice(r0, min(m, r0 + rows))
+            shape = (h.stop - h.start, r.stop - r.start, n)
+            bufs = [b_[: math.prod(shape)].view(shape) for b_ in scratch]
+            s = exact_product(qa[h, r], qb[h], out=bufs[0], plus_zero=not softmax)
+            s.mul_(sa[h, r, None]).mul_(sb[h, None, :])
+            for ins, j in zip(ops, chain.ops, strict=True):
+                if ins.mnemonic == "v.scale":
+                    s.mul_(float(np.float32(ins.s)))
+                elif ins.mnemonic == "v.softmax":  # torch.softmax's kernel, into scratch
+                    target = bufs[1] if s.data_ptr() == bufs[0].data_ptr() else bufs[0]
+                    s = torch.ops.aten._softmax.out(s, -1, False, out=target)
+                elif ins.mnemonic == "v.add":
+                    s.add_(ext[j][h, r])
+                else:
+                    s.mul_(ext[j][h, r])
+            qp, sp = quantise(s, -1, inplace=True)
+            y = exact_product(qp, qv[h])
+            out[h, r] = y.mul_(sp[..., None]).mul_(sv[h, None, :])
+    size = nb * m * n
+    pending[chain.first] = it.act_gemm_sizes(tuple(a.shape), tuple(b.shape), tuple(s_shape))
+    for j in chain.ops:
+        extra = others[j].size if j in others else 0
+        pending[j] = vector_sizes(tuple(s_shape), size + extra)
+    pending[chain.last] = it.act_gemm_sizes(tuple(s_shape), tuple(v.shape),
+                                            tuple(batch) + (m, dv))
+    return out.reshape(tuple(batch) + (m, dv)).numpy()

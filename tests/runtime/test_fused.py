@@ -1,0 +1,101 @@
+"""Fused plan steps (flowc.runtime.fused) give the handlers' results bit for bit."""
+
+from types import SimpleNamespace as NS
+
+import numpy as np
+import pytest
+import torch
+
+from flowc.runtime import fused, vector
+from flowc.runtime.gemm import exact_int_matmul
+from flowc.runtime.interpreter import Interpreter, quantise_columns
+
+
+def bits(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, np.float32).view(np.uint32)
+
+
+def test_quantise_equals_the_handlers():
+    """Rows over 80 binades, an all-zero row, -0.0 entries; along the last and the
+    second-to-last axis (v.quant and mm.act's b)."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((5, 40, 96)) * np.exp(rng.uniform(-40, 40, (5, 40, 1))))
+    x = x.astype(np.float32)
+    x[0, 3] = 0.0
+    x[1, 2, :7] = -0.0
+    q, s = vector.quantise_per_token(x)
+    tq, ts = fused.quantise(torch.from_numpy(x), -1)
+    assert np.array_equal(bits(ts.numpy()), bits(s))
+    assert np.array_equal(tq.numpy(), q.astype(np.float32))
+    qc, sc = quantise_columns(x)
+    tq, ts = fused.quantise(torch.from_numpy(x.copy()), -2, inplace=True)
+    assert np.array_equal(bits(ts.numpy()), bits(sc))
+    assert np.array_equal(tq.numpy(), qc.astype(np.float32))
+
+
+@pytest.mark.parametrize("k", [64, 1024, 1500, 2048, 2500])
+def test_exact_product_rounds_the_exact_sum_once(k):
+    """float32 chunks (one, two, three) == the exact int32 sum cast to float32, every bit;
+    a zero sum of -0.0 products comes out +0.0 as the integer sum does."""
+    rng = np.random.default_rng(k)
+    a = rng.integers(90, 128, (2, 7, k)).astype(np.int8)  # large sums: past 2**24 for K > 1024
+    a[1] = rng.integers(-127, 128, (7, k))
+    b = rng.integers(90, 128, (2, k, 9)).astype(np.int8)
+    a[0, 0] = 0
+    b[0, :, 0] = -3  # row 0 x column 0: every product is +0 * -3 = -0.0
+    want = exact_int_matmul(a, b).astype(np.float32)
+    got = fused.exact_product(torch.from_numpy(a.astype(np.float32)),
+                              torch.from_numpy(b.astype(np.float32))).numpy()
+    assert np.array_equal(bits(got), bits(want))
+    assert np.abs(want).max() > 2 ** 24 or k <= 1024  # past float32's exact integers
+
+
+def _reference_chain(q, kt, v, mask, s):
+    """mm.act, v.scale, v.add, v.softmax, mm.act as the handlers compute them."""
+    def mm_act(a, b):
+        qa, sa = vector.quantise_per_token(a)
+        qb, sb = quantise_columns(b)
+        return exact_int_matmul(qa, qb).astype(np.float32) * sa[..., :, None] * sb[..., None, :]
+
+    x = (mm_act(q, kt) * np.float32(s)).astype(np.float32)
+    x = np.add(x, mask).astype(np.float32)
+    p = torch.softmax(torch.from_numpy(x), dim=-1).numpy()
+    return mm_act(p, v), x.shape
+
+
+@pytest.mark.parametrize("block", [1 << 22, 3 * 40 * 40, 40 * 17])  # all heads, 3, rows
+def test_blocked_attention_equals_the_handlers(monkeypatch, block):
+    monkeypatch.setattr(fused, "BLOCK_ELEMENTS", block)
+    rng = np.random.default_rng(7)
+    t, h, d = 40, 5, 16
+    q = rng.standard_normal((1, h, t, d), dtype=np.float32)
+    kt = rng.standard_normal((1, h, d, t), dtype=np.float32)
+    v = rng.standard_normal((1, h, t, d), dtype=np.float32)
+    mask = np.triu(np.full((t, t), np.finfo(np.float32).min, np.float32), 1)[None, None]
+    want, s_shape = _reference_chain(q, kt, v, mask, 0.17)
+    ops = [NS(mnemonic="v.scale", s=0.17), NS(mnemonic="v.add"), NS(mnemonic="v.softmax")]
+    chain = fused.Chain(0, [1, 2, 3], 4, {2: ("mask", "")})
+    it = Interpreter.__new__(Interpreter)
+    it.geometry = {"subarrays": 4, "rows": 8, "cols": 16}
+    pending = {}
+    got = fused._attention(it, q, kt, v, ops, chain, {2: mask}, pending)
+    assert np.array_equal(bits(got), bits(want))
+    n = int(np.prod(s_shape))
+    assert pending[2] == {"elements": n, "in_elements": n + mask.size, "tokens": h * t}
+    assert pending[0] == it.act_gemm_sizes(q.shape, kt.shape, s_shape)
+    assert pending[4] == it.act_gemm_sizes(s_shape, v.shape, (1, h, t, d))
+
+
+@pytest.mark.parametrize("name", ["mlp", "block"])
+def test_fused_plan_outputs_equal_the_reference_bits(compiled, name):
+    """The plan fuses here (linear layers; the block's attention) and its outputs equal the
+    tile-by-tile reference's in every bit; with every buffer kept, nothing is fused."""
+    image = compiled(name, (2, 4))
+    it = Interpreter(image)
+    out = it.run(list(image.samples))
+    assert it.plan().fused >= (5 if name == "block" else 3)
+    ref = Interpreter(image, mode="reference").run(list(image.samples))
+    assert all(np.array_equal(bits(a), bits(b)) for a, b in zip(out, ref, strict=True))
+    it.keep_buffers = True
+    it.run(list(image.samples))
+    assert it.plan().fused == 0
