@@ -132,11 +132,17 @@ def test_report_page_and_plots(rows: pd.DataFrame, tmp_path: Path) -> None:
     evil = '<script>alert("x")</script> & "quoted"'
     df.loc[df["point"] == 5, ["status", "reason"]] = ["error", evil]
     df.loc[df["point"] == 5, ["latency_s", "energy_pj", "edp_pj_s"]] = np.nan
-    backend = matplotlib.get_backend()
     out = tmp_path / "report.html"
-    a = write_report(df, meta_of(df, "report-test", AXES), out, tmp_path / "plots")
-    assert matplotlib.get_backend() == backend
-    assert "matplotlib.pyplot" not in sys.modules or backend == matplotlib.get_backend()
+    # the caller's own backend choice (not this machine's default, agg) survives the report,
+    # and pyplot (the module that switches backends) is not imported by it
+    before, pyplot_before = matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules
+    matplotlib.use("svg")
+    try:
+        a = write_report(df, meta_of(df, "report-test", AXES), out, tmp_path / "plots")
+        assert matplotlib.get_backend() == "svg"
+        assert ("matplotlib.pyplot" in sys.modules) == pyplot_before
+    finally:
+        matplotlib.use(before)
     page = out.read_text(encoding="utf-8")
     # self-contained: no URL of any scheme, no external resource, images inlined
     bare = re.sub(r"data:image/png;base64,[A-Za-z0-9+/]+=*", "DATA", page)
@@ -191,6 +197,34 @@ def test_missing_output_folder_is_a_usage_error(rows: pd.DataFrame, tmp_path: Pa
 def test_analysis_names_a_missing_axis(rows: pd.DataFrame) -> None:
     with pytest.raises(UsageError, match="axis 'macro.rows'"):
         analyse_sweep(rows, meta_of(rows, "x", ["target", "macro.rows"]))
+
+
+def test_cli_sweep_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`flowc sweep report RESULTS -o FILE --plots DIR --objectives ...` end to end, and its
+    one-line errors (exit 2) for a folder that is not results and an unknown objective."""
+    from flowc.cli.main import main
+    from flowc.executors import SerialExecutor
+    from flowc.studies.sweep import run_sweep
+
+    small = {**SPEC, "axes": {"target": ["flexcim", "vegeta"], "macros": [4, 16]}}
+    run_sweep(small, tmp_path / "res", executor=SerialExecutor())
+    assert main(["sweep", "report", str(tmp_path / "res"), "-o", str(tmp_path / "r.html"),
+                 "--plots", str(tmp_path / "plots"), "--objectives", "latency_s,macros"]) == 0
+    line = capsys.readouterr().out.strip()
+    front = pareto_front(pd.DataFrame([evaluate_point(Shared(mode="analytic"), p)
+                                       for p in points_of(small)]), ["latency_s", "macros"])
+    assert line == (f"{tmp_path / 'r.html'}: 4 points (4 ok, 0 skipped, 0 error), "
+                    f"{len(front)} on the Pareto front; plots in {tmp_path / 'plots'}")
+    assert (tmp_path / "plots" / "pareto.svg").is_file()
+    assert main(["sweep", "report", str(tmp_path / "res")]) == 0  # default: RESULTS/report.html
+    assert (tmp_path / "res" / "report.html").is_file()
+    capsys.readouterr()
+    assert main(["sweep", "report", str(tmp_path / "nope")]) == 2
+    assert "nope: not a results folder" in capsys.readouterr().err
+    assert main(["sweep", "report", str(tmp_path / "res"), "-o", str(tmp_path / "x.html"),
+                 "--objectives", "latency_s,area"]) == 2
+    assert "objective column(s) area not in the results" in capsys.readouterr().err
+    assert not (tmp_path / "x.html").exists()
 
 
 def test_report_api_reads_a_results_directory(rows: pd.DataFrame, tmp_path: Path) -> None:
