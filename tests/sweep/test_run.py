@@ -174,3 +174,16 @@ def test_the_python_api_returns_the_stored_table(tmp_path):
     assert df.drop(columns=TIMING).equals(table(tmp_path / "out"))
     # fewer macros never make a streamed machine faster
     assert df["cycles"].is_monotonic_decreasing
+
+
+def test_two_drivers_cannot_write_one_directory(tmp_path):
+    from flowc.studies.sweep.spec import load_spec
+    from flowc.studies.sweep.store import ResultStore
+
+    spec = load_spec({"fixed": {"model": "smollm2-135m"}, "axes": {"macros": [2]}})
+    points = points_of(spec)
+    first = ResultStore.open(tmp_path / "out", spec, points, "h", resume=False)
+    with pytest.raises(UsageError, match="another flowc sweep is writing to this directory"):
+        ResultStore(tmp_path / "out", first.types)
+    first.close()
+    ResultStore(tmp_path / "out", first.types).close()  # free again once closed

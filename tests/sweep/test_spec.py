@@ -165,3 +165,12 @@ def test_the_spec_in_docs_sweeps_md_is_valid(tmp_path):
     last = points[-1]
     assert last.values["nm"] == "4:8" and last.machine.macros == 64
     assert last.machine.macro.act_bw_bits == 4096
+
+
+def test_without_axes_the_fixed_values_are_one_point_and_inputs_are_checked_up_front():
+    (p,) = points_of({"fixed": {"model": "llama-2-7b", "macros": 4}})
+    assert p.values["macros"] == 4 and p.machine.macros == 4
+    with pytest.raises(UsageError, match=r"point 0 \(.*model=llama-2-7bb.*\): model: unknown model"):
+        points_of({"fixed": {"model": "llama-2-7bb"}})
+    with pytest.raises(UsageError, match=r"nm: .*nope\.json: cannot read the N:M assignment"):
+        points_of({"fixed": {"model": "llama-2-7b", "nm": {"assignment": "nope.json"}}})

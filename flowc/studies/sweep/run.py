@@ -90,33 +90,43 @@ def run_sweep(spec: str | Path | Mapping[str, Any] | SweepSpec, out: str | Path,
     spec = load_spec(spec)
     points = points_of(spec)
     store = ResultStore.open(out, spec, points, spec_hash(spec, points), resume)
-    done = store.done_keys() if resume else set()
-    todo = [p for p in points if p.key not in done]
-    run = _Run(spec, store, SweepSummary(spec.sweep.name, str(out), len(points),
-                                         stored_before=len(points) - len(todo)),
-               progress, len(todo))
-    own = executor is None
-    ex = make_executor() if own else executor
     try:
-        run.summary.executor = ex.name
-        if ex.workers is None and hasattr(ex, "connect"):  # Ray: its CPUs size the chunks
-            ex.connect()
-        run.size = chunk_size(spec, len(todo), ex.workers)
-        shared, failed = _shared(spec, points if spec.sweep.prune else todo, todo, say)
-        if failed:  # a group that did not compile: its points are error rows, not a crash
-            run.store_rows([base_row(p, "error", failed[p.index]) for p in todo
-                            if p.index in failed])
-        todo = [p for p in todo if p.index not in failed]
-        if spec.sweep.prune and todo:
-            todo = _prune(run, shared, points, todo)
-        run.summary.setup_s = time.perf_counter() - t0
-        if todo:
-            run.evaluate(ex, shared, todo)
+        done = store.done_keys() if resume else set()
+        todo = [p for p in points if p.key not in done]
+        run = _Run(spec, store, SweepSummary(spec.sweep.name, str(out), len(points),
+                                             stored_before=len(points) - len(todo)),
+                   progress, len(todo))
+        own = executor is None
+        ex = make_executor() if own else executor
+        try:
+            _drive(run, ex, points, todo, say, t0)
+        finally:
+            if own:
+                ex.close()
     finally:
-        if own:
-            ex.close()
+        store.close()
     run.summary.wall_s = time.perf_counter() - t0
     return run.summary
+
+
+def _drive(run: _Run, ex: Executor, points: list[Point], todo: list[Point], say: Say,
+           t0: float) -> None:
+    """Shared state, failed compiles, pruning, then the chunks (see run_sweep)."""
+    spec = run.spec
+    run.summary.executor = ex.name
+    if ex.workers is None and hasattr(ex, "connect"):  # Ray: its CPUs size the chunks
+        ex.connect()
+    run.size = chunk_size(spec, len(todo), ex.workers)
+    shared, failed = _shared(spec, points if spec.sweep.prune else todo, todo, say)
+    if failed:  # a group that did not compile: its points are error rows, not a crash
+        run.store_rows([base_row(p, "error", failed[p.index]) for p in todo
+                        if p.index in failed])
+    todo = [p for p in todo if p.index not in failed]
+    if spec.sweep.prune and todo:
+        todo = _prune(run, shared, points, todo)
+    run.summary.setup_s = time.perf_counter() - t0
+    if todo:
+        run.evaluate(ex, shared, todo)
 
 
 @dataclass

@@ -253,6 +253,7 @@ def canonical_nm(v: Any) -> str:
 
 
 def grid_size(spec: SweepSpec) -> int:
+    """Points of the full product of the axes (1 without axes: the [fixed] point)."""
     size = 1
     for values in spec.axes.values():
         size *= len(values)
@@ -261,11 +262,14 @@ def grid_size(spec: SweepSpec) -> int:
 
 def combos(spec: SweepSpec) -> list[dict[str, Any]]:
     """Axis values of every drawn point, in spec order: the grid (last axis fastest) or a
-    seeded sample of its indices (sorted), then the explicit [[points]]."""
+    seeded sample of its indices (sorted), then the explicit [[points]]. Without axes the
+    grid is the one point of [fixed], unless [[points]] list the points themselves."""
     names, lists = list(spec.axes), list(spec.axes.values())
-    size = grid_size(spec) if names else 0
+    if not names and spec.points:
+        return [dict(p) for p in spec.points]
+    size = grid_size(spec)
     if spec.sweep.sample == "grid":
-        drawn = [dict(zip(names, c, strict=True)) for c in itertools.product(*lists)] if names else []
+        drawn = [dict(zip(names, c, strict=True)) for c in itertools.product(*lists)]
     else:
         k = min(spec.sweep.samples or 0, size)
         picks = sorted(random.Random(spec.sweep.seed).sample(range(size), k))
@@ -306,6 +310,7 @@ class _Builder:
         self.machines: dict[str, tuple[MachineConfig, str]] = {}
         self.hashes: dict[str, str | None] = {}
         self.resolved: dict[str, str] = {}
+        self.checked: set[tuple[str, str | None]] = set()
 
     def resolve(self, name: str) -> str:
         """A relative file name against the spec's folder; other names unchanged."""
@@ -338,11 +343,34 @@ class _Builder:
         assignment = None
         if row["nm"].startswith("assignment:"):
             assignment = self.resolve(row["nm"].split(":", 1)[1])
+        self.check_inputs(index, row, model, assignment)
         files = {k: self.file_hash(f) for k, f in (("model", model), ("assignment", assignment))
                  if f is not None and f != row.get(k)}
         key_doc = {"mode": self.spec.sweep.mode, "inputs": row, "machine": mhash, "files": files}
         key = hashlib.sha256(_canonical(key_doc).encode()).hexdigest()
         return Point(index, key, row, machine, mhash, model, row["nm"], assignment)
+
+    def check_inputs(self, index: int, row: dict[str, Any], model: str,
+                     assignment: str | None) -> None:
+        """The model (and assignment file) can be read: checked once per distinct value, so
+        a typo fails before any work, not in every row."""
+        if (model, assignment) in self.checked:
+            return
+        try:
+            if self.spec.sweep.mode == "analytic":
+                from flowc.studies.analytic import load_assignment
+                from flowc.studies.analytic_models import shapes_of
+
+                shapes_of(model)
+                if assignment is not None:
+                    load_assignment(assignment)
+            else:
+                _check_run_model(model)
+        except UsageError as exc:
+            desc = ", ".join(f"{k}={_show(v)}" for k, v in row.items())
+            field = "nm" if assignment is not None and "assignment" in str(exc) else "model"
+            raise self.spec.error(f"point {index} ({desc})", f"{field}: {exc}") from None
+        self.checked.add((model, assignment))
 
     def machine(self, index: int, row: dict[str, Any]) -> tuple[MachineConfig, str]:
         """The point's machine, built and validated once per distinct (target, fields)."""
@@ -368,6 +396,16 @@ class _Builder:
             raise self.spec.error(f"point {index} ({desc})", str(exc)) from None
         self.machines[cache_key] = (m, machine_entry(m.to_dict())["hash"])
         return self.machines[cache_key]
+
+
+def _check_run_model(model: str) -> None:
+    from flowc.frontend.load import is_hf_source
+    from flowc.studies.examples import EXAMPLES
+
+    if model in EXAMPLES or is_hf_source(model) or Path(model).is_file():
+        return
+    raise UsageError(f"{model!r} is not a built-in example ({', '.join(EXAMPLES)}), an hf: "
+                     "source or an existing model file")
 
 
 def nested_changes(flat: Mapping[str, Any]) -> dict[str, Any]:

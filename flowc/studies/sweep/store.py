@@ -78,7 +78,14 @@ class ResultStore:
         self.out, self.parts = out, out / "parts"
         self.types = types
         self.schema = arrow_schema(types)
+        self._lock = _lock(out)
         self._next = 1 + max((_part_number(p) for p in self.parts.glob(PART_GLOB)), default=0)
+
+    def close(self) -> None:
+        """Release the directory (the lock another `flowc sweep` on it would wait for)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     @classmethod
     def open(cls, out: str | Path, spec: SweepSpec, points: Sequence[Point], spec_hash: str,
@@ -137,6 +144,22 @@ class ResultStore:
         _fsync_dir(self.parts)
         self._next += 1
         return final
+
+
+def _lock(out: Path) -> Any:
+    """An exclusive lock on OUT/.lock for the life of the store: two drivers appending to one
+    directory would number their parts alike. The OS drops it when the process dies."""
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks here: nothing to hold
+        return None
+    f = open(out / ".lock", "a")  # noqa: SIM115 (held open on purpose, closed by close())
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise UsageError(f"{out}: another flowc sweep is writing to this directory") from None
+    return f
 
 
 def _check_same_sweep(out: Path, spec_hash: str) -> None:
