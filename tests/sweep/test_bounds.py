@@ -17,6 +17,7 @@ from flowc.studies.sweep.bounds import (
     Pruner,
     bound_front,
     bound_plan,
+    lower_bounds,
     plan_bounds,
     prune_plan,
 )
@@ -167,6 +168,7 @@ def test_prune_plan_on_a_spec_keeps_the_front_of_the_evaluated_rows():
     assert all(r["status"] == "ok" for r in rows.values())
     plan = bound_plan(spec, points)
     assert sorted(plan.order) == sorted(rows) and not plan.note
+    assert lower_bounds(spec, points) == [plan.bounds[p.index] for p in points]
     for i, b in plan.bounds.items():
         assert b is not None and b[0] <= rows[i]["latency_s"] and b[1] <= rows[i]["energy_pj"]
     values = {i: (r["latency_s"], r["energy_pj"]) for i, r in rows.items()}
