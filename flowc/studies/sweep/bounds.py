@@ -215,7 +215,7 @@ def prune_plan(spec: SweepSpec, points: Sequence[Point], shared: Shared | None =
     4 points on the shipped grids and a 10,000-point one) are evaluated here, in the driver,
     by the workers' own `evaluate_point`; every point whose bound one of their values strictly
     dominates is skipped. One pass, decided before any worker starts: nothing depends on
-    timing, and a resumed sweep (W's driver passes every point of the spec) decides the same."""
+    timing, and a resumed sweep (the driver passes every point of the spec) decides the same."""
     from flowc.studies.sweep.point import Shared, evaluate_point, load_assignments
 
     if shared is None:
