@@ -92,6 +92,9 @@ def test_best_per_objective(rows: pd.DataFrame) -> None:
         col = rows[b["objective"]]
         assert b["value"] == col.min()
         assert b["point"] == rows["point"][col == col.min()].min()  # ties: the lowest point
+        assert b["ties"] == (col == col.min()).sum()
+    # energy does not depend on macros or bandwidth here: the least-energy value is shared
+    assert best.set_index("objective").loc["energy_pj", "ties"] > 1
 
 
 def test_sensitivity_is_median_min_max_per_target(rows: pd.DataFrame) -> None:

@@ -177,7 +177,7 @@ def pareto_front(df: pd.DataFrame, objectives: Sequence[str] = OBJECTIVES,
 
 def best_per_objective(df: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:
     """One row per objective: the finished point with the lowest value (ties: lowest point),
-    with every column of that row after `objective` and `value`."""
+    with `ties` (how many finished points share that value) and every column of that row."""
     out = []
     for o in objectives:
         rows = ok_rows(df, [o])
@@ -185,7 +185,8 @@ def best_per_objective(df: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFr
             continue
         by = [o] + (["point"] if "point" in rows.columns else [])
         best = rows.sort_values(by, kind="stable").iloc[0]
-        out.append({"objective": o, "value": best[o], **best.to_dict()})
+        ties = int((rows[o] == best[o]).sum())
+        out.append({"objective": o, "value": best[o], "ties": ties, **best.to_dict()})
     return pd.DataFrame(out)
 
 

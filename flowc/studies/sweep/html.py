@@ -157,8 +157,9 @@ def pareto_section(a: Analysis, images: dict[str, str]) -> str:
 
 
 def best_section(a: Analysis) -> str:
-    cols = ["objective", "value", "point"] + a.meta.axes
-    heads = ["objective", "value", "point"] + [a.meta.header(c) for c in a.meta.axes]
+    cols = ["objective", "value", "ties", "point"] + a.meta.axes
+    heads = ["objective", "value", "points with this value", "point (the lowest)"] + [
+        a.meta.header(c) for c in a.meta.axes]
     best = a.best.copy()
     best["value"] = [f"{v:.6g} {OUTPUT_UNITS.get(o, a.meta.unit(o))}".strip()
                      for o, v in zip(best["objective"], best["value"], strict=True)]
