@@ -115,3 +115,27 @@ def test_sigkill_of_the_driver_then_resume_completes_every_point_once(tmp_path):
         run_sweep(spec, tmp_path / "straight", executor=ex)
     straight = load_results(tmp_path / "straight").drop(columns=TIMING)
     assert df.drop(columns=TIMING).equals(straight)
+
+
+def test_a_pruned_sweep_resumes_to_the_same_decisions(tmp_path):
+    spec = {"sweep": {"chunk": 4, "prune": True},
+            "fixed": {"model": "llama-2-7b", "tokens": 64},
+            "axes": {"target": ["flexcim", "dcim-dense", "vegeta"], "nm": ["2:4", "dense"],
+                     "macros": [4, 16, 64]}}
+    with SerialExecutor() as ex:
+        whole = run_sweep(spec, tmp_path / "full", executor=ex)
+        assert whole.skipped > 0  # the bounds do prune this grid
+
+        def stop(done, total):
+            if done > whole.skipped:  # the skipped rows, then one chunk of evaluated points
+                raise Stop
+
+        with pytest.raises(Stop):
+            run_sweep(spec, tmp_path / "cut", executor=ex, progress=stop)
+        assert whole.skipped < len(load_results(tmp_path / "cut")) < 18
+        run_sweep(spec, tmp_path / "cut", executor=ex, resume=True)
+    full = load_results(tmp_path / "full").drop(columns=TIMING)
+    cut = load_results(tmp_path / "cut").drop(columns=TIMING)
+    assert cut.equals(full) and len(cut) == 18
+    skipped = full[full["status"] == "skipped"]
+    assert skipped["reason"].str.startswith("lower bound").all() and skipped["cycles"].isna().all()
