@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowc.errors import FlowcError
 from flowc.machine import MachineConfig
+from flowc.machine.energy import ACTIONS
 from flowc.machine.errors import MachineConfigError
 from flowc.runtime.cost import ACC_BITS, VEC_BITS, select_stages
 from flowc.studies.analytic import Pattern
@@ -60,7 +61,8 @@ class GemmBound:
     actions: tuple[tuple[str, float], ...]
 
 
-def _loop_cycles_lb(machine: MachineConfig, n: int, m: int, tiles: int, tokens: int) -> int:
+def _loop_cycles_lb(machine: MachineConfig, n: int, m: int, k_pass: int, tiles: int,
+                    tokens: int) -> int:
     """A lower bound of CostModel.loop_cost(...).cycles for a GEMM tile loop (see docstring)."""
     mc = machine.macro
     if tiles == 0 or tokens < 1:
@@ -69,7 +71,7 @@ def _loop_cycles_lb(machine: MachineConfig, n: int, m: int, tiles: int, tokens: 
     waves = 1 if resident else -(-tiles // machine.macros)
     fill = mc.cols if (machine.pair_select == "per-column" and select_stages(machine, n, m)) \
         else 0
-    feed = -(-machine.k_pass(n, m) * mc.act_bits // mc.act_bw_bits)
+    feed = -(-k_pass * mc.act_bits // mc.act_bw_bits)
     s = mc.bit_cycles
     drain = mc.tree_levels + 1 + mc.merge_levels + 1
     wave = fill + feed + s + (tokens - 1) * max(feed, s) + drain
@@ -119,7 +121,7 @@ def _gemm_bound(sig: Gemm, native: Pattern, key: MachineKey) -> GemmBound:
         acts["dram_read"] = tiles * mc.cells * (mc.weight_bits
                                                 + ((m.bit_length() - 1) if sparse else 0))
     vec_cycles = _vector_ops(machine, sig, n_tiles * mc.cols, acts)
-    cycles = _loop_cycles_lb(machine, n, m, tiles, t) + vec_cycles + 1  # + cfg.nm
+    cycles = _loop_cycles_lb(machine, n, m, k_pass, tiles, t) + vec_cycles + 1  # + cfg.nm
     k = sig.count
     return GemmBound(cycles * k, tuple((a, v * k) for a, v in sorted(acts.items()) if v))
 
@@ -147,12 +149,13 @@ def _vector_ops(machine: MachineConfig, sig: Gemm, padded_out: int,
 def plan_bounds(plan: Plan, machine: MachineConfig) -> dict[str, float]:
     """Lower bounds of cycles, latency_s, energy_pj and edp_pj_s of a plan on a machine."""
     key, fit = pricing_key(machine), event_key(machine)
-    per_count = {e.action: e.per_count_pj for e in machine.energy.entries}
+    per_count = dict.fromkeys(ACTIONS, 0.0)  # an action without a value: no bound term
+    per_count.update((e.action, e.per_count_pj) for e in machine.energy.entries)
     cycles, energy = 0, 0.0
     for (sig, asked), mult in zip(plan.sigs, plan.mult, strict=True):
         b = _gemm_bound(sig, _native(asked, fit), key)
         cycles += b.cycles * mult
-        energy += mult * sum(v * per_count.get(a, 0.0) for a, v in b.actions)
+        energy += mult * sum([v * per_count[a] for a, v in b.actions])
     if any(v < 0 for v in per_count.values()):
         energy = 0.0  # a negative entry would make a partial sum no bound
     latency = cycles / (machine.clock_mhz * 1e6)
