@@ -182,7 +182,7 @@ def test_perplexity_front_when_measured(rows: pd.DataFrame, tmp_path: Path) -> N
     df = rows.copy()
     # a measured-looking column: any finite values work, the plot needs only their presence
     df["perplexity"] = 10.0 + df["point"] % 7
-    a = write_report(df, meta_of(df, "ppl", AXES), tmp_path / "r.html", tmp_path / "plots")
+    a = write_report(df, meta_of(df, "ppl", ["target"]), tmp_path / "r.html", tmp_path / "plots")
     assert a.ppl_front is not None
     expect = brute_force_front(df[["latency_s", "perplexity"]].to_numpy(), [True, True])
     assert sorted(a.ppl_front["point"]) == sorted(df["point"][expect])
@@ -237,7 +237,7 @@ def test_report_api_reads_a_results_directory(rows: pd.DataFrame, tmp_path: Path
     from flowc.studies.sweep import report, run_sweep
 
     run_sweep(SPEC, tmp_path / "res", executor=SerialExecutor())
-    df = report(tmp_path / "res", tmp_path / "r.html", tmp_path / "plots")
+    df = report(tmp_path / "res", tmp_path / "r.html")
     cols = ["point", "key", "target", "nm", "macros", "cycles", "latency_s", "energy_pj"]
     pd.testing.assert_frame_equal(df[cols], rows[cols], check_dtype=False)
     assert list(df["on_front"]) == list(df["point"].isin(pareto_front(rows)["point"]))
@@ -245,6 +245,23 @@ def test_report_api_reads_a_results_directory(rows: pd.DataFrame, tmp_path: Path
     assert "<h1>report-test</h1>" in page
     assert all(f"<h3>{h}</h3>" in page for h in ("target", "nm", "macros [count]",
                                                   "macro.act_bw_bits [bit/cycle]"))
+
+
+def test_report_of_an_unfinished_sweep(tmp_path: Path) -> None:
+    """A sweep stopped early has fewer rows than its spec: the page says how many are missing."""
+    from flowc.executors import SerialExecutor
+    from flowc.studies.sweep import report, run_sweep
+
+    run_sweep(SPEC, tmp_path / "res", executor=SerialExecutor())
+    parts = sorted((tmp_path / "res" / "parts").glob("part-*.parquet"))
+    assert len(parts) > 1
+    parts[-1].unlink()  # what a kill before the last chunk was stored leaves
+    df = report(tmp_path / "res", tmp_path / "r.html")
+    missing = 36 - len(df)
+    assert 0 < missing < 36
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert f"{len(df)}: {len(df)} ok, 0 skipped, 0 error (of 36 in the spec: {missing} not " \
+           "evaluated yet" in page
 
 
 @pytest.mark.slow

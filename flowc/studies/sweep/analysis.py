@@ -54,6 +54,7 @@ class SweepMeta:
     objectives: list[str] = field(default_factory=lambda: list(OBJECTIVES))
     flowc_version: str = ""
     units: dict[str, str] = field(default_factory=dict)
+    planned: int | None = None  # points in the spec (sweep.json): more than stored = unfinished
 
     def unit(self, column: str) -> str:
         if column in self.units:
@@ -95,6 +96,7 @@ def read_meta(results_dir: str | Path, df: pd.DataFrame) -> SweepMeta:
     meta = meta_of(df, str(d.get("name") or Path(results_dir).name), d.get("axes"))
     meta.objectives = list(d.get("objectives") or OBJECTIVES)
     meta.flowc_version = str(d.get("flowc_version") or meta.flowc_version)
+    meta.planned = int(d["points"]) if isinstance(d.get("points"), int) else None
     if isinstance(d.get("units"), dict):
         meta.units = {**d["units"], **meta.units}
     return meta

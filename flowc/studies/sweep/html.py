@@ -113,12 +113,19 @@ def image(uri: str, alt: str) -> str:
     return f'<img src="{E(uri)}" alt="{E(alt)}">'
 
 
+def unfinished(stored: int, planned: int | None) -> str:
+    if planned is None or planned <= stored:
+        return ""
+    return (f" (of {planned} in the spec: {planned - stored} not evaluated yet; "
+            "`flowc sweep SPEC -o RESULTS --resume` continues)")
+
+
 def summary_section(a: Analysis) -> str:
     s, m = a.summary, a.meta
     counts = s["counts"]
     items = [("sweep", m.name), ("flowc version", m.flowc_version or "(not recorded)"),
              ("points", f"{s['total']}: {counts['ok']} ok, {counts['skipped']} skipped, "
-                        f"{counts['error']} error"),
+                        f"{counts['error']} error" + unfinished(s["total"], m.planned)),
              ("objectives", ", ".join(m.header(o) for o in a.objectives))]
     for axis in m.axes:
         values = a.axis_values.get(axis, [])
