@@ -66,11 +66,11 @@ E = html.escape
 
 
 def fmt(v: Any) -> str:
-    """A cell's text: floats to 6 significant digits, missing values empty."""
+    """A cell's text: fractional floats to 6 significant digits, missing values empty."""
     if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
         return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
+    if isinstance(v, float):  # whole numbers (cycles read back with nulls) exactly
+        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else f"{v:.6g}"
     return str(label(v))
 
 
