@@ -9,7 +9,9 @@ activation bandwidths = 54 points), writes its report, then asks Chromium (Debia
   - the plots rendered: coloured pixels (the page's own styling is grey; only the plots'
     markers and lines are saturated colours);
   - every axis of the sweep is named in the rendered DOM (the heading of its sensitivity
-    section), and every image is inline.
+    section), and every image is inline;
+  - the table of every point sorts: a header clicked once / twice (by a script appended to a
+    copy of the page) leaves the rows ascending / descending in the DOM.
 Exit 0 when all hold, 1 when one fails, 2 when chromium is missing (it says how to install).
 """
 
@@ -108,6 +110,60 @@ class Dom(html.parser.HTMLParser):
             self.headings[-1] += data
 
 
+class Cells(html.parser.HTMLParser):
+    """The header texts and the data-v of every cell of the page's last table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads: list[str] = []
+        self.rows: list[list[str]] = []
+        self._th = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            self.heads, self.rows = [], []
+        elif tag == "th":
+            self._th = True
+            self.heads.append("")
+        elif tag == "tr":
+            self.rows.append([])
+        elif tag == "td":
+            self.rows[-1].append(dict(attrs).get("data-v") or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "th":
+            self._th = False
+
+    def handle_data(self, data: str) -> None:
+        if self._th:
+            self.heads[-1] += data
+
+
+def check_sorting(page: Path, out: Path, column: str = "latency_s [s]") -> bool:
+    """Click the every-point table's `column` header once (ascending) and twice (descending)
+    in Chromium, by a script appended to a copy of the page, and read the rows' order back
+    from the DOM."""
+    good = []
+    for clicks, order in ((1, "ascending"), (2, "descending")):
+        copy = out / f"report-sorted-{clicks}.html"
+        click = ("<script>var t = document.querySelectorAll('table.sortable');"
+                 "var th = Array.prototype.filter.call(t[t.length - 1].tHead.rows[0].cells,"
+                 f"function (c) {{ return c.textContent === '{column}'; }})[0];"
+                 + "th.click();" * clicks + "</script>")
+        copy.write_text(page.read_text(encoding="utf-8").replace("</body>", click + "</body>"),
+                        encoding="utf-8")
+        dom = chromium("--dump-dom", copy.resolve().as_uri())
+        c = Cells()
+        c.feed(dom.stdout)
+        k = c.heads.index(column) if column in c.heads else -1
+        vals = [float(r[k]) for r in c.rows if r and k >= 0 and r[k] != ""]
+        want = sorted(vals, reverse=(order == "descending"))
+        good.append(bool(vals) and vals == want and len(vals) == len([r for r in c.rows if r]))
+        print(f"{'table sorts' if good[-1] else 'FAIL table sort'}: {clicks} click(s) on "
+              f"'{column}': {len(vals)} rows {order}" + ("" if good[-1] else " (not sorted)"))
+    return all(good)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="folder for the sweep, report and screenshot (default: a "
@@ -151,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'names every axis' if names_ok else 'FAIL axes or images'}: "
           f"{', '.join(AXES)}" + (f"; missing {missing}" if missing else "")
           + f"; {len(d.images)} inline images (expected {1 + len(AXES)})")
+    sort_ok = check_sorting(page, out)
+    ok &= sort_ok
     print("OK" if ok else "FAILED")
     return 0 if ok else 1
 
