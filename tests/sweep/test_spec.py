@@ -11,7 +11,8 @@ import pytest
 
 from flowc.errors import UsageError
 from flowc.machine import load_machine
-from flowc.studies.sweep.spec import canonical_nm, load_spec, nested_changes, points_of, spec_hash
+from flowc.studies.sweep.build import nested_changes
+from flowc.studies.sweep.spec import canonical_nm, load_spec, points_of, spec_hash
 
 
 def base(**over):
