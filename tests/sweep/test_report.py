@@ -190,6 +190,16 @@ def test_perplexity_front_when_measured(rows: pd.DataFrame, tmp_path: Path) -> N
     assert "perplexity" in set(a.best["objective"])
 
 
+def test_report_without_a_finished_point(rows: pd.DataFrame, tmp_path: Path) -> None:
+    """Every point failed (or none is stored yet): the page still says so, nothing crashes."""
+    df = rows.assign(status="error", reason="boom", latency_s=np.nan, energy_pj=np.nan)
+    for d, name in ((df, "all-error"), (rows.iloc[:0], "empty")):
+        a = write_report(d, meta_of(rows, name, ["target", "macros"]), tmp_path / f"{name}.html")
+        page = (tmp_path / f"{name}.html").read_text(encoding="utf-8")
+        assert a.front.empty and "No finished point." in page
+    assert "36 point(s)" in (tmp_path / "all-error.html").read_text(encoding="utf-8")
+
+
 def test_missing_output_folder_is_a_usage_error(rows: pd.DataFrame, tmp_path: Path) -> None:
     out = tmp_path / "absent" / "r.html"
     with pytest.raises(UsageError, match="does not exist"):

@@ -167,6 +167,8 @@ def best_section(a: Analysis) -> str:
     cols = ["objective", "value", "ties", "point"] + a.meta.axes
     heads = ["objective", "value", "points with this value", "point (the lowest)"] + [
         a.meta.header(c) for c in a.meta.axes]
+    if a.best.empty:
+        return "<h2>Best point per objective</h2>\n<p class='note'>No finished point.</p>"
     best = a.best.copy()
     best["value"] = [f"{v:.6g} {OUTPUT_UNITS.get(o, a.meta.unit(o))}".strip()
                      for o, v in zip(best["objective"], best["value"], strict=True)]

@@ -142,7 +142,8 @@ def axis_figure(df: pd.DataFrame, axis: str, sens: dict[str, pd.DataFrame], meta
             ax.minorticks_off()
         else:
             ax.set_xticks(list(pos.values()), [short(v) for v in pos], rotation=20, ha="right")
-            ax.set_xlim(-0.5, len(pos) - 0.5)
+            if pos:
+                ax.set_xlim(-0.5, len(pos) - 0.5)
         _log_if_wide(ax, "y", np.concatenate([s["min"].to_numpy(float),
                                               s["max"].to_numpy(float)]))
         ax.set_xlabel(meta.header(axis))
