@@ -23,6 +23,7 @@ from flowc.studies.sweep.store import ResultStore
 
 Say = Callable[[str], None]
 MAX_CHUNK = 500
+WORKER_MODULES = ("flowc.studies.sweep.point", "flowc.studies.analytic_fast")
 
 
 @dataclass
@@ -116,6 +117,8 @@ def _drive(run: _Run, ex: Executor, points: list[Point], todo: list[Point], say:
     run.summary.executor = ex.name
     if ex.workers is None and hasattr(ex, "connect"):  # Ray: its CPUs size the chunks
         ex.connect()
+    if isinstance(getattr(ex, "preload", None), list):  # a local pool's forkserver imports
+        ex.preload[:] = dict.fromkeys([*ex.preload, *WORKER_MODULES])  # these once, not each worker
     run.size = chunk_size(spec, len(todo), ex.workers)
     shared, failed = _shared(spec, points if spec.sweep.prune else todo, todo, say)
     if failed:  # a group that did not compile: its points are error rows, not a crash
