@@ -101,16 +101,17 @@ class Comparison:
         return self.runs[baseline].report.total_energy_pj / max(e, 1e-30)
 
     def plot(self, path: str | Path) -> Path:
-        """Grouped bars: cycles per layer (x) by target (colour), Agg backend, PNG."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        """Grouped bars: cycles per layer (x) by target (colour), PNG. A Figure with its own
+        Agg canvas: pyplot and the caller's global backend are never touched."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
         layers = [lc.name for lc in next(iter(self.runs.values())).report.layers
                   if lc.cycles > 0]
         width = 0.8 / len(self.runs)
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(layers) + 2), 4.0))
+        fig = Figure(figsize=(max(6.0, 0.6 * len(layers) + 2), 4.0))
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
         for i, (name, run) in enumerate(self.runs.items()):
             cyc = {lc.name: lc.cycles for lc in run.report.layers}
             xs = [j + (i - (len(self.runs) - 1) / 2) * width for j in range(len(layers))]
@@ -123,7 +124,6 @@ class Comparison:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp.png")
         fig.savefig(tmp, dpi=120)
-        plt.close(fig)
         tmp.replace(path)
         return path
 

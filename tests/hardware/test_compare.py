@@ -63,6 +63,28 @@ def test_cli_writes_json_and_plot(mlp_path, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_keeps_the_callers_matplotlib_backend(mlp_path, tmp_path):
+    import sys
+
+    import matplotlib
+
+    from flowc.frontend.load import load_model
+    from flowc.studies.compare import compare_captured
+    from flowc.studies.compiler import CompileOptions
+
+    before = matplotlib.get_backend()
+    had_pyplot = "matplotlib.pyplot" in sys.modules
+    matplotlib.use("svg")  # the caller's choice, which the plot must leave alone
+    try:
+        cmp = compare_captured(load_model(mlp_path), ["flexcim"], CompileOptions(nm=(2, 4)))
+        cmp.plot(tmp_path / "c.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    assert ("matplotlib.pyplot" in sys.modules) == had_pyplot
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_analytic_cli_json(tmp_path, capsys):
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers()
