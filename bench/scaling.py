@@ -15,7 +15,8 @@ intra-op threads (no spinning; the faster is the baseline).
 Medians are printed, the ratio flowrun-with-accounting / ORT per size, and per workload the
 growth exponent b of time ~ size^b fitted by least squares on log-log (flowrun and ORT).
 Peak RSS of the child is read after flowrun's warm-up runs (flowrun alone: image, plan and
-buffers) and at its end (with ORT's sessions). MLP sizes run 50 x `--repeat` rounds. The
+buffers) and at its end (with ORT's sessions); the load column is the 1-minute load average
+when the child started measuring and when it ended. MLP sizes run 50 x `--repeat` rounds. The
 machine is shared: read ratios, not absolute times.
 """
 
@@ -81,6 +82,7 @@ def measure(workload: str, size: int, repeat: int, compile_only: bool = False) -
     image, compile_s = compile_image(workload, size)
     if compile_only:
         return {"compile_s": compile_s}
+    load_start = os.getloadavg()[0]
     samples = list(image.samples)
     _, model = cost_model_for(image)
     t0 = time.perf_counter()
@@ -115,7 +117,8 @@ def measure(workload: str, size: int, repeat: int, compile_only: bool = False) -
             "ratio_accounted": med["flowrun accounted"] / ort_best,
             "ratio_functional": med["flowrun functional"] / ort_best,
             "prepare_s": prepare_s, "compile_s": compile_s,
-            "peak_rss_gb_flowrun": rss_flowrun, "peak_rss_gb": _peak_rss_gb()}
+            "peak_rss_gb_flowrun": rss_flowrun, "peak_rss_gb": _peak_rss_gb(),
+            "load": (load_start, os.getloadavg()[0])}
 
 
 def _rounds(runs: dict, times: dict, repeat: int) -> None:
@@ -144,14 +147,14 @@ def exponent(sizes: list[int], secs: list[float]) -> float:
 
 def table(rows: list[dict]) -> str:
     lines = ["| workload | size | flowrun accounted (ms) | flowrun functional (ms) | "
-             "ORT best (ms) | accounted / ORT | functional / ORT | peak RSS (GB) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "ORT best (ms) | accounted / ORT | functional / ORT | peak RSS (GB) | load |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["median_s"]
         lines.append(f"| {r['workload']} | {r['size']} | {m['flowrun accounted'] * 1e3:.1f} | "
                      f"{m['flowrun functional'] * 1e3:.1f} | {r['ort_s'] * 1e3:.1f} | "
                      f"{r['ratio_accounted']:.2f}x | {r['ratio_functional']:.2f}x | "
-                     f"{r['peak_rss_gb']:.2f} |")
+                     f"{r['peak_rss_gb']:.2f} | {r['load'][0]:.1f}-{r['load'][1]:.1f} |")
     return "\n".join(lines)
 
 

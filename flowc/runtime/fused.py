@@ -35,17 +35,23 @@ from flowc.runtime.gemm import EXACT_CHUNK
 
 QMAX = 127
 BLOCK_ELEMENTS = 1 << 22  # one attention block: 16 MB of float32 (L3-resident here: 32 MB)
-ROWWISE = ("v.scale", "v.softmax", "v.add", "v.mul")
+NORMAL, BIG = 2.0 ** -100, 2.0 ** 120  # max|x| in this range: the quantiser's clip is moot
 
 
 def quantise(x: torch.Tensor, dim: int,
              inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """vector.quantise_per_token along `dim`, bit for bit, values as float32 integers
-    (`inplace`: into x itself)."""
+    (`inplace`: into x itself). The clip to +-127 changes nothing when every max|x| is a
+    finite normal float (|x| / fl(max|x| / 127) <= 127 (1 + 2**-23) rounds to <= 127), so it
+    runs only when one is not (zero rows take scale 1: their values are 0)."""
     amax = torch.maximum(x.amax(dim), x.amin(dim).neg_())
     scale = torch.where(amax > 0, amax / QMAX, 1.0)
     q = x.div_(scale.unsqueeze(dim)) if inplace else x / scale.unsqueeze(dim)
-    return q.round_().clamp_(-QMAX, QMAX), scale
+    q.round_()
+    nonzero = amax[amax > 0]
+    if nonzero.numel() and not (nonzero.min() >= NORMAL and nonzero.max() <= BIG):
+        q.clamp_(-QMAX, QMAX)
+    return q, scale
 
 
 def exact_product(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None,

@@ -16,7 +16,7 @@ def bits(x: np.ndarray) -> np.ndarray:
 
 
 def test_quantise_equals_the_handlers():
-    """Rows over 80 binades, an all-zero row, -0.0 entries; along the last and the
+    """Rows over 80 binades, an all-zero row, -0.0 entries, subnormals; along the last and the
     second-to-last axis (v.quant and mm.act's b)."""
     rng = np.random.default_rng(3)
     x = (rng.standard_normal((5, 40, 96)) * np.exp(rng.uniform(-40, 40, (5, 40, 1))))
@@ -24,6 +24,11 @@ def test_quantise_equals_the_handlers():
     x[0, 3] = 0.0
     x[1, 2, :7] = -0.0
     q, s = vector.quantise_per_token(x)
+    sub = x.copy()  # subnormal rows: max|x| / 127 loses bits, the clip matters
+    sub[0, 5] = rng.choice([-1, 1], 96) * rng.integers(1, 10, 96) * np.float32(1e-45)
+    sub[0, 6] = rng.uniform(-1, 1, 96).astype(np.float32) * np.float32(1e-40)
+    assert np.array_equal(fused.quantise(torch.from_numpy(sub), -1)[0].numpy(),
+                          vector.quantise_per_token(sub)[0].astype(np.float32))
     tq, ts = fused.quantise(torch.from_numpy(x), -1)
     assert np.array_equal(bits(ts.numpy()), bits(s))
     assert np.array_equal(tq.numpy(), q.astype(np.float32))
