@@ -104,3 +104,13 @@ def test_fused_plan_outputs_equal_the_reference_bits(compiled, name):
     it.keep_buffers = True
     it.run(list(image.samples))
     assert it.plan().fused == 0
+
+
+@pytest.mark.parametrize("small", [0, 1 << 40])  # every GEMM through torch / through numpy
+def test_both_gemm_paths_equal_the_reference_bits(compiled, monkeypatch, small):
+    monkeypatch.setattr(fused, "SMALL_GEMM", small)
+    monkeypatch.setattr(fused, "SMALL", 0 if small == 0 else 1 << 40)  # v.quant likewise
+    image = compiled("block", (2, 4))
+    out = Interpreter(image).run(list(image.samples))
+    ref = Interpreter(image, mode="reference").run(list(image.samples))
+    assert all(np.array_equal(bits(a), bits(b)) for a, b in zip(out, ref, strict=True))
