@@ -2,8 +2,10 @@
 
     python bench/run_vs_ort.py [--model mlp|block] [--nm 2:4] [--repeat 50]
 
-Prints the median wall time of: the simulator with cycle/energy accounting, the simulator
-without it (functional only), and ORT running the embedded reference model with 1 and with 2
+Prints the median wall time of: the simulator with cycle/energy accounting (a live
+CostListener on the replayed events, costs memoised across runs), the simulator without it
+(functional only), `simulate()` as flowrun calls it (events recorded once, costs priced once
+per plan and machine, then reused), and ORT running the embedded reference model with 1 and with 2
 intra-op threads (the faster is the baseline); then the ratios. Runs alternate so machine
 noise hits all of them alike. ORT's thread spinning is off: it would starve numpy's threads.
 Not a timed test: read the ratio.
@@ -25,7 +27,7 @@ from flowc.frontend.load import capture
 from flowc.runtime.check import ort_session, run_reference
 from flowc.runtime.interpreter import Interpreter
 from flowc.runtime.report import CostListener
-from flowc.runtime.session import MemoCostModel, cost_model_for
+from flowc.runtime.session import MemoCostModel, cost_model_for, simulate
 from flowc.studies.compiler import CompileOptions, compile_captured, parse_nm
 from flowc.studies.examples import build
 
@@ -56,6 +58,11 @@ def main() -> None:
         accounted.run(samples)
         listener.finish()
 
+    priced = Interpreter(image)
+
+    def sim_priced_once():  # what flowrun's simulate() does: costs priced once per plan
+        simulate(image, samples, interpreter=priced)
+
     def sim_functional():
         plain.run(samples)
 
@@ -66,6 +73,7 @@ def main() -> None:
         run_reference(onnx_bytes, samples, session=sess2)
 
     runs = {"flowrun (with accounting)": sim_accounted, "flowrun (functional)": sim_functional,
+            "flowrun (priced once)": sim_priced_once,
             "onnxruntime 1 thread": ort1, "onnxruntime 2 threads": ort2}
     for fn in runs.values():  # warm-up: dense-weight cache, ORT arenas
         fn()
@@ -77,7 +85,8 @@ def main() -> None:
             times[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"model {args.model} at {args.nm}, inputs {[tuple(s.shape) for s in samples]}, "
-          f"{args.repeat} alternating runs, median wall time:")
+          f"{args.repeat} alternating runs, median wall time (load average "
+          f"{os.getloadavg()[0]:.2f} at the end):")
     for k, v in med.items():
         print(f"  {k:28s} {v * 1e3:9.3f} ms")
     ort_t = min(med["onnxruntime 1 thread"], med["onnxruntime 2 threads"])  # ORT at its best
@@ -85,6 +94,9 @@ def main() -> None:
     print(f"ratio flowrun/ORT (functional):      {med['flowrun (functional)'] / ort_t:.2f}x")
     over = med["flowrun (with accounting)"] / med["flowrun (functional)"] - 1
     print(f"accounting overhead: {100 * over:+.1f} %")
+    once = med["flowrun (priced once)"]
+    print(f"priced once (simulate(), the plan's priced costs reused): {once / ort_t:.2f}x ORT, "
+          f"{100 * (once / med['flowrun (functional)'] - 1):+.1f} % over functional")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from flowc.runtime.gemm import EXACT_CHUNK
 
 QMAX = 127
 BLOCK_ELEMENTS = 1 << 22  # one attention block: 16 MB of float32 (L3-resident here: 32 MB)
-SMALL_GEMM = 1 << 23  # rows x K x N at most this: numpy's BLAS (see _small_product)
+SMALL_GEMM = 1 << 23  # rows x K x N at most this: one thread (see _small_product)
 SMALL = 1 << 15  # v.quant below this many elements: numpy (~20 us) beats torch's call costs
 NORMAL, BIG = 2.0 ** -100, 2.0 ** 120  # max|x| in this range: the quantiser's clip is moot
 
@@ -190,7 +190,7 @@ def _linear_step(it, step, clr, deq, wscale: np.ndarray, pending: dict, d: int) 
                              f"accumulator, @{w} has {n_pad}")
     wcol = torch.from_numpy(np.ascontiguousarray(wscale[:cols]))
     wt_cols = wt[:, :cols]
-    wt_np, wcol_np = wt_cols.numpy(), wcol.numpy()
+    wcol_np = wcol.numpy()
     P, R = it.geometry["subarrays"], it.geometry["rows"]
     sizes = {"keep_n": keep_n, "group_m": group_m, "k_pass": P * R * group_m // keep_n}
 
@@ -206,7 +206,7 @@ def _linear_step(it, step, clr, deq, wscale: np.ndarray, pending: dict, d: int) 
         if a.dtype != np.float32:
             raise ExecutionError(f"v.deq {deq.dst}: scale {deq.ascale} is {a.dtype}, not float32")
         if k <= EXACT_CHUNK and x.size * cols <= SMALL_GEMM:
-            y = _small_product(x.reshape(-1, k), wt_np[:k], a, wcol_np)
+            y = _small_product(x.reshape(-1, k), wt_cols[:k], a, wcol_np)
         else:
             xt = torch.from_numpy(np.ascontiguousarray(x)).reshape(-1, k)
             y = exact_product(xt.to(torch.float32), wt_cols[:k])
@@ -221,11 +221,17 @@ def _linear_step(it, step, clr, deq, wscale: np.ndarray, pending: dict, d: int) 
     return run
 
 
-def _small_product(x: np.ndarray, wt: np.ndarray, a: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """A small exact product (one K chunk) through numpy's BLAS, dequantised in place: torch's
-    2-thread GEMM wakes sleeping OpenMP workers per call (measured 8x784x512: 305 us against
-    numpy's 88 us; large GEMMs: about equal)."""
-    y = np.matmul(x.astype(np.float32, copy=False), wt)
+def _small_product(x: np.ndarray, wt: torch.Tensor, a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """A small exact product (one K chunk) on one torch thread, dequantised in place: a
+    2-thread GEMM wakes a sleeping OpenMP worker per call (8x784x512: 305 us on 2 threads,
+    130-160 us on one; numpy's BLAS is faster still but its spinning threads stalled every
+    other pool: 39 ms a run of the MLP)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        y = torch.matmul(torch.from_numpy(np.ascontiguousarray(x, np.float32)), wt).numpy()
+    finally:
+        torch.set_num_threads(threads)
     np.add(y, np.float32(0.0), out=y)  # zero sums as +0.0, as the integer sum gives
     y *= a.reshape(-1, 1)
     y *= w
