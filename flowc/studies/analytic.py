@@ -38,7 +38,7 @@ from flowc.errors import UsageError
 from flowc.machine import MachineConfig
 from flowc.runtime.cost import CostModel
 from flowc.runtime.events import ExecEvent, LoopEvent
-from flowc.runtime.report import CostListener, LayerCost
+from flowc.runtime.report import CostListener, LayerCost, pattern_label
 from flowc.studies.analytic_models import Gemm, Shapes, attention_gemms, linear_gemms, shapes_of
 
 Pattern = tuple[int, int]
@@ -328,11 +328,10 @@ def analyse(config: Any, machine: MachineConfig, assignment: Assignment | None =
         asked = None if g.kind == "attention" else assignment.pattern_for(g.name)
         asked = asked or machine.dense_pattern
         native = machine.fit_pattern(*asked)
-        if native == machine.dense_pattern and asked != native:  # no sparse pattern fits
+        if native[0] == native[1] and asked[0] != asked[1]:  # no sparse pattern fits
             as_dense.add(f"{asked[0]}:{asked[1]}")
-        patterns[g.name] = f"{asked[0]}:{asked[1]}" + (
-            "" if native == asked else "->dense" if native == machine.dense_pattern
-            else f"->{native[0]}:{native[1]}")
+        # named as a functional run's report names them (flowc.runtime.report.pattern_text)
+        patterns[g.name] = "attn" if g.kind == "attention" else pattern_label(asked, native)
     notes = {"included": INCLUDED + ("; " + ATTENTION_NOTE if attention else ""),
              "excluded": EXCLUDED + ("" if attention else "; attention matmuls"),
              "lm_head": "all tokens" if all_logits else "last token only (generation)"}
