@@ -71,6 +71,7 @@ def _reference_chain(q, kt, v, mask, s):
 @pytest.mark.parametrize("block", [1 << 22, 3 * 40 * 40, 40 * 17])  # all heads, 3, rows
 def test_blocked_attention_equals_the_handlers(monkeypatch, block):
     monkeypatch.setattr(fused, "BLOCK_ELEMENTS", block)
+    monkeypatch.setattr(fused, "SMALL_ATTENTION", 0)
     rng = np.random.default_rng(7)
     t, h, d = 40, 5, 16
     q = rng.standard_normal((1, h, t, d), dtype=np.float32)
@@ -106,10 +107,11 @@ def test_fused_plan_outputs_equal_the_reference_bits(compiled, name):
     assert it.plan().fused == 0
 
 
-@pytest.mark.parametrize("small", [0, 1 << 40])  # every GEMM through torch / through numpy
+@pytest.mark.parametrize("small", [0, 1 << 40])  # all through torch / all small paths
 def test_both_gemm_paths_equal_the_reference_bits(compiled, monkeypatch, small):
     monkeypatch.setattr(fused, "SMALL_GEMM", small)
     monkeypatch.setattr(fused, "SMALL", 0 if small == 0 else 1 << 40)  # v.quant likewise
+    monkeypatch.setattr(fused, "SMALL_ATTENTION", small)  # attention: blocked / handlers
     image = compiled("block", (2, 4))
     out = Interpreter(image).run(list(image.samples))
     ref = Interpreter(image, mode="reference").run(list(image.samples))
