@@ -3,10 +3,13 @@
 Exit codes (documented in docs/cli.md):
   0 success, 1 numerical check failed, 2 usage / bad input (model, shape, option),
   3 compile error (unsupported op, pruning/verification), 4 bad or corrupt .fcim / assembly,
-  5 runtime error while executing a program, 70 internal error (a bug: rerun with --debug).
+  5 runtime error while executing a program, 6 a sweep stored every row but some points are
+  error rows (POINT_ERRORS), 70 internal error (a bug: rerun with --debug).
 """
 
 from __future__ import annotations
+
+POINT_ERRORS = 6  # `flowc sweep`: finished (rows stored, summary printed), some points failed
 
 
 class FlowcError(Exception):

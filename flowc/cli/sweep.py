@@ -97,4 +97,4 @@ def run(args: argparse.Namespace) -> int:
         summary = run_sweep(args.spec, args.out, executor=ex, resume=args.resume,
                             progress=bar, say=say)
     print(summary.render())
-    return 0
+    return summary.exit_code  # 6 with error rows, 1 with failed checks (docs/cli.md)

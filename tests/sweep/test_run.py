@@ -187,3 +187,25 @@ def test_two_drivers_cannot_write_one_directory(tmp_path):
         ResultStore(tmp_path / "out", first.types)
     first.close()
     ResultStore(tmp_path / "out", first.types).close()  # free again once closed
+
+
+def test_the_cli_exits_6_after_storing_every_row_when_some_points_are_errors(tmp_path, capsys):
+    """Error rows do not stop the sweep, but the exit code says so (docs/cli.md: 6), after
+    the rows are stored and the summary printed; a resume of that sweep still reports them."""
+    from flowc.errors import POINT_ERRORS
+
+    spec = tmp_path / "s.toml"
+    spec.write_text('[fixed]\nmodel = "bert-large"\ntokens = 16\n'
+                    '[axes]\nphase = ["prefill", "decode"]\nmacros = [4, 8]\n')
+    out = tmp_path / "out"
+    assert POINT_ERRORS == 6
+    assert flowc_main(["sweep", str(spec), "-o", str(out), "-j", "1", "-q"]) == POINT_ERRORS
+    printed = capsys.readouterr().out
+    assert "evaluated 4 (2 ok, 2 errors)" in printed and "decode does not apply" in printed
+    df = load_results(out)
+    assert sorted(df["status"]) == ["error", "error", "ok", "ok"]
+    assert flowc_main(["sweep", str(spec), "-o", str(out), "-j", "1", "-q", "--resume"]) == 6
+    assert "already stored (resume): 4 (2 errors)" in capsys.readouterr().out
+    ok = tmp_path / "ok.toml"
+    ok.write_text('[fixed]\nmodel = "bert-large"\ntokens = 16\n[axes]\nmacros = [4, 8]\n')
+    assert flowc_main(["sweep", str(ok), "-o", str(tmp_path / "ok"), "-j", "1", "-q"]) == 0

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flowc.errors import FlowcError, UsageError
+from flowc.errors import POINT_ERRORS, CheckFailed, FlowcError, UsageError
 from flowc.executors import Executor, Progress, make_executor
 from flowc.studies.sweep.point import Shared, base_row, compile_images, evaluate_chunk
 from flowc.studies.sweep.point import load_assignments as read_assignments
@@ -41,6 +41,8 @@ class SweepSummary:
     errors: int = 0
     skipped: int = 0
     stored_before: int = 0
+    errors_before: int = 0  # error rows among those stored before (resume)
+    failed_checks: int = 0  # run mode: ok rows whose ONNX Runtime check FAILED (all stored)
     wall_s: float = 0.0
     setup_s: float = 0.0
     chunks: int = 0
@@ -53,18 +55,30 @@ class SweepSummary:
     def rate(self) -> float:
         return self.evaluated / self.wall_s if self.wall_s > 0 else 0.0
 
+    @property
+    def exit_code(self) -> int:
+        """What `flowc sweep` exits with once every row is stored and the summary printed:
+        POINT_ERRORS (6) if the results hold error rows (this run's or stored before), else
+        CheckFailed's 1 if a run-mode point's check against ONNX Runtime failed, else 0."""
+        if self.errors or self.errors_before:
+            return POINT_ERRORS
+        return CheckFailed.exit_code if self.failed_checks else 0
+
     def render(self) -> str:
         lines = [f"sweep {self.name}: {self.points} points -> {self.out}",
                  f"  evaluated {self.evaluated} ({self.ok} ok, {self.errors} errors) in "
                  f"{self.wall_s:.2f} s (setup {self.setup_s:.2f} s), {self.rate:.1f} points/s "
                  f"({self.executor}, "
                  f"{self.chunks} chunks of <= {self.chunk_size})",
-                 f"  already stored (resume): {self.stored_before}",
+                 f"  already stored (resume): {self.stored_before}"
+                 + (f" ({self.errors_before} errors)" if self.errors_before else ""),
                  f"  skipped (pruned): {self.skipped}"]
         lines += [f"    {n} x {reason}" for reason, n in sorted(self.skip_reasons.items())]
         if self.errors:
             lines.append("  errors (first ones; every one is a row with status 'error'):")
             lines += [f"    {e}" for e in self.error_samples]
+        if self.failed_checks:
+            lines.append(f"  check against ONNX Runtime FAILED: {self.failed_checks} points")
         return "\n".join(lines)
 
 
@@ -92,11 +106,15 @@ def run_sweep(spec: str | Path | Mapping[str, Any] | SweepSpec, out: str | Path,
     points = points_of(spec)
     store = ResultStore.open(out, spec, points, spec_hash(spec, points), resume)
     try:
-        done = store.done_keys() if resume else set()
+        done = store.stored() if resume else {}
         todo = [p for p in points if p.key not in done]
-        run = _Run(spec, store, SweepSummary(spec.sweep.name, str(out), len(points),
-                                             stored_before=len(points) - len(todo)),
-                   progress, len(todo))
+        summary = SweepSummary(spec.sweep.name, str(out), len(points),
+                               stored_before=len(points) - len(todo))
+        keys = {p.key for p in points}
+        before = [v for k, v in done.items() if k in keys]
+        summary.errors_before = sum(status == "error" for status, _ in before)
+        summary.failed_checks = sum(check == "FAILED" for _, check in before)
+        run = _Run(spec, store, summary, progress, len(todo))
         own = executor is None
         ex = make_executor() if own else executor
         try:
@@ -158,6 +176,7 @@ class _Run:
             s.evaluated += 1
             if r["status"] == "ok":
                 s.ok += 1
+                s.failed_checks += r.get("check") == "FAILED"
             else:
                 s.errors += 1
                 if len(s.error_samples) < 5:

@@ -115,13 +115,19 @@ class ResultStore:
         return cls(out, types)
 
     def done_keys(self) -> set[str]:
-        """Keys of the rows already stored (each part read for its `key` column only)."""
+        """Keys of the rows already stored."""
+        return set(self.stored())
+
+    def stored(self) -> dict[str, tuple[str, str | None]]:
+        """{key: (status, check)} of the rows already stored (each part read for those three
+        columns only): what resume skips, and what the exit code counts besides this run."""
         import pyarrow.parquet as pq
 
-        keys: set[str] = set()
+        out: dict[str, tuple[str, str | None]] = {}
         for part in sorted(self.parts.glob(PART_GLOB)):
-            keys.update(pq.read_table(part, columns=["key"]).column("key").to_pylist())
-        return keys
+            t = pq.read_table(part, columns=["key", "status", "check"]).to_pydict()
+            out.update(zip(t["key"], zip(t["status"], t["check"], strict=True), strict=True))
+        return out
 
     def write(self, rows: Sequence[dict[str, Any]]) -> Path:
         """One part holding `rows`, whole or absent (temp file, fsync, rename)."""
