@@ -148,7 +148,8 @@ def load_hf(spec: str, seq_len: int | None = None, prompt: str | None = None,
     name = check_hf_source(spec)
     say = progress or (lambda msg: None)
     if name.startswith("tiny-"):
-        return _load_tiny(spec, name[5:], seq_len, prompt, calib_batches, say, seed)
+        return _load_tiny(spec, name[5:], seq_len, prompt, calib_batches, say, seed,
+                          eval_windows)
     if name == SMOLLM2:
         say("loading SmolLM2-135M (GGUF weights: ~30-60 s the first time, then from the "
             "weights cache) ...")
@@ -167,8 +168,13 @@ def load_hf(spec: str, seq_len: int | None = None, prompt: str | None = None,
     return _capture_encoder(spec, model, tok, seq_len, prompt, calib_batches, say, seed)
 
 
-def _load_tiny(spec, arch, seq_len, prompt, calib_batches, say, seed) -> Captured:
+def _load_tiny(spec, arch, seq_len, prompt, calib_batches, say, seed, eval_windows=0
+               ) -> Captured:
+    """A random-weight model; a decoder's held-out windows (`eval_windows` > 0) are the
+    held-out text as UTF-8 bytes (its vocab is 256, like `flowc eval` on it): a perplexity
+    that says nothing about language, but measures what pruning did to the model."""
     from flowc.frontend import hf
+    from flowc.frontend.text import ByteTokenizer
 
     if prompt:
         raise UsageError(f"--prompt needs a tokenizer; {spec} has random weights and none")
@@ -185,6 +191,9 @@ def _load_tiny(spec, arch, seq_len, prompt, calib_batches, say, seed) -> Capture
     say(f"capturing {type(model).__name__} with torch.export ({ids.shape[1]} tokens) ...")
     ep = hf.export_program(model, ids)
     encoder = arch in hf.ENCODER_ARCHS
+    if eval_windows > 0 and not encoder and vocab == ByteTokenizer.vocab_size:
+        info["eval_windows"], info["eval_text"] = heldout_windows(
+            ByteTokenizer(), ids.shape[1], eval_windows, say)
     return _finish(ep, (ids,), str(spec), info=info,
                    output_names=("last_hidden_state",) if encoder else ("logits",))
 

@@ -167,8 +167,9 @@ def pipeline_of(nm: str) -> tuple[tuple[int, int] | None, str | None]:
     return (n, m), None
 
 
-def load_run_model(model: str) -> Captured:
-    """A built-in example (mlp, block), an hf: source or a model file, captured."""
+def load_run_model(model: str, eval_windows: int = 0) -> Captured:
+    """A built-in example (mlp, block), an hf: source or a model file, captured; an hf:
+    language model with `eval_windows` held-out windows (as `flowc compile --eval-windows`)."""
     from flowc.frontend.load import is_hf_source, load_hf, load_model
     from flowc.frontend.objects import load_module
     from flowc.studies.examples import EXAMPLES, build
@@ -179,7 +180,7 @@ def load_run_model(model: str) -> Captured:
         cap.source = f"example:{model}"
         return cap
     if is_hf_source(model):
-        return load_hf(model)
+        return load_hf(model, eval_windows=eval_windows)
     return load_model(model)
 
 
@@ -201,17 +202,19 @@ def lowering_key(machine: MachineConfig) -> str:
     return json.dumps(values, separators=(",", ":"))
 
 
-def compile_images(model: str, nm: str, machines: Sequence[MachineConfig]
-                   ) -> dict[str, Image]:
+def compile_images(model: str, nm: str, machines: Sequence[MachineConfig],
+                   eval_windows: int = 0) -> dict[str, Image]:
     """Prune and quantise `model` once (the passes see the first machine), export the
     reference ONNX model once, and lower the result for each distinct geometry of `machines`:
-    {lowering_key: image}. Done in the driver; the images are shipped to the workers."""
+    {lowering_key: image}. Done in the driver; the images are shipped to the workers. An hf:
+    language model's compile also measures the dense and pruned fp32 perplexity on
+    `eval_windows` held-out windows (compile_info["quality"], as `flowc compile` reports)."""
     from flowc.backend.lower import lower
     from flowc.backend.reference import externalise
     from flowc.studies.compiler import CompileOptions, compile_captured, export_reference
 
     uniform_nm, pipeline = pipeline_of(nm)
-    cap = load_run_model(model)
+    cap = load_run_model(model, eval_windows)
     opts = CompileOptions(nm=uniform_nm, pipeline=pipeline, machine=machines[0],
                           reference=False, keep_fp32=True)
     first = compile_captured(cap, opts, progress=None)
@@ -241,7 +244,10 @@ def _run(shared: Shared, point: Point) -> dict[str, Any]:
     kinds = {lc.name: (report.infos[lc.name].kind if lc.name in report.infos else lc.kind)
              for lc in report.layers}
     check = None if report.check is None else ("PASSED" if report.check.passed else "FAILED")
-    return {"cycles": int(report.total_cycles), "latency_s": seconds, "energy_pj": energy,
+    # the pruned model's accuracy, measured once at compile time: the same for every machine
+    quality = (image.compile_info or {}).get("quality") or {}
+    return {"perplexity": quality.get("pruned_ppl"), "cycles": int(report.total_cycles),
+            "latency_s": seconds, "energy_pj": energy,
             "edp_pj_s": energy * seconds,
             "gemm_cycles": int(sum(lc.cycles for lc in report.layers if kinds[lc.name] == "gemm")),
             "attention_cycles": int(sum(lc.cycles for lc in report.layers

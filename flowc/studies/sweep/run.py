@@ -230,7 +230,8 @@ def _shared(spec: SweepSpec, every: Sequence[Point], todo: Sequence[Point], say:
     for (model, nm), pts in groups.items():
         say(f"compiling {model} ({nm}) once for {len(pts)} points ...")
         try:
-            images = compile_images(model, nm, [p.machine for p in pts])
+            images = compile_images(model, nm, [p.machine for p in pts],
+                                    spec.sweep.eval_windows)
         except FlowcError as exc:
             line = f"compiling {model} ({nm}): {str(exc).splitlines()[0] if str(exc) else exc!r}"
             failed.update(dict.fromkeys((p.index for p in pts), line))

@@ -33,6 +33,7 @@ INPUTS = ("target", "model", "nm", "phase", "tokens", "kv_len")
 ANALYTIC_ONLY = ("phase", "tokens", "kv_len")
 DEFAULTS: dict[str, Any] = {"target": "flexcim", "nm": "dense"}
 ANALYTIC_DEFAULTS: dict[str, Any] = {"phase": "prefill", "tokens": 2048}
+EVAL_WINDOWS = 4  # run mode default: enough for a perplexity, cheap beside the compile
 OBJECTIVES = ("latency_s", "energy_pj", "edp_pj_s", "cycles", "perplexity")
 PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 
@@ -51,6 +52,8 @@ class SweepSection(BaseModel):
     chunk: int | None = Field(None, gt=0)  # points per task (default: chosen from the size)
     objectives: list[Literal[OBJECTIVES]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["latency_s", "energy_pj"], min_length=1)
+    # run mode, hf: language models: held-out windows the compile measures perplexity on
+    eval_windows: int = Field(EVAL_WINDOWS, ge=0)
 
 
 class _SpecFile(BaseModel):
@@ -167,6 +170,9 @@ def _check_structure(spec: SweepSpec) -> None:
         raise spec.error("sweep.samples", "required when sample = \"random\"")
     if s.sample == "grid" and s.samples is not None:
         raise spec.error("sweep.samples", "only for sample = \"random\" (grid takes every point)")
+    if s.mode == "analytic" and "eval_windows" in s.model_fields_set:
+        raise spec.error("sweep.eval_windows", "run mode only (an analytic point has no "
+                         "weights to measure a perplexity on)")
     for key, values in spec.axes.items():
         if key in spec.fixed:
             raise spec.error(_path(("axes", key)), "also in [fixed]: give it in one place")
@@ -305,7 +311,9 @@ def spec_hash(spec: SweepSpec, points: list[Point]) -> str:
     """What resume compares: the evaluation settings and every point's key, in order (not
     the TOML text, so comments and key order do not matter; not `chunk`, which does not
     change any result)."""
-    settings = spec.sweep.model_dump(exclude={"chunk"})
+    # eval_windows only changes run-mode rows (left out in analytic mode, as before it existed)
+    settings = spec.sweep.model_dump(exclude={"chunk"} | (
+        {"eval_windows"} if spec.sweep.mode == "analytic" else set()))
     return hashlib.sha256(_canonical({"sweep": settings, "points": [p.key for p in points]})
                           .encode()).hexdigest()
 
