@@ -13,15 +13,17 @@ lengths (prefill), analytic mode. In one run, side by side:
     such a loop runs. The in-process API loop: `flowc.analytic(model, machine, ...)` on
     `--api-points` points spread over the grid (machine objects, nothing written), mean
     extrapolated likewise. Both extrapolations are labelled as such.
-(b) `flowc sweep SPEC -o OUT -j JOBS` (local process pool), a CLI process timed end to end
-    (start, import, building and validating 10,000 machines, evaluation, Parquet parts).
+(b) `flowc sweep SPEC -o OUT --executor serial` (in-process, one core) and `-j JOBS` (local
+    process pool), CLI processes timed end to end (start, import, building and validating
+    10,000 machines, evaluation, Parquet parts): the pool's speed-up over serial.
 (c) the same with `--executor ray` (a new local Ray cluster of JOBS CPUs, started by the CLI,
-    so its start-up is in the time); (b) and (c) alternate `--repeat` times and the best time
-    of each counts (other jobs only ever add time). Then both executors again in this
-    process through `run_sweep` with the executor made beforehand: the driver's own `wall_s`
-    (points to stored rows), the Ray/pool ratio with and without Ray's start-up. Ray's cluster is
-    started before the clock (`connect`); the pool starts its processes lazily, so its
-    start-up stays inside its time (which favours Ray slightly in the "sweep only" ratio).
+    so its start-up is in the time; the driver builds the points while Ray starts); the
+    executors alternate `--repeat` times and the best time of each counts (other jobs only
+    ever add time). Then every executor again in this process through `run_sweep` with the
+    executor made beforehand: the driver's own `wall_s` (points to stored rows), the Ray/pool
+    ratio with and without Ray's start-up. Ray's cluster is started before the clock
+    (`connect`); the pool starts its processes lazily, so its start-up stays inside its time
+    (which favours Ray slightly in the "sweep only" ratio).
 
 The tables of (b) and (c) are checked equal (all but the timing columns) and complete. Goals
 (issue 11): 10,000 points in < 60 s on the local pool; Ray within 1.3x of the pool. Other
@@ -114,8 +116,8 @@ def single_point_loop(tmp: Path, points: list, cli_calls: int, api_points: int) 
 
 def cli_sweep(spec: Path, out: Path, jobs: int, executor: str) -> float:
     shutil.rmtree(out, ignore_errors=True)
-    return time_cli(["sweep", str(spec), "-o", str(out), "-j", str(jobs), "--executor",
-                     executor, "-q"])
+    size = [] if executor == "serial" else ["-j", str(jobs)]
+    return time_cli(["sweep", str(spec), "-o", str(out), *size, "--executor", executor, "-q"])
 
 
 def check_tables(outs: dict[str, Path], n: int) -> None:
@@ -137,17 +139,19 @@ def check_tables(outs: dict[str, Path], n: int) -> None:
 
 def in_process(spec: Path, tmp: Path, jobs: int, ray: bool) -> dict[str, tuple[float, float]]:
     """{executor: (start-up s, run_sweep wall_s)} with the executor started beforehand."""
-    from flowc.executors import LocalPoolExecutor
+    from flowc.executors import LocalPoolExecutor, SerialExecutor
     from flowc.studies.sweep import run_sweep
 
     out: dict[str, tuple[float, float]] = {}
-    for name in ("local", "ray") if ray else ("local",):
+    for name in ("serial", "local", "ray") if ray else ("serial", "local"):
         t0 = time.perf_counter()
         if name == "ray":
             from flowc.executors.cluster import RayExecutor
 
             ex = RayExecutor(num_cpus=jobs)
             ex.connect()
+        elif name == "serial":
+            ex = SerialExecutor()
         else:
             ex = LocalPoolExecutor(jobs)
         start = time.perf_counter() - t0
@@ -158,7 +162,8 @@ def in_process(spec: Path, tmp: Path, jobs: int, ray: bool) -> dict[str, tuple[f
         finally:
             ex.close()
         out[name] = (start, summary.wall_s)
-        print(f"    run_sweep on {name} -j {jobs}: executor start {start:.2f} s, sweep "
+        size = "" if name == "serial" else f" -j {jobs}"
+        print(f"    run_sweep on {name}{size}: executor start {start:.2f} s, sweep "
               f"{summary.wall_s:.2f} s, {summary.rate:,.0f} points/s [{load()}]")
     return out
 
@@ -186,9 +191,10 @@ def main() -> int:
           f"{time.perf_counter() - t0:.2f} s; {os.cpu_count()} CPUs; {load()}")
     single_point_loop(tmp, points, args.cli_calls, args.api_points)
 
-    print(f"(b, c) flowc sweep, CLI processes timed end to end, -j {args.jobs}, executors "
-          f"alternated {args.repeat} times (best of them: the least disturbed by other jobs)")
-    executors = ("local",) + (() if args.no_ray else ("ray",))
+    print(f"(b, c) flowc sweep, CLI processes timed end to end, serial and -j {args.jobs}, "
+          f"executors alternated {args.repeat} times (best of them: the least disturbed by "
+          "other jobs)")
+    executors = ("serial", "local") + (() if args.no_ray else ("ray",))
     outs = {ex: tmp / f"cli-{ex}" for ex in executors}
     runs: dict[str, list[float]] = {ex: [] for ex in executors}
     for _ in range(args.repeat):
@@ -203,6 +209,10 @@ def main() -> int:
     check_tables(outs, n)
     print("(c) the same sweep in this process, each executor started before the clock")
     api = in_process(spec, tmp, args.jobs, not args.no_ray)
+    print(f"Local pool -j {args.jobs} speed-up over serial (in-process: one core, no "
+          "processes to start):")
+    print(f"    end to end (CLI): {walls['serial'] / walls['local']:.2f}x; sweep only "
+          f"(run_sweep wall_s): {api['serial'][1] / api['local'][1]:.2f}x [{load()}]")
     if not args.no_ray:
         cli_ratio = walls["ray"] / walls["local"]
         (rs, rw), (ls, lw) = api["ray"], api["local"]

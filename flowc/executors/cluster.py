@@ -56,6 +56,17 @@ def _ray_item(fn: Callable[[Any, Any], Any], index: int, item: Any, box: list[An
     return _run_item(fn, index, item)
 
 
+def _import_modules(modules: tuple[str, ...]) -> int:
+    """A prestart task: import what the items will need (see RayExecutor.prestart)."""
+    import contextlib
+    import importlib
+
+    for name in modules:
+        with contextlib.suppress(ImportError):  # the first real item reports it
+            importlib.import_module(name)
+    return os.getpid()
+
+
 class RayExecutor(_ExecutorBase):
     """Tasks on a Ray cluster: a new local one (address None; `num_cpus` CPUs, None: all) or an
     existing one ("auto", "HOST:PORT", "ray://HOST:PORT"; its nodes need flowc installed).
@@ -81,6 +92,7 @@ class RayExecutor(_ExecutorBase):
         self.workers: int | None = None  # the cluster's CPUs, known once connected
         self._owns_cluster = False
         self._task: Any = None
+        self._warm: list[Any] = []  # prestart tasks (kept so their refs live until close)
 
     def connect(self) -> None:
         """Start or join the cluster (done by the first bind/map; explicit to time it)."""
@@ -103,12 +115,23 @@ class RayExecutor(_ExecutorBase):
             self._task = ray.remote(num_cpus=1)(_ray_item)
         self.workers = int(ray.cluster_resources().get("CPU", 0))
 
+    def prestart(self, modules: Iterable[str] = ()) -> None:
+        """Have every CPU's worker process import `modules` now, without waiting for it: a
+        caller that prestarts right after `connect()` and then prepares its work (building
+        items, reading files) overlaps the workers' imports with that, instead of paying them
+        on the first item. The tasks' results are never read; a failed import shows again,
+        with its traceback, in the first real item."""
+        self.connect()
+        warm = self._ray.remote(num_cpus=1)(_import_modules)
+        self._warm = [warm.remote(tuple(modules)) for _ in range(max(self.workers or 1, 1))]
+
     def _bind(self, shared: Any) -> Bound:
         self.connect()
         return _RayBinding(self, shared)
 
     def close(self) -> None:
         super().close()
+        self._warm = []
         if self._owns_cluster:
             self._ray.shutdown()
             self._owns_cluster = False

@@ -209,3 +209,51 @@ def test_the_cli_exits_6_after_storing_every_row_when_some_points_are_errors(tmp
     ok = tmp_path / "ok.toml"
     ok.write_text('[fixed]\nmodel = "bert-large"\ntokens = 16\n[axes]\nmacros = [4, 8]\n')
     assert flowc_main(["sweep", str(ok), "-o", str(tmp_path / "ok"), "-j", "1", "-q"]) == 0
+
+
+class _StartingCluster(SerialExecutor):
+    """A serial executor that starts like Ray: `connect` (must be the main thread, as
+    ray.init must) then `prestart`; records what ran where."""
+
+    def __init__(self):
+        super().__init__()
+        self.workers, self.calls = None, []
+
+    def connect(self):
+        import threading
+
+        assert threading.current_thread() is threading.main_thread()
+        self.calls.append("connect")
+        self.workers = 1
+
+    def prestart(self, modules):
+        self.calls.append(("prestart", tuple(modules)))
+
+
+def test_points_are_built_while_a_cluster_starts_and_errors_still_surface(tmp_path):
+    import threading
+
+    from flowc.studies.sweep import run as run_module
+
+    built_on = []
+    real = run_module.points_of
+
+    def spy(spec):
+        built_on.append(threading.current_thread().name)
+        return real(spec)
+
+    ex = _StartingCluster()
+    try:
+        run_module.points_of = spy
+        summary = run_sweep(SPEC, tmp_path / "out", executor=ex)
+    finally:
+        run_module.points_of = real
+    assert built_on == ["flowc-sweep-points"] and summary.ok == 16
+    assert ex.calls == ["connect", ("prestart", run_module.WORKER_MODULES)]
+    with SerialExecutor() as serial:
+        run_sweep(SPEC, tmp_path / "serial", executor=serial)
+    assert table(tmp_path / "out").equals(table(tmp_path / "serial"))
+    bad = {"fixed": {"model": "llama-2-7b"}, "axes": {"macro.rows": [32, 48]}}
+    with pytest.raises(UsageError, match=r"point 1 .*macro\.rows"):
+        run_sweep(bad, tmp_path / "bad", executor=_StartingCluster())
+    assert not (tmp_path / "bad").exists()  # refused before the results directory exists
