@@ -32,8 +32,9 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
     p.add_argument("--calib-batches", type=int, default=4,
                    help="calibration samples (synthetic, built-in text or --calib-text)")
     p.add_argument("--eval-windows", type=int, default=8, metavar="N",
-                   help="hf: language models: held-out windows (last 10 %% of the built-in text) "
-                        "on which the compile measures dense vs pruned fp32 perplexity; 0: off")
+                   help="hf: language models: held-out windows (last 10 %% of the built-in text; "
+                        "as UTF-8 bytes for the random hf:tiny-* decoders) on which the compile "
+                        "measures dense vs pruned fp32 perplexity; 0: off")
     p.add_argument("--calib-text", metavar="FILE", help="calibrate on this UTF-8 text, tokenised "
                    "with the model's tokenizer into windows of the example input length")
     p.add_argument("--calib-data", metavar="NPZ", help="calibrate on these arrays: one per model "
