@@ -52,6 +52,11 @@ def test_exact_product_rounds_the_exact_sum_once(k):
     got = fused.exact_product(torch.from_numpy(a.astype(np.float32)),
                               torch.from_numpy(b.astype(np.float32))).numpy()
     assert np.array_equal(bits(got), bits(want))
+    if fused.PACKED:  # oneDNN on prepacked weights, 2-D: one batch entry at a time
+        for i in range(2):
+            product = fused._packed_product(torch.from_numpy(b[i].astype(np.float32)))
+            got = product(torch.from_numpy(a[i].astype(np.float32))).numpy()
+            assert np.array_equal(bits(got), bits(want[i]))
     assert np.abs(want).max() > 2 ** 24 or k <= 1024  # past float32's exact integers
 
 
@@ -107,8 +112,10 @@ def test_fused_plan_outputs_equal_the_reference_bits(compiled, name):
     assert it.plan().fused == 0
 
 
+@pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("small", [0, 1 << 40])  # all through torch / all small paths
-def test_both_gemm_paths_equal_the_reference_bits(compiled, monkeypatch, small):
+def test_both_gemm_paths_equal_the_reference_bits(compiled, monkeypatch, small, packed):
+    monkeypatch.setattr(fused, "PACKED", packed and fused.PACKED)
     monkeypatch.setattr(fused, "SMALL_GEMM", small)
     monkeypatch.setattr(fused, "SMALL", 0 if small == 0 else 1 << 40)  # v.quant likewise
     monkeypatch.setattr(fused, "SMALL_ATTENTION", small)  # attention: blocked / handlers
