@@ -25,7 +25,10 @@ lengths (prefill), analytic mode. In one run, side by side:
     (`connect`); the pool starts its processes lazily, so its start-up stays inside its time
     (which favours Ray slightly in the "sweep only" ratio).
 
-The tables of (b) and (c) are checked equal (all but the timing columns) and complete. Goals
+Before (b) and at the end the bench measures how many CPUs it actually gets (`free_cores`: JOBS
+copies of one loop at once against one alone): on a machine shared with other jobs this is
+often near 1, and then a pool cannot beat the serial executor. The tables of (b) and (c) are
+checked equal (all but the timing columns) and complete. Goals
 (issue 11): 10,000 points in < 60 s on the local pool; Ray within 1.3x of the pool. Other
 agents share this 2-core machine: every time is printed with os.getloadavg(); only the ratios
 inside one run mean much.
@@ -68,6 +71,29 @@ tokens = {TOKENS}
 
 def load() -> str:
     return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _spin(n: int) -> float:
+    """A pure-Python loop's wall time (top level: run by the probe's worker processes)."""
+    t0 = time.perf_counter()
+    s = 0
+    for i in range(n):
+        s += i & 7
+    return time.perf_counter() - t0
+
+
+def free_cores(jobs: int, n: int = 4_000_000) -> float:
+    """CPUs this bench actually gets now: `jobs` copies of a fixed loop run at once, against
+    one alone (jobs x t_alone / t_together). Other jobs on a shared machine take cores; when
+    this is near 1, no pool can beat the serial executor, whatever flowc does."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        list(pool.map(_spin, [1000] * jobs))  # workers started before timing
+        alone = min(pool.submit(_spin, n).result() for _ in range(2))
+        together = max(pool.map(_spin, [n] * jobs))
+    return jobs * alone / together
 
 
 def flowc_cli() -> list[str]:
@@ -191,6 +217,8 @@ def main() -> int:
           f"{time.perf_counter() - t0:.2f} s; {os.cpu_count()} CPUs; {load()}")
     single_point_loop(tmp, points, args.cli_calls, args.api_points)
 
+    print(f"    CPUs free for this bench now: {free_cores(args.jobs):.2f} of {args.jobs} "
+          f"({args.jobs} copies of one loop at once against one alone) [{load()}]")
     print(f"(b, c) flowc sweep, CLI processes timed end to end, serial and -j {args.jobs}, "
           f"executors alternated {args.repeat} times (best of them: the least disturbed by "
           "other jobs)")
@@ -222,6 +250,7 @@ def main() -> int:
         print(f"    sweep only (run_sweep wall_s, executors already up): {rw / lw:.2f}"
               f" ({'met' if rw / lw <= RAY_RATIO_GOAL else 'NOT met'}); start-up: Ray "
               f"{rs:.1f} s, pool {ls:.2f} s")
+    print(f"CPUs free for this bench at the end: {free_cores(args.jobs):.2f} of {args.jobs}")
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

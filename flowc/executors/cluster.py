@@ -104,7 +104,11 @@ class RayExecutor(_ExecutorBase):
                                       "logging_level": logging.WARNING,
                                       "runtime_env": self.runtime_env}
             if self.address is None:
-                kwargs.update(num_cpus=self.num_cpus, include_dashboard=False)
+                # Ray starts workers at nice 15 (its daemons first); a cluster started for one
+                # job runs them at the caller's priority, as a local pool's workers run, so on
+                # a machine shared with other jobs the two executors compete on equal terms
+                kwargs.update(num_cpus=self.num_cpus, include_dashboard=False,
+                              _system_config={"worker_niceness": 0})
             try:
                 ray.init(**kwargs)
             except (ConnectionError, ValueError) as exc:
