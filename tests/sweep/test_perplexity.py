@@ -46,3 +46,15 @@ def test_a_run_mode_row_has_the_perplexity_flowc_compile_reports(tmp_path):
     with SerialExecutor() as ex:
         run_sweep(mlp, tmp_path / "mlp", executor=ex)
     assert load_results(tmp_path / "mlp")["perplexity"].isna().all()  # not a language model
+
+
+def test_the_shipped_run_mode_example_is_valid():
+    from pathlib import Path
+
+    from flowc.studies.sweep.spec import points_of
+
+    spec = load_spec(Path(__file__).parents[2] / "examples" / "sweeps" / "tiny-llama-run.toml")
+    points = points_of(spec)
+    assert spec.sweep.mode == "run" and spec.sweep.eval_windows == 4 and len(points) == 8
+    assert {p.values["target"] for p in points} == {"flexcim", "vegeta"}
+    assert "perplexity" in spec.sweep.objectives
