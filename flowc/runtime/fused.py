@@ -135,6 +135,18 @@ def fuse(plan, items: Sequence, steps: list) -> int:
     return len(linear) + attention
 
 
+def _loud(run: Callable, mnemonic: str) -> Callable:
+    """A fused step raising the handlers' error for a missing buffer (plan._bound's)."""
+
+    def guarded(state) -> dict:
+        try:
+            return run(state)
+        except KeyError as exc:
+            raise ExecutionError(f"{mnemonic}: buffer or tensor {exc} not defined") from exc
+
+    return guarded
+
+
 def _later(pending: dict, index: int, what: str) -> Callable:
     """A replaced step: the sizes its fused step computed for it."""
 
@@ -167,22 +179,25 @@ def _fuse_linear(it, items, steps, usage: Usage, keep: set, pending: dict) -> se
         wscale = it.image.tensors.get(f"{deq.w}.scale")
         if wscale is None or wscale.dtype != np.float32 or wscale.ndim != 1:
             continue
-        steps[i].run = _clr_sizes(clr)
-        steps[j].run = _linear_step(it, step, clr, deq, wscale, pending, d)
+        shape: dict = {}  # the accumulator's leading shape, read at psum.clr (as the handler)
+        steps[i].run = _loud(_clr_sizes(clr, shape), "psum.clr")
+        steps[j].run = _loud(_linear_step(it, step, clr, deq, wscale, pending, d, shape),
+                             "ld.act")
         steps[d].run = _later(pending, d, f"v.deq {deq.dst}")
         fused.add(j)
     return fused
 
 
-def _clr_sizes(ins) -> Callable:
+def _clr_sizes(ins, shape: dict) -> Callable:
     def run(state) -> dict:
-        like = state.bufs[ins.like]
-        return {"elements": math.prod(like.shape[:-1]) * ins.cols}
+        shape["lead"] = lead = state.bufs[ins.like].shape[:-1]
+        return {"elements": math.prod(lead) * ins.cols}
 
     return run
 
 
-def _linear_step(it, step, clr, deq, wscale: np.ndarray, pending: dict, d: int) -> Callable:
+def _linear_step(it, step, clr, deq, wscale: np.ndarray, pending: dict, d: int,
+                 shape: dict) -> Callable:
     ld_tile, ld_act = step.item.body[0], step.item.body[1]
     macro, w, src = ld_tile.macro, ld_tile.w, ld_act.src
     keep_n, group_m = step.nm
@@ -217,10 +232,12 @@ def _linear_step(it, step, clr, deq, wscale: np.ndarray, pending: dict, d: int) 
             y = packed(xt) if packed is not None else exact_product(xt, wt_cols[:k])
             y.mul_(torch.from_numpy(np.ascontiguousarray(a)).reshape(-1, 1)).mul_(wcol)
             y = y.numpy()
-        state.bufs[deq.dst] = y.reshape(lead + (cols,))
-        like = state.bufs[clr.like]
-        rows = math.prod(like.shape[:-1])
-        pending[d] = vector_sizes(lead + (cols,), rows * clr.cols)
+        acc_lead = shape.pop("lead")  # the handlers' accumulator is shaped like `like`
+        if math.prod(acc_lead) != y.shape[0]:
+            raise ExecutionError(f"acc: {src} has {y.shape[0]} rows, {clr.dst} "
+                                 f"{math.prod(acc_lead)}")
+        state.bufs[deq.dst] = y.reshape(acc_lead + (cols,))
+        pending[d] = vector_sizes(acc_lead + (cols,), math.prod(acc_lead) * clr.cols)
         return {"tokens": math.prod(lead), **sizes}
 
     return run
@@ -281,7 +298,7 @@ def _fuse_quant(items, steps, usage: Usage, linear: set[int]) -> None:
             continue
         readers = [r for r in usage.named.get(item.dst, []) if r != i]
         as_float = all(r in linear or _clr_fused(items, r, linear) for r in readers)
-        steps[i].run = _quant_step(item, steps[i].run, as_float)
+        steps[i].run = _loud(_quant_step(item, steps[i].run, as_float), "v.quant")
 
 
 def _clr_fused(items, r: int, linear: set[int]) -> bool:
@@ -370,7 +387,7 @@ def _fuse_attention(it, items, steps, usage: Usage, keep: set, pending: dict) ->
         chain = find_chain(items, i, usage, keep)
         if chain is None:
             continue
-        steps[i].run = _attention_step(it, items, chain, pending)
+        steps[i].run = _loud(_attention_step(it, items, chain, pending), "mm.act")
         for j in chain.ops + [chain.last]:
             steps[j].run = _later(pending, j, f"{items[j].mnemonic} {items[j].dst}")
         n += 1
