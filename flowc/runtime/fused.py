@@ -252,12 +252,17 @@ def _packed_product(wt: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
 
     def product(x: torch.Tensor) -> torch.Tensor:
         k = x.shape[-1]
-        parts = chunks.get(k)
+        if k not in chunks:
+            try:
+                chunks[k] = [
+                    (k0, min(k, k0 + EXACT_CHUNK), torch.ops.mkldnn._reorder_linear_weight(
+                        wt[k0:min(k, k0 + EXACT_CHUNK)].t().contiguous(), None))
+                    for k0 in range(0, k, EXACT_CHUNK)]
+            except RuntimeError:  # a torch build whose oneDNN refuses: plain BLAS
+                chunks[k] = None
+        parts = chunks[k]
         if parts is None:
-            parts = chunks[k] = [
-                (k0, min(k, k0 + EXACT_CHUNK), torch.ops.mkldnn._reorder_linear_weight(
-                    wt[k0:min(k, k0 + EXACT_CHUNK)].t().contiguous(), None))
-                for k0 in range(0, k, EXACT_CHUNK)]
+            return exact_product(x, wt[:k])
         acc = None
         for k0, k1, w in parts:
             xc = x if k1 - k0 == k else x[:, k0:k1].contiguous()
