@@ -3,7 +3,9 @@
 CiM GEMMs compute int8 x int8 -> int32 exactly. Three modes, bit-identical results:
 - `plan` (default): the program is prepared once into an execution plan
   (flowc.runtime.plan): handlers resolved, weights unpacked once, canonical tile loops as one
-  exact GEMM each, events built once and replayed. A run is a walk over prepared steps.
+  exact GEMM each, events built once and replayed; with int8 numerics, fused steps where the
+  bits cannot change (flowc.runtime.fused; off with keep_buffers). A run is a walk over
+  prepared steps.
 - `reference`: every instruction through its handler, tile loops tile by tile; the handlers
   model the macro (each sub-macro row picks its activation from its group by the metadata;
   columns sum rows; the merging unit sums sub-macros). This is the executable specification.

@@ -12,7 +12,10 @@ preparation time:
 - the events the listeners get depend only on instructions and shapes, and every shape is
   fixed by the input signature (check_inputs): they are built on the first accounted run and
   replayed afterwards, so a later run only adds counts.
-Results are bit-identical to the handlers (tests compare every buffer on every test program).
+- with int8 numerics and intermediates not kept, flowc.runtime.fused replaces v.quant, each
+  psum.clr + loop + v.deq and each attention chain by steps that skip intermediates.
+Results are bit-identical to the handlers (tests compare every buffer of the unfused plan on
+every test program, and the fused plan's outputs bit for bit).
 """
 
 from __future__ import annotations
