@@ -44,13 +44,14 @@ SMALL_ATTENTION = 1 << 20
 NORMAL, BIG = 2.0 ** -100, 2.0 ** 120  # max|x| in this range: the quantiser's clip is moot
 
 
-def quantise(x: torch.Tensor, dim: int,
-             inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def quantise(x: torch.Tensor, dim: int, inplace: bool = False,
+             nonnegative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """vector.quantise_per_token along `dim`, bit for bit, values as float32 integers
     (`inplace`: into x itself). The clip to +-127 changes nothing when every max|x| is a
     finite normal float (|x| / fl(max|x| / 127) <= 127 (1 + 2**-23) rounds to <= 127), so it
     runs only when one is not (zero rows take scale 1: their values are 0)."""
-    amax = torch.maximum(x.amax(dim), x.amin(dim).neg_())
+    # max|x|; `nonnegative` (a softmax's output: exp / sum, never below +0.0): amax alone
+    amax = x.amax(dim) if nonnegative else torch.maximum(x.amax(dim), x.amin(dim).neg_())
     scale = torch.where(amax > 0, amax / QMAX, 1.0)
     q = x.div_(scale.unsqueeze(dim)) if inplace else x / scale.unsqueeze(dim)
     q.round_()
@@ -247,12 +248,16 @@ def _packed_product(wt: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """exact_product(x, wt[:k]) through oneDNN's linear on weights reordered once per K chunk
     (as ONNX Runtime prepacks its weights): BLAS repacks W on every call otherwise (measured,
     32 x 576 x 49,152: 53 ms against 21 ms packed; 128 x 576 x 1,536: 4.4 against 3.4 ms).
+    The reorder happens on the second call (a plan run more than once), not the first.
     Each chunk's sum is exact, so the kernel's order cannot change a bit."""
-    chunks: dict[int, list] = {}
+    chunks: dict[int, list | bool | None] = {}  # K -> reordered chunks (False: not yet)
 
     def product(x: torch.Tensor) -> torch.Tensor:
         k = x.shape[-1]
-        if k not in chunks:
+        if k not in chunks:  # a first run multiplies unpacked: reordering every weight
+            chunks[k] = False  # costs ~1 s on SmolLM2, one 128-token run's worth, so a
+            return exact_product(x, wt[:k])  # single flowrun call would only lose by it
+        if chunks[k] is False:
             try:
                 chunks[k] = [
                     (k0, min(k, k0 + EXACT_CHUNK), torch.ops.mkldnn._reorder_linear_weight(
@@ -261,7 +266,7 @@ def _packed_product(wt: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
             except RuntimeError:  # a torch build whose oneDNN refuses: plain BLAS
                 chunks[k] = None
         parts = chunks[k]
-        if parts is None:
+        if not parts:
             return exact_product(x, wt[:k])
         acc = None
         for k0, k1, w in parts:
@@ -478,6 +483,7 @@ def _attention(it, a, b, v, ops, chain: Chain, others: dict, pending: dict) -> n
     scratch = torch.empty((2, min(nb, heads) * min(m, rows) * n), dtype=torch.float32)
     # softmax maps -0.0 and +0.0 alike (exp(x - max)): before one, a zero's sign is moot
     softmax = any(ins.mnemonic == "v.softmax" for ins in ops)
+    last_softmax = bool(ops) and ops[-1].mnemonic == "v.softmax"
     for h0 in range(0, nb, heads):
         h = slice(h0, min(nb, h0 + heads))
         for r0 in range(0, m, rows):
@@ -496,7 +502,7 @@ def _attention(it, a, b, v, ops, chain: Chain, others: dict, pending: dict) -> n
                     s.add_(ext[j][h, r])
                 else:
                     s.mul_(ext[j][h, r])
-            qp, sp = quantise(s, -1, inplace=True)
+            qp, sp = quantise(s, -1, inplace=True, nonnegative=last_softmax)
             y = exact_product(qp, qv[h])
             out[h, r] = y.mul_(sp[..., None]).mul_(sv[h, None, :])
     size = nb * m * n
