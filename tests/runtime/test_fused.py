@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowc.runtime import fused, vector
+from flowc.runtime import fused, fused_attention, vector
 from flowc.runtime.gemm import exact_int_matmul
 from flowc.runtime.interpreter import Interpreter, quantise_columns
 
@@ -76,8 +76,8 @@ def _reference_chain(q, kt, v, mask, s):
 
 @pytest.mark.parametrize("block", [1 << 22, 3 * 40 * 40, 40 * 17])  # all heads, 3, rows
 def test_blocked_attention_equals_the_handlers(monkeypatch, block):
-    monkeypatch.setattr(fused, "BLOCK_ELEMENTS", block)
-    monkeypatch.setattr(fused, "SMALL_ATTENTION", 0)
+    monkeypatch.setattr(fused_attention, "BLOCK_ELEMENTS", block)
+    monkeypatch.setattr(fused_attention, "SMALL_ATTENTION", 0)
     rng = np.random.default_rng(7)
     t, h, d = 40, 5, 16
     q = rng.standard_normal((1, h, t, d), dtype=np.float32)
@@ -86,11 +86,11 @@ def test_blocked_attention_equals_the_handlers(monkeypatch, block):
     mask = np.triu(np.full((t, t), np.finfo(np.float32).min, np.float32), 1)[None, None]
     want, s_shape = _reference_chain(q, kt, v, mask, 0.17)
     ops = [NS(mnemonic="v.scale", s=0.17), NS(mnemonic="v.add"), NS(mnemonic="v.softmax")]
-    chain = fused.Chain(0, [1, 2, 3], 4, {2: ("mask", "")})
+    chain = fused_attention.Chain(0, [1, 2, 3], 4, {2: ("mask", "")})
     it = Interpreter.__new__(Interpreter)
     it.geometry = {"subarrays": 4, "rows": 8, "cols": 16}
     pending = {}
-    got = fused._attention(it, q, kt, v, ops, chain, {2: mask}, pending)
+    got = fused_attention._attention(it, q, kt, v, ops, chain, {2: mask}, pending)
     assert np.array_equal(bits(got), bits(want))
     n = int(np.prod(s_shape))
     assert pending[2] == {"elements": n, "in_elements": n + mask.size, "tokens": h * t}
@@ -119,7 +119,7 @@ def test_both_gemm_paths_equal_the_reference_bits(compiled, monkeypatch, small, 
     monkeypatch.setattr(fused, "PACKED", packed and fused.PACKED)
     monkeypatch.setattr(fused, "SMALL_GEMM", small)
     monkeypatch.setattr(fused, "SMALL", 0 if small == 0 else 1 << 40)  # v.quant likewise
-    monkeypatch.setattr(fused, "SMALL_ATTENTION", small)  # attention: blocked / handlers
+    monkeypatch.setattr(fused_attention, "SMALL_ATTENTION", small)  # attention: blocked / handlers
     image = compiled("block", (2, 4))
     it = Interpreter(image)
     ref = Interpreter(image, mode="reference").run(list(image.samples))
@@ -136,8 +136,8 @@ def test_llama_attention_fused_equals_the_reference_bits(monkeypatch, small):
     from flowc.frontend.load import load_hf
     from flowc.studies.compiler import CompileOptions, compile_captured
 
-    monkeypatch.setattr(fused, "SMALL_ATTENTION", small)
-    monkeypatch.setattr(fused, "BLOCK_ELEMENTS", 64)  # several blocks even at 8 tokens
+    monkeypatch.setattr(fused_attention, "SMALL_ATTENTION", small)
+    monkeypatch.setattr(fused_attention, "BLOCK_ELEMENTS", 64)  # several blocks even at 8 tokens
     image = compile_captured(load_hf("hf:tiny-llama", seq_len=8, calib_batches=1),
                              CompileOptions(nm=(2, 4)), progress=None)
     it = Interpreter(image)
