@@ -174,7 +174,7 @@ def run_layerwise(gm: fx.GraphModule, windows: Sequence[tuple[Any, ...]], on_lin
     from tqdm import tqdm
 
     with torch.no_grad(), tqdm(total=len(refs), desc="layer-wise", unit="layer",
-                               disable=not bar, leave=False) as progress:
+                               disable=None if bar else True, leave=False) as progress:
         for i, node in enumerate(order):
             if node.op == "placeholder":
                 env[node] = PerWindow(w[placeholders] for w in windows)

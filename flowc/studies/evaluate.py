@@ -97,7 +97,9 @@ def perplexity(forward: Callable[[torch.Tensor], torch.Tensor],
         raise EvalError("no evaluation windows")
     total, count = 0.0, 0
     with torch.no_grad():
-        for (ids,) in tqdm(windows, desc="perplexity", unit="win", disable=not bar, leave=False):
+        # a bar on a terminal only (disable=None): logs and CI output stay free of it
+        for (ids,) in tqdm(windows, desc="perplexity", unit="win", disable=None if bar else True,
+                           leave=False):
             logits = forward(ids)
             nll = torch.nn.functional.cross_entropy(
                 logits[0, :-1].to(torch.float32), ids[0, 1:], reduction="sum")
@@ -263,7 +265,7 @@ def calibrate_dense(gm: fx.GraphModule, calib: list[tuple[torch.Tensor, ...]],
 
     from flowc.passes.calibrate import collect_input_norms
 
-    with tqdm(total=len(calib), desc="calibrate", unit="win", disable=not bar,
+    with tqdm(total=len(calib), desc="calibrate", unit="win", disable=None if bar else True,
               leave=False) as progress:
         start = time.perf_counter()
         by_node = collect_input_norms(gm, calib, progress=lambda _msg: progress.update(1))

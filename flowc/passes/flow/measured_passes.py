@@ -290,7 +290,7 @@ def _bar(total: int, ctx: CompileContext):
     """A tqdm bar over generations on stderr when the context shows progress."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc="nm-search", unit="gen", disable=ctx.progress is None,
+    bar = tqdm(total=total, desc="nm-search", unit="gen", disable=True if ctx.progress is None else None,
                leave=False)
 
     def update(gen: int | None, score: float | None) -> None:
