@@ -93,24 +93,21 @@ class _PoolBinding(_BindingBase):
 
     def map(self, fn: Callable[[Any, Any], Any], items: Iterable[Any], *,
             progress: Progress | None = None) -> list[Any]:
-        _ensure_open(self)
-        _check_picklable(fn, "local")
-        items = list(items)
-        pool = self._ensure_pool()
-        futures: dict[Future[Any], int] = {
-            pool.submit(_run_item, fn, i, item): i for i, item in enumerate(items)}
-        return _gather_futures(futures, len(items), progress, self)
+        futures = self._submit(fn, items)
+        return _gather_futures(futures, len(futures), progress, self)
 
     def imap_unordered(self, fn: Callable[[Any, Any], Any], items: Iterable[Any]
                        ) -> Iterator[tuple[int, Any]]:
         """(index, result) as items complete; closing the iterator cancels the queued rest."""
+        return _stream_futures(self._submit(fn, items), self)
+
+    def _submit(self, fn: Callable[[Any, Any], Any], items: Iterable[Any]
+                ) -> dict[Future[Any], int]:
+        """Every item queued on the pool: {future: item index}."""
         _ensure_open(self)
         _check_picklable(fn, "local")
-        items = list(items)
         pool = self._ensure_pool()
-        futures: dict[Future[Any], int] = {
-            pool.submit(_run_item, fn, i, item): i for i, item in enumerate(items)}
-        return _stream_futures(futures, self)
+        return {pool.submit(_run_item, fn, i, item): i for i, item in enumerate(items)}
 
     def _broken(self) -> None:
         """The pool lost a worker; the next map starts a fresh one (shared shipped again)."""
