@@ -171,21 +171,31 @@ def replay(events: Sequence[ExecEvent | LoopEvent], listener: CostListener) -> N
         (listener.on_loop if isinstance(ev, LoopEvent) else listener.on_instr)(ev)
 
 
+def gemm_listener(g: Gemm, machine: MachineConfig, asked: Pattern | None,
+                  events: tuple[Sequence[ExecEvent | LoopEvent], Pattern] | None = None
+                  ) -> CostListener:
+    """A CostListener that has heard one Linear's events (layer "l"; `g.count` not applied).
+    `events`: the (events, native pattern) of `gemm_events` when the caller has them already
+    (they read only the pattern fit and the macro geometry)."""
+    mach = machine
+    if g.runtime_weight and machine.residency == "resident":
+        mach = replace(machine, residency="streamed")
+    evs, native = events or gemm_events(replace(g, name="l"), mach, asked)
+    kept = g.out_features * g.in_features * native[0] // native[1]
+    info = LayerInfo("l", "gemm", asked or mach.dense_pattern, native, g.in_features,
+                     g.out_features, kept)
+    listener = CostListener(CostModel(mach), (info,))
+    replay(evs, listener)
+    return listener
+
+
 def gemm_cost(g: Gemm, machine: MachineConfig, asked: Pattern | None,
               _cache: dict | None = None) -> LayerCost:
     """LayerCost of one Gemm (times its count); identical GEMMs reuse the computed cost."""
     key = (replace(g, name="", block=-1), asked, machine)
     if _cache is not None and key in _cache:
         return replace(_cache[key], name=g.name)
-    mach = machine
-    if g.runtime_weight and machine.residency == "resident":
-        mach = replace(machine, residency="streamed")
-    evs, native = gemm_events(replace(g, name="l"), mach, asked)
-    kept = g.out_features * g.in_features * native[0] // native[1]
-    info = LayerInfo("l", "gemm", asked or mach.dense_pattern, native, g.in_features,
-                     g.out_features, kept)
-    listener = CostListener(CostModel(mach), (info,))
-    replay(evs, listener)
+    listener = gemm_listener(g, machine, asked)
     (lc,) = listener.finish()
     lc = _times(lc, g.count)
     lc.name, lc.kind = g.name, g.kind

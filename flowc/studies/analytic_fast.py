@@ -9,11 +9,11 @@ copying 289 LayerCost objects. Here:
 - a model phase (hyper-parameters, phase, tokens, kv_len, assignment) is reduced once to its
   distinct GEMM *signatures* (the Gemm without name and block, and the N:M pattern asked) and
   the signature of each layer in order (`plan_of`, LRU-cached);
-- each signature is priced by `gemm_cost` itself (same events, same CostListener, same cost
-  model) once per *pricing key* of the machine: every field but those the pricing does not
-  read (name, description, clock, energy table). A process-wide LRU keeps the prices, so sweep
-  points that differ in energy entries or clock reuse every price, and a new macro count prices
-  the ~10 signatures, not 289 layers;
+- each signature is priced by `gemm_listener`, as `gemm_cost` prices it (same events, same
+  CostListener, same cost model) once per *pricing key* of the machine: every field but those
+  the pricing does not read (name, description, clock, energy table). A process-wide LRU
+  keeps the prices, so sweep points that differ in energy entries or clock reuse every price,
+  and a new macro count prices the ~10 signatures, not 289 layers;
 - energy is priced per call from the cached action counts with the caller's energy table, by
   the arithmetic of `EnergyTable.energy_pj` (sorted actions, zero counts dropped, count x
   pJ x activity), and every total is summed over the layers in the order `AnalyticReport`
@@ -29,11 +29,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from flowc.backend.image import LayerInfo
 from flowc.machine import MachineConfig
-from flowc.runtime.cost import CostModel
-from flowc.runtime.report import CostListener
-from flowc.studies.analytic import Assignment, Pattern, gemm_events, replay, shape_gemms
+from flowc.studies.analytic import Assignment, Pattern, gemm_events, gemm_listener, shape_gemms
 from flowc.studies.analytic_models import Gemm, Shapes, shapes_of
 
 PRICE_CACHE = 16384  # (signature, machine pricing key) entries kept per process (~1 KB each)
@@ -125,15 +122,7 @@ def _price(sig: Gemm, asked: Pattern | None, key: MachineKey) -> Priced:
     """What `gemm_cost` computes for one signature, from the same events and CostListener,
     before its energy (priced per call with the caller's table) and count multiplication."""
     machine = key.machine
-    evs, native = _events(sig, asked, event_key(machine))
-    mach = machine
-    if sig.runtime_weight and machine.residency == "resident":
-        mach = dataclasses.replace(machine, residency="streamed")
-    kept = sig.out_features * sig.in_features * native[0] // native[1]
-    info = LayerInfo("l", "gemm", asked or mach.dense_pattern, native, sig.in_features,
-                     sig.out_features, kept)
-    listener = CostListener(CostModel(mach), (info,))
-    replay(evs, listener)
+    listener = gemm_listener(sig, machine, asked, _events(sig, asked, event_key(machine)))
     lc = listener.layers["l"]
     k = sig.count
     return Priced(lc.cycles * k, lc.setup_cycles * k, lc.macs * k, k,
