@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flowc.backend.container import write_atomic
 from flowc.errors import UsageError
 from flowc.studies.sweep.point import OUTPUTS, PROVENANCE, UNITS
 from flowc.studies.sweep.spec import INPUTS, Point, SweepSpec
@@ -110,8 +111,8 @@ class ResultStore:
                              "sweep stored there, or give a new directory")
         else:
             (out / "parts").mkdir(parents=True, exist_ok=True)
-            _write_text(out / "spec.toml", spec.text)
-            _write_text(out / "sweep.json", json.dumps(meta, indent=1) + "\n")
+            write_atomic(out / "spec.toml", spec.text.encode())
+            write_atomic(out / "sweep.json", (json.dumps(meta, indent=1) + "\n").encode())
         return cls(out, types)
 
     def done_keys(self) -> set[str]:
@@ -186,12 +187,6 @@ def _part_number(path: Path) -> int:
         return int(path.stem.split("-")[1])
     except (IndexError, ValueError):
         return 0
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _fsync_dir(path: Path) -> None:
