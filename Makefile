@@ -55,7 +55,7 @@ run-mlp: $(STAMP)
 	$(BIN)/flowrun $(OUT)/mlp.fcim --json $(OUT)/mlp.report.json
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
