@@ -6,7 +6,8 @@ tensors/<name>.npy, packed/<w>.values.npy (the real kept slots of a packed weigh
 padding dropped), packed/<w>.meta.bin (its metadata, log2(M) bits per kept weight, absent
 when dense), packed/<w>.fvalues.npy (fp32 weights, for checks), reference.onnx (optional;
 large initialisers are recipes over the tensors, see flowc.backend.reference),
-samples/input_<i>.npy and vocab.json (language models).
+samples/input_<i>.npy, vocab.json (language models) and priced.json (per-layer costs
+priced at compile time, flowc.backend.priced_doc).
 Members above 1 MB are stored uncompressed (deflate is slow and weights barely compress).
 Nothing is pickled; reading (flowc.backend.fcim_read) trusts nothing in the file. Writing is
 deterministic (sorted members, fixed timestamps, sorted JSON keys) and atomic (temp + rename).
@@ -28,6 +29,7 @@ from flowc import isa
 from flowc.backend.fcim_read import FORMAT, FORMAT_VERSION, MANIFEST, MANIFEST_SUM, read, read_path
 from flowc.backend.image import Image
 from flowc.backend.pack import dense_meta, pack_bits, slot_mask
+from flowc.backend.priced_doc import PRICED_MEMBER, priced_bytes
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -89,6 +91,11 @@ STORE_ABOVE = 1 << 20  # members larger than this are stored, not deflated (spee
 
 def to_bytes(image: Image) -> bytes:
     members, packed = _members(image)
+    sums = {k: hashlib.sha256(v).hexdigest() for k, v in members.items()}
+    priced = priced_bytes(image, sums)  # compile-time prices (flowc.backend.priced_doc)
+    if priced is not None:
+        members[PRICED_MEMBER] = priced
+        sums[PRICED_MEMBER] = hashlib.sha256(priced).hexdigest()
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -101,7 +108,7 @@ def to_bytes(image: Image) -> bytes:
         "packed": packed,
         "samples": len(image.samples),
         "compile": image.compile_info,
-        "checksums": {k: hashlib.sha256(v).hexdigest() for k, v in sorted(members.items())},
+        "checksums": dict(sorted(sums.items())),
     }
     members[MANIFEST] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
     members[MANIFEST_SUM] = (hashlib.sha256(members[MANIFEST]).hexdigest() + "\n").encode()

@@ -33,6 +33,7 @@ from flowc.backend.manifest import Manifest, validate
 from flowc.backend.npy import NpyError, read_npy
 from flowc.backend.onnx_guard import check_stored
 from flowc.backend.pack import TileGeometry, dense_meta, slot_mask, unpack_bits
+from flowc.backend.priced_doc import PRICED_MEMBER, read_priced
 from flowc.errors import ImageError
 
 FORMAT = "fcim"
@@ -142,7 +143,7 @@ def expected_members(m: Manifest) -> tuple[set[str], set[str]]:
             required.add(f"packed/{base}.fvalues.npy")
     required |= {f"tensors/{n}.npy" for n in m.tensors if n not in derived}
     required |= {f"samples/input_{i}.npy" for i in range(m.samples)}
-    return required, {"reference.onnx", "vocab.json"}
+    return required, {"reference.onnx", "vocab.json", PRICED_MEMBER}
 
 
 def _check_members(raw: dict[str, bytes], m: Manifest, label: str) -> None:
@@ -180,7 +181,7 @@ def _image(raw: dict[str, bytes], m: Manifest, label: str) -> Image:
     reference = raw.get("reference.onnx")
     if reference is not None:
         check_stored(reference, label, limits_mod.current().onnx_loop_trips)
-    return Image(
+    image = Image(
         program=program, tensors=tensors, inputs=inputs,
         outputs=tuple(IOSpec(d.name, d.buffer, tuple(d.shape), d.dtype) for d in m.outputs),
         layers=tuple(LayerInfo.from_dict(d.model_dump(exclude_none=True)) for d in m.layers),
@@ -188,6 +189,9 @@ def _image(raw: dict[str, bytes], m: Manifest, label: str) -> Image:
         packed={k: {"n": v.n, "m": v.m, "out": v.out, "in": v.in_} for k, v in m.packed.items()},
         vocab=_vocab(raw, label),
     )
+    if PRICED_MEMBER in raw:  # compile-time prices, bound to this file's contents
+        image.priced = read_priced(raw[PRICED_MEMBER], m.checksums, image, label)
+    return image
 
 
 def _machine(d: dict, label: str) -> dict:

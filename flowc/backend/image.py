@@ -6,6 +6,7 @@ executes it. It is plain data: numpy arrays and JSON-able dictionaries.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,6 +64,28 @@ class LayerInfo:
                    d.get("k_pad", 0), d.get("padded_in", 0))
 
 
+@dataclass(frozen=True, eq=False)
+class PricedCosts:
+    """Per-layer costs of a program's run, priced once (flowc.runtime.priced) and stored in the
+    .fcim: `entries` maps a price key (pricing format, cost-model code digest, numerics,
+    machine hash) to the report rows of every layer.
+
+    Valid only for the very program, tensors, signature and layer table they were priced for
+    (checked by identity): an Image rebuilt with another program (dataclasses.replace) does
+    not carry them over to the file or the run, and a machine not in the key prices afresh.
+    """
+
+    program: Program
+    tensors: Mapping[str, np.ndarray]
+    inputs: tuple
+    layers: tuple
+    entries: Mapping[str, tuple[dict, ...]]
+
+    def valid_for(self, image: Image) -> bool:
+        return (self.program is image.program and self.tensors is image.tensors
+                and self.layers is image.layers and self.inputs == image.inputs)
+
+
 @dataclass
 class Image:
     program: Program
@@ -79,6 +102,7 @@ class Image:
     # stores only the real kept slots and bit-packs the metadata from it)
     packed: dict[str, dict] = field(default_factory=dict)
     vocab: tuple[str, ...] = ()  # decoded text of each token id (language models), for reports
+    priced: PricedCosts | None = None  # costs priced at compile time (flowc.runtime.priced)
 
     def reference_model(self) -> bytes:
         """Self-contained ONNX bytes of the reference (recipes rebuilt from the tensors);
