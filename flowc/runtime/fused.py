@@ -32,12 +32,15 @@ import numpy as np
 import torch
 
 from flowc.errors import ExecutionError
+from flowc.runtime import mlas
 from flowc.runtime.gemm import EXACT_CHUNK
 
 QMAX = 127
 SMALL_GEMM = 1 << 23  # rows x K x N at most this: one thread (see _small_product)
 PACKED = torch.backends.mkldnn.is_available()  # linear products on prepacked weights
 SMALL = 1 << 18  # v.quant below this many elements: numpy beats torch's call costs
+MLAS = mlas.available()  # linear products on ONNX Runtime's MLAS (LinearProduct)
+MLAS_MIN = 1 << 20  # rows x K x N above this: MLAS (smaller: torch on one thread)
 NORMAL, BIG = 2.0 ** -100, 2.0 ** 120  # max|x| in this range: the quantiser's clip is moot
 
 
@@ -207,10 +210,7 @@ def _linear_step(it, step, clr, deq, wscale: np.ndarray, pending: dict, d: int,
     if clr.cols != n_pad or cols > n_pad:
         raise ExecutionError(f"v.deq {deq.dst}: {cols} columns of a {clr.cols}-column "
                              f"accumulator, @{w} has {n_pad}")
-    wcol = torch.from_numpy(np.ascontiguousarray(wscale[:cols]))
-    wt_cols = wt[:, :cols]
-    wcol_np = wcol.numpy()
-    packed = _packed_product(wt_cols) if PACKED else None
+    product = LinearProduct(wt[:, :cols], np.ascontiguousarray(wscale[:cols]))
     P, R = it.geometry["subarrays"], it.geometry["rows"]
     sizes = {"keep_n": keep_n, "group_m": group_m, "k_pass": P * R * group_m // keep_n}
 
@@ -225,13 +225,8 @@ def _linear_step(it, step, clr, deq, wscale: np.ndarray, pending: dict, d: int,
         a = state.bufs[deq.ascale]
         if a.dtype != np.float32:
             raise ExecutionError(f"v.deq {deq.dst}: scale {deq.ascale} is {a.dtype}, not float32")
-        if k <= EXACT_CHUNK and x.size * cols <= SMALL_GEMM:
-            y = _small_product(x.reshape(-1, k), wt_cols[:k], a, wcol_np)
-        else:
-            xt = torch.from_numpy(np.ascontiguousarray(x)).reshape(-1, k).to(torch.float32)
-            y = packed(xt) if packed is not None else exact_product(xt, wt_cols[:k])
-            y.mul_(torch.from_numpy(np.ascontiguousarray(a)).reshape(-1, 1)).mul_(wcol)
-            y = y.numpy()
+        y = product(np.ascontiguousarray(x, np.float32).reshape(-1, k),
+                    np.ascontiguousarray(a).reshape(-1))
         acc_lead = shape.pop("lead")  # the handlers' accumulator is shaped like `like`
         if math.prod(acc_lead) != y.shape[0]:
             raise ExecutionError(f"acc: {src} has {y.shape[0]} rows, {clr.dst} "
@@ -241,6 +236,47 @@ def _linear_step(it, step, clr, deq, wscale: np.ndarray, pending: dict, d: int,
         return {"tokens": math.prod(lead), **sizes}
 
     return run
+
+
+class LinearProduct:
+    """The dequantised exact product `(x @ wt[:k] + 0.0) * a[:, None] * wscale` of one weight,
+    on the engine measured fastest for its size (bench/gemm_engines.py; every engine gives
+    the same bits): ONNX Runtime's MLAS on the weight prepacked once (flowc.runtime.mlas)
+    above MLAS_MIN multiply-adds, from a plan's second run on (building the sessions costs
+    ~2 s on SmolLM2, two 128-token runs' worth of gain); below that, or before, or without
+    onnxruntime, torch: one thread for small products, oneDNN on reordered weights else."""
+
+    def __init__(self, wt: torch.Tensor, wscale: np.ndarray) -> None:
+        self.wt, self.wscale = wt, wscale
+        self.wscale_t = torch.from_numpy(wscale)
+        self.packed = _packed_product(wt) if PACKED else None
+        self.mlas: dict[int, Callable | None] = {}  # K -> session (None: not (yet) built)
+        self.failed: set[int] = set()  # K whose session onnxruntime refused: torch for good
+
+    def __call__(self, x: np.ndarray, a: np.ndarray) -> np.ndarray:
+        rows, k = x.shape
+        work = rows * k * self.wt.shape[1]
+        if work > MLAS_MIN and k <= mlas.MAX_K and MLAS:
+            session = self._session(k)
+            if session is not None:
+                return session(x, a)
+        if k <= EXACT_CHUNK and work <= SMALL_GEMM:
+            return _small_product(x, self.wt[:k], a, self.wscale)
+        xt = torch.from_numpy(x)
+        y = self.packed(xt) if self.packed is not None else exact_product(xt, self.wt[:k])
+        return y.mul_(torch.from_numpy(a).reshape(-1, 1)).mul_(self.wscale_t).numpy()
+
+    def _session(self, k: int) -> Callable | None:
+        if k not in self.mlas:  # the first run: torch (see the class docstring)
+            self.mlas[k] = None
+            return None
+        if self.mlas[k] is None and k not in self.failed:
+            try:
+                self.mlas[k] = mlas.linear_session(self.wt[:k].numpy(), self.wscale,
+                                                   torch.get_num_threads())
+            except RuntimeError:  # onnxruntime refused it: torch gives the same bits
+                self.failed.add(k)
+        return self.mlas[k]
 
 
 def _packed_product(wt: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

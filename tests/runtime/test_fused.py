@@ -113,17 +113,21 @@ def test_fused_plan_outputs_equal_the_reference_bits(compiled, name):
     assert it.plan().fused == 0
 
 
-@pytest.mark.parametrize("packed", [True, False])
-@pytest.mark.parametrize("small", [0, 1 << 40])  # all through torch / all small paths
-def test_both_gemm_paths_equal_the_reference_bits(compiled, monkeypatch, small, packed):
-    monkeypatch.setattr(fused, "PACKED", packed and fused.PACKED)
+@pytest.mark.parametrize("engine", ["mlas", "packed", "plain", "small"])
+def test_every_gemm_engine_equals_the_reference_bits(compiled, monkeypatch, engine):
+    """The block example with every product on one engine (MLAS, oneDNN reordered, plain
+    torch, torch on one thread), v.quant and attention in torch or numpy alike."""
+    small = 1 << 40 if engine == "small" else 0
+    monkeypatch.setattr(fused, "MLAS", engine == "mlas" and fused.MLAS)
+    monkeypatch.setattr(fused, "MLAS_MIN", 0)
+    monkeypatch.setattr(fused, "PACKED", engine == "packed" and fused.PACKED)
     monkeypatch.setattr(fused, "SMALL_GEMM", small)
-    monkeypatch.setattr(fused, "SMALL", 0 if small == 0 else 1 << 40)  # v.quant likewise
+    monkeypatch.setattr(fused, "SMALL", small)  # v.quant likewise
     monkeypatch.setattr(fused_attention, "SMALL_ATTENTION", small)  # attention: blocked / handlers
     image = compiled("block", (2, 4))
     it = Interpreter(image)
     ref = Interpreter(image, mode="reference").run(list(image.samples))
-    for _ in range(2):  # packed weights are reordered on the second run
+    for _ in range(3):  # weights are reordered / MLAS sessions built on the second run
         out = it.run(list(image.samples))
         assert all(np.array_equal(bits(a), bits(b)) for a, b in zip(out, ref, strict=True))
 

@@ -1,0 +1,68 @@
+"""Linear products on ONNX Runtime's MLAS (flowc.runtime.mlas) and every other engine of
+fused.LinearProduct give the handlers' bits: int32 sum -> float32 -> * a * w."""
+
+import numpy as np
+import pytest
+import torch
+
+from flowc.runtime import fused, mlas
+from flowc.runtime.gemm import exact_int_matmul
+
+pytestmark = pytest.mark.skipif(not mlas.available(), reason="onnxruntime does not import")
+
+
+def bits(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, np.float32).view(np.uint32)
+
+
+def operands(k: int, rows: int = 7, n: int = 9, seed: int = 0):
+    """int8 x and W^T with sums past 2**24 for K > 1024, a row and a column of -0.0 products,
+    per-row and per-column scales; and the handlers' result (v.deq of the int32 psum)."""
+    rng = np.random.default_rng(seed + k)
+    x = rng.integers(90, 128, (rows, k)).astype(np.int8)
+    x[1] = rng.integers(-127, 128, k)
+    w = rng.integers(90, 128, (k, n)).astype(np.int8)
+    w[:, 2] = rng.integers(-127, 128, k)
+    x[0] = 0
+    w[:, 0] = -3  # row 0 x column 0: every product is +0 * -3 = -0.0 in float32
+    a = rng.uniform(1e-3, 2, rows).astype(np.float32)
+    wscale = rng.uniform(1e-3, 2, n).astype(np.float32)
+    want = exact_int_matmul(x, w).astype(np.float32) * a[:, None] * wscale
+    xf = x.astype(np.float32)
+    xf[0, ::2] = -0.0  # quantised zeros can be -0.0 (rint of a small negative)
+    return xf, w.astype(np.float32), a, wscale, want
+
+
+@pytest.mark.parametrize("k", [64, 1024, 1500, 2048])
+def test_mlas_session_equals_the_handlers_bits(k):
+    x, w, a, wscale, want = operands(k)
+    assert np.abs(exact_int_matmul(x.astype(np.int8), w.astype(np.int8))).max() > 2 ** 24 \
+        or k <= 1024  # the two-chunk sum is past float32's exact integers
+    for threads in (1, 2):
+        product = mlas.linear_session(w, wscale, threads)
+        for _ in range(2):
+            assert np.array_equal(bits(product(x, a)), bits(want))
+
+
+def test_mlas_session_refuses_three_chunks():
+    with pytest.raises(ValueError, match="two exact chunks"):
+        mlas.linear_session(np.zeros((mlas.MAX_K + 1, 4), np.float32), np.ones(4, np.float32), 1)
+
+
+@pytest.mark.parametrize("engine", ["mlas", "small", "packed", "plain"])
+@pytest.mark.parametrize("k", [500, 1500, 2500])
+def test_linear_product_engines_equal_the_handlers_bits(monkeypatch, engine, k):
+    """Each engine LinearProduct can pick (MLAS from the second call on; torch on one thread;
+    oneDNN on reordered weights; plain chunked torch), three calls each, same bits."""
+    monkeypatch.setattr(fused, "MLAS", engine == "mlas")
+    monkeypatch.setattr(fused, "MLAS_MIN", 0)
+    monkeypatch.setattr(fused, "SMALL_GEMM", 1 << 40 if engine == "small" else 0)
+    monkeypatch.setattr(fused, "PACKED", engine == "packed" and fused.PACKED)
+    x, w, a, wscale, want = operands(k, rows=5, n=11, seed=1)
+    wt = np.zeros((k + 64, 11), np.float32)  # a padded W^T, as the plan's dense weights are
+    wt[:k] = w
+    product = fused.LinearProduct(torch.from_numpy(wt), wscale)
+    for _ in range(3):
+        assert np.array_equal(bits(product(x, a)), bits(want))
+    built = [s for s in product.mlas.values() if s is not None]
+    assert len(built) == (engine == "mlas" and k <= mlas.MAX_K)
