@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -16,19 +15,17 @@ from flowc.backend.reference import materialise
 from flowc.backend.reference_int8 import int8_reference
 from flowc.errors import UsageError
 from flowc.runtime.check import CheckResult, compare, run_reference
-from flowc.runtime.cost import mnemonic
-from flowc.runtime.events import LoopEvent
-from flowc.runtime.interpreter import Interpreter, check_inputs, gc_paused
-from flowc.runtime.report import CostListener, LayerCost, RunReport, loop_weight
+from flowc.runtime.interpreter import Interpreter, check_inputs
+from flowc.runtime.priced import (  # noqa: F401  (re-exported: benches and tests use them)
+    FastCostListener,
+    MemoCostModel,
+    cost_model_for,
+    price_key,
+    priced_layers,
+    stored_layers,
+)
+from flowc.runtime.report import LayerCost, RunReport
 from flowc.runtime.verifier import check_run_inputs, verify
-
-
-def cost_model_for(image: Image):
-    from flowc.machine import MachineConfig
-    from flowc.runtime.cost import CostModel
-
-    machine = MachineConfig.from_dict(image.machine)
-    return machine, CostModel(machine)
 
 
 def load_inputs(image: Image, paths: Sequence[str] | None) -> list[np.ndarray]:
@@ -41,136 +38,6 @@ def load_inputs(image: Image, paths: Sequence[str] | None) -> list[np.ndarray]:
     return load_input_files(image, paths)
 
 
-class MemoCostModel:
-    """A CostModel whose per-event costs are memoised by the event's sizes.
-
-    Transformer blocks repeat: 30 identical blocks in SmolLM2 ask for the same costs 30 times.
-    The cost of an instruction depends on its mnemonic and the event's counts only (never on
-    buffer names), so the key is (class, sizes); a loop's key adds its weight name when exact
-    per-tile pair passes are in play. Everything else is delegated to the wrapped model.
-    """
-
-    def __init__(self, model, memo: dict | None = None) -> None:
-        self.model = model
-        self.machine = model.machine  # read per loop by the listener: no __getattr__ detour
-        self.memo = {} if memo is None else memo
-        self.sums: dict[tuple, tuple] = {}  # FastCostListener: per-layer-signature prices
-
-    def __getattr__(self, name: str):
-        return getattr(self.model, name)
-
-    @staticmethod
-    def _key(ev) -> tuple:
-        return (type(ev.instr), ev.tiles, ev.tokens, ev.keep_n, ev.group_m, ev.k_pass,
-                ev.elements, ev.in_elements)
-
-    def instr_cost(self, ev):
-        key = self._key(ev)
-        cost = self.memo.get(key)
-        if cost is None:
-            cost = self.memo[key] = self.model.instr_cost(ev)
-        return cost
-
-    def loop_cost(self, ev, pair_passes=None):
-        weight = next((getattr(b.instr, "w", None) for b in ev.body
-                       if getattr(b.instr, "w", None)), None) if pair_passes is not None else None
-        # body events share their sizes (one loop, one macro): the first one and the
-        # instruction types identify the loop's cost
-        key = ("loop", ev.n_tiles, ev.k_tiles, weight, self._key(ev.body[0]) if ev.body else (),
-               tuple(type(b.instr) for b in ev.body))
-        cost = self.memo.get(key)
-        if cost is None:
-            cost = self.memo[key] = self.model.loop_cost(ev, pair_passes)
-        return cost
-
-
-class FastCostListener(CostListener):
-    """CostListener that defers all pricing to finish(); same report (a test checks).
-
-    During the run it only records events (a list append), so accounting adds little to
-    execution. finish() prices each layer once per distinct *signature*: the sizes of its
-    events in order, whether each loop's weight is loaded for the first time (setup), and the
-    weight name only where per-tile pair passes make the cost depend on it. SmolLM2's 30
-    identical blocks share their signatures, so 29 of 30 layers are a dict lookup. The prices
-    live in the MemoCostModel, so a listener built on the same memo reuses them across runs.
-    MACs and token counts are per layer (they depend on the layer's weights) and are counted
-    for every layer.
-    """
-
-    def __init__(self, cost_model, layers, tensors=None) -> None:
-        if not isinstance(cost_model, MemoCostModel):
-            cost_model = MemoCostModel(cost_model)
-        super().__init__(cost_model, layers, tensors)
-        self._trace: list = []
-        self.on_instr = self.on_loop = self._trace.append  # type: ignore[method-assign]
-
-    def finish(self) -> list:
-        with gc_paused():  # thousands of small allocations, no cycles (see gc_paused)
-            return self._finish()
-
-    def _finish(self) -> list:
-        grouped: dict[str, tuple[list, list]] = {}
-        exact = self.tensors is not None and self.model.machine.pair_select == "row-shared"
-        loaded, signature = self.loaded, _signature
-        layer, sigs, items = None, [], []  # consecutive events mostly share their layer
-        for ev in self._trace:
-            if ev.layer != layer:
-                layer = ev.layer
-                entry = grouped.get(layer)
-                if entry is None:
-                    self._layer(layer)  # layers keep the order of their first event
-                    entry = grouped[layer] = ([], [])
-                sigs, items = entry
-            if type(ev) is LoopEvent:
-                weight = loop_weight(ev)
-                fresh = weight is None or weight not in loaded
-                if weight is not None:
-                    loaded.add(weight)
-                sigs.append(("loop", ev.n_tiles, ev.k_tiles, fresh, weight if exact else None,
-                             tuple([signature(b) for b in ev.body])))
-                items.append(_PricedLoop(ev, weight, fresh))
-            else:
-                sigs.append(signature(ev))
-                items.append(ev)
-        self._trace.clear()
-        for name, (sigs, items) in grouped.items():
-            self._price(self.layers[name], tuple(sigs), items)
-        return list(self.layers.values())
-
-    def _price(self, lc, sig: tuple, items: list) -> None:
-        sums, machine = self.model.sums, self.model.machine
-        entry = sums.get(sig)
-        if entry is None:  # the CostListener's own summation, in the same order
-            part = LayerCost(lc.name, lc.kind)
-            for item in items:
-                part.add(self.loop_cost(*item) if isinstance(item, _PricedLoop)
-                         else self.model.instr_cost(item))
-            entry = sums[sig] = (part, float(machine.energy_pj(part.actions)),
-                                 float(machine.energy_pj(part.setup_actions)))
-        part = entry[0]
-        lc.cycles, lc.setup_cycles = part.cycles, part.setup_cycles
-        lc.actions, lc.setup_actions = dict(part.actions), dict(part.setup_actions)
-        lc.energy_pj, lc.setup_energy_pj = entry[1], entry[2]
-        attention = lc.kind == "attention"
-        for item in items:
-            if isinstance(item, _PricedLoop):
-                self._count_loop(lc, item[0])
-            elif attention:
-                self._count_instr(lc, item)
-
-
-class _PricedLoop(NamedTuple):
-    event: LoopEvent
-    weight: str | None
-    fresh: bool  # its weight is loaded for the first time in this run: setup counts
-
-
-def _signature(ev) -> tuple:
-    """What an instruction's cost depends on: its mnemonic and sizes (never buffer names)."""
-    name = getattr(ev.instr, "mnemonic", None)  # flowc.isa instructions: a class attribute
-    return (name if isinstance(name, str) else mnemonic(ev.instr),) + ev[2:]
-
-
 def simulate(image: Image, inputs: Sequence[np.ndarray], numerics: str = "int8",
              mode: str = "plan", account: bool = True,
              interpreter: Interpreter | None = None) -> tuple[list[np.ndarray], RunReport]:
@@ -179,6 +46,18 @@ def simulate(image: Image, inputs: Sequence[np.ndarray], numerics: str = "int8",
     Pass a previous `interpreter` (same image and numerics) to reuse its decompressed weights.
     """
     interp = interpreter or Interpreter(image, numerics=numerics, mode=mode)
+    if account and interp.mode == "plan" and image.priced is not None:
+        stored = _stored(interp, image, numerics)
+        if stored is not None:  # priced at compile time for this machine and code: a run
+            interp.listeners = []  # records nothing and prices nothing
+            t0 = time.perf_counter()
+            outputs = interp.run(inputs)
+            wall = time.perf_counter() - t0
+            return outputs, RunReport(
+                file="", machine=str(image.machine["name"]),
+                clock_mhz=float(image.machine["clock_mhz"]), numerics=numerics, mode=mode,
+                layers=stored, infos={i.name: i for i in image.layers}, check=None,
+                wall_seconds=wall)
     # the machine parsed once per interpreter (0.6 ms a call: a small model's whole run)
     cached = getattr(interp, "cost_model", None)
     if cached is None or cached[0] is not image.machine:
@@ -201,25 +80,14 @@ def simulate(image: Image, inputs: Sequence[np.ndarray], numerics: str = "int8",
     return outputs, report
 
 
-def priced_layers(interp: Interpreter, model) -> list[LayerCost]:
-    """Per-layer costs of a plan's events on `model`'s machine, priced once per (program,
-    machine) and kept on the plan: the events of a run are a function of the instructions
-    and the shapes, which the input signature fixes, so every run of the plan has the same
-    counts and the same costs. Each call returns fresh LayerCost objects (callers may edit)."""
-    plan = interp.plan()
-    if plan.events is None:
-        raise ValueError("the plan has not recorded its events yet (run it with record=True)")
-    last = plan.priced_key  # repr(machine) takes 0.2 ms: reuse it for the same object
-    key = last[1] if last is not None and last[0] is model.machine else repr(model.machine)
-    plan.priced_key = (model.machine, key)
-    if key not in plan.priced:
-        image = interp.image
-        listener = FastCostListener(model, image.layers, image.tensors)
-        for is_loop, ev in plan.events:
-            (listener.on_loop if is_loop else listener.on_instr)(ev)
-        plan.priced[key] = listener.finish()
-    return [replace(lc, actions=dict(lc.actions), setup_actions=dict(lc.setup_actions))
-            for lc in plan.priced[key]]
+def _stored(interp: Interpreter, image: Image, numerics: str) -> list[LayerCost] | None:
+    """The image's compile-time prices for its machine (flowc.runtime.priced), with the price
+    key kept on the interpreter per machine object (hashing the machine: ~40 us a call)."""
+    cached = getattr(interp, "price_key", None)
+    if cached is None or cached[0] is not image.machine or cached[1] != numerics:
+        cached = interp.price_key = (image.machine, numerics,
+                                     price_key(image.machine, numerics))
+    return stored_layers(image, numerics, cached[2])
 
 
 def check_outputs(image: Image, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],

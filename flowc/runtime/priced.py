@@ -1,0 +1,269 @@
+"""Per-layer costs priced once: per layer signature, per (program, machine), and at compile time.
+
+A run's events are a function of the program, the input signature (every shape is fixed by
+it) and the weights' metadata, so the cycles and energy of every layer are the same on every
+run on one machine. Three levels of reuse, each exact (tests compare field by field):
+- FastCostListener prices each distinct layer signature once (SmolLM2's 30 blocks: one);
+- `priced_layers` prices a plan's recorded events once per machine and keeps them on the plan;
+- `price_image` prices at compile time and stores the rows in the .fcim (priced.json,
+  flowc.backend.priced_doc) under a key of everything the prices depend on beyond the file:
+  the pricing format, a digest of the code that makes events and prices them, the numerics
+  and the machine's hash. A `flowrun` call whose key matches only reads them
+  (`stored_layers`); another machine, numerics or flowc code prices afresh.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import NamedTuple
+
+from flowc.backend.image import Image, PricedCosts
+from flowc.backend.priced_doc import PRICED_FORMAT
+from flowc.runtime.cost import mnemonic
+from flowc.runtime.events import LoopEvent
+from flowc.runtime.interpreter import Interpreter, gc_paused
+from flowc.runtime.report import CostListener, LayerCost, loop_weight
+
+# The code a stored price depends on (paths under the flowc package): what builds the events
+# (handlers, plan, fused steps), what prices them, the machine model and the instruction set.
+PRICED_SOURCES = (
+    "runtime/cost.py", "runtime/report.py", "runtime/events.py", "runtime/priced.py",
+    "runtime/interpreter.py", "runtime/plan.py", "runtime/vector.py", "runtime/vector_masks.py",
+    "runtime/fused.py", "runtime/fused_attention.py", "machine/config.py", "machine/energy.py",
+    "isa/flexcim.isa", "isa/instructions.py", "isa/definition.py",
+)
+ROW_FIELDS = ("name", "kind", "cycles", "actions", "macs", "kept_macs", "tokens", "energy_pj",
+              "setup_cycles", "setup_actions", "setup_energy_pj")
+
+
+def cost_model_for(image: Image):
+    from flowc.machine import MachineConfig
+    from flowc.runtime.cost import CostModel
+
+    machine = MachineConfig.from_dict(image.machine)
+    return machine, CostModel(machine)
+
+
+@functools.cache
+def code_digest() -> str:
+    """SHA-256 of the sources in PRICED_SOURCES (read once per process): any edit to how
+    events are built or priced changes every price key, so stale prices are never read."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for rel in PRICED_SOURCES:
+        data = (root / rel).read_bytes()
+        h.update(f"{rel} {len(data)}\n".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def machine_hash(machine: dict) -> str:
+    """SHA-256 of a machine's canonical JSON (sorted keys, no spaces): the hash reports
+    record (flowc.studies.results.machine_entry)."""
+    text = json.dumps(machine, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def price_key(machine: dict, numerics: str) -> str:
+    text = (f"priced {PRICED_FORMAT}|code {code_digest()}|numerics {numerics}|"
+            f"machine {machine_hash(machine)}")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def layer_rows(layers: list[LayerCost]) -> tuple[dict, ...]:
+    """LayerCosts as JSON-able rows (ints stay ints, floats round-trip exactly)."""
+    return tuple({f: getattr(lc, f) for f in ROW_FIELDS} for lc in layers)
+
+
+def rows_to_layers(rows) -> list[LayerCost]:
+    """Fresh LayerCost objects from rows (callers may edit them)."""
+    return [LayerCost(**{**r, "actions": dict(r["actions"]),
+                         "setup_actions": dict(r["setup_actions"])}) for r in rows]
+
+
+def price_image(image: Image, numerics: str = "int8") -> float:
+    """Run `image` once on its sample inputs (after the program verifier), price its events on
+    its machine and keep the rows in `image.priced` (written to the .fcim by the container).
+    Returns the seconds it took. Entries for other keys already valid for `image` are kept."""
+    import time
+
+    from flowc.runtime.verifier import verify
+
+    if not image.samples:
+        raise ValueError("price_image: the image has no sample inputs to run")
+    t0 = time.perf_counter()
+    verify(image)
+    interp = Interpreter(image, numerics=numerics)
+    interp.plan().record = True
+    interp.run(list(image.samples))
+    layers = priced_layers(interp, cost_model_for(image)[1])
+    old = image.priced
+    entries = dict(old.entries) if old is not None and old.valid_for(image) else {}
+    entries[price_key(image.machine, numerics)] = layer_rows(layers)
+    image.priced = PricedCosts(image.program, image.tensors, image.inputs, image.layers, entries)
+    return time.perf_counter() - t0
+
+
+def stored_layers(image: Image, numerics: str, key: str | None = None) -> list[LayerCost] | None:
+    """The compile-time prices of `image` for its machine and `numerics`, or None (priced
+    for another machine, numerics or code, or none stored)."""
+    priced = image.priced
+    if priced is None or not priced.valid_for(image):
+        return None
+    rows = priced.entries.get(key or price_key(image.machine, numerics))
+    return None if rows is None else rows_to_layers(rows)
+
+
+class MemoCostModel:
+    """A CostModel whose per-event costs are memoised by the event's sizes.
+
+    Transformer blocks repeat: 30 identical blocks in SmolLM2 ask for the same costs 30 times.
+    The cost of an instruction depends on its mnemonic and the event's counts only (never on
+    buffer names), so the key is (class, sizes); a loop's key adds its weight name when exact
+    per-tile pair passes are in play. Everything else is delegated to the wrapped model.
+    """
+
+    def __init__(self, model, memo: dict | None = None) -> None:
+        self.model = model
+        self.machine = model.machine  # read per loop by the listener: no __getattr__ detour
+        self.memo = {} if memo is None else memo
+        self.sums: dict[tuple, tuple] = {}  # FastCostListener: per-layer-signature prices
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    @staticmethod
+    def _key(ev) -> tuple:
+        return (type(ev.instr), ev.tiles, ev.tokens, ev.keep_n, ev.group_m, ev.k_pass,
+                ev.elements, ev.in_elements)
+
+    def instr_cost(self, ev):
+        key = self._key(ev)
+        cost = self.memo.get(key)
+        if cost is None:
+            cost = self.memo[key] = self.model.instr_cost(ev)
+        return cost
+
+    def loop_cost(self, ev, pair_passes=None):
+        weight = next((getattr(b.instr, "w", None) for b in ev.body
+                       if getattr(b.instr, "w", None)), None) if pair_passes is not None else None
+        # body events share their sizes (one loop, one macro): the first one and the
+        # instruction types identify the loop's cost
+        key = ("loop", ev.n_tiles, ev.k_tiles, weight, self._key(ev.body[0]) if ev.body else (),
+               tuple(type(b.instr) for b in ev.body))
+        cost = self.memo.get(key)
+        if cost is None:
+            cost = self.memo[key] = self.model.loop_cost(ev, pair_passes)
+        return cost
+
+
+class FastCostListener(CostListener):
+    """CostListener that defers all pricing to finish(); same report (a test checks).
+
+    During the run it only records events (a list append), so accounting adds little to
+    execution. finish() prices each layer once per distinct *signature*: the sizes of its
+    events in order, whether each loop's weight is loaded for the first time (setup), and the
+    weight name only where per-tile pair passes make the cost depend on it. SmolLM2's 30
+    identical blocks share their signatures, so 29 of 30 layers are a dict lookup. The prices
+    live in the MemoCostModel, so a listener built on the same memo reuses them across runs.
+    MACs and token counts are per layer (they depend on the layer's weights) and are counted
+    for every layer.
+    """
+
+    def __init__(self, cost_model, layers, tensors=None) -> None:
+        if not isinstance(cost_model, MemoCostModel):
+            cost_model = MemoCostModel(cost_model)
+        super().__init__(cost_model, layers, tensors)
+        self._trace: list = []
+        self.on_instr = self.on_loop = self._trace.append  # type: ignore[method-assign]
+
+    def finish(self) -> list:
+        with gc_paused():  # thousands of small allocations, no cycles (see gc_paused)
+            return self._finish()
+
+    def _finish(self) -> list:
+        grouped: dict[str, tuple[list, list]] = {}
+        exact = self.tensors is not None and self.model.machine.pair_select == "row-shared"
+        loaded, signature = self.loaded, _signature
+        layer, sigs, items = None, [], []  # consecutive events mostly share their layer
+        for ev in self._trace:
+            if ev.layer != layer:
+                layer = ev.layer
+                entry = grouped.get(layer)
+                if entry is None:
+                    self._layer(layer)  # layers keep the order of their first event
+                    entry = grouped[layer] = ([], [])
+                sigs, items = entry
+            if type(ev) is LoopEvent:
+                weight = loop_weight(ev)
+                fresh = weight is None or weight not in loaded
+                if weight is not None:
+                    loaded.add(weight)
+                sigs.append(("loop", ev.n_tiles, ev.k_tiles, fresh, weight if exact else None,
+                             tuple([signature(b) for b in ev.body])))
+                items.append(_PricedLoop(ev, weight, fresh))
+            else:
+                sigs.append(signature(ev))
+                items.append(ev)
+        self._trace.clear()
+        for name, (sigs, items) in grouped.items():
+            self._price(self.layers[name], tuple(sigs), items)
+        return list(self.layers.values())
+
+    def _price(self, lc, sig: tuple, items: list) -> None:
+        sums, machine = self.model.sums, self.model.machine
+        entry = sums.get(sig)
+        if entry is None:  # the CostListener's own summation, in the same order
+            part = LayerCost(lc.name, lc.kind)
+            for item in items:
+                part.add(self.loop_cost(*item) if isinstance(item, _PricedLoop)
+                         else self.model.instr_cost(item))
+            entry = sums[sig] = (part, float(machine.energy_pj(part.actions)),
+                                 float(machine.energy_pj(part.setup_actions)))
+        part = entry[0]
+        lc.cycles, lc.setup_cycles = part.cycles, part.setup_cycles
+        lc.actions, lc.setup_actions = dict(part.actions), dict(part.setup_actions)
+        lc.energy_pj, lc.setup_energy_pj = entry[1], entry[2]
+        attention = lc.kind == "attention"
+        for item in items:
+            if isinstance(item, _PricedLoop):
+                self._count_loop(lc, item[0])
+            elif attention:
+                self._count_instr(lc, item)
+
+
+class _PricedLoop(NamedTuple):
+    event: LoopEvent
+    weight: str | None
+    fresh: bool  # its weight is loaded for the first time in this run: setup counts
+
+
+def _signature(ev) -> tuple:
+    """What an instruction's cost depends on: its mnemonic and sizes (never buffer names)."""
+    name = getattr(ev.instr, "mnemonic", None)  # flowc.isa instructions: a class attribute
+    return (name if isinstance(name, str) else mnemonic(ev.instr),) + ev[2:]
+
+
+def priced_layers(interp: Interpreter, model) -> list[LayerCost]:
+    """Per-layer costs of a plan's events on `model`'s machine, priced once per (program,
+    machine) and kept on the plan: the events of a run are a function of the instructions
+    and the shapes, which the input signature fixes, so every run of the plan has the same
+    counts and the same costs. Each call returns fresh LayerCost objects (callers may edit)."""
+    plan = interp.plan()
+    if plan.events is None:
+        raise ValueError("the plan has not recorded its events yet (run it with record=True)")
+    last = plan.priced_key  # repr(machine) takes 0.2 ms: reuse it for the same object
+    key = last[1] if last is not None and last[0] is model.machine else repr(model.machine)
+    plan.priced_key = (model.machine, key)
+    if key not in plan.priced:
+        image = interp.image
+        listener = FastCostListener(model, image.layers, image.tensors)
+        for is_loop, ev in plan.events:
+            (listener.on_loop if is_loop else listener.on_instr)(ev)
+        plan.priced[key] = listener.finish()
+    return [replace(lc, actions=dict(lc.actions), setup_actions=dict(lc.setup_actions))
+            for lc in plan.priced[key]]
