@@ -45,6 +45,9 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
                    help="do not embed the reference ONNX model (flowrun cannot check)")
     p.add_argument("--no-fp32", action="store_true",
                    help="do not embed fp32 weights (smaller; no --numerics fp32)")
+    p.add_argument("--no-price", action="store_true",
+                   help="do not run the program once to store its per-layer costs on the "
+                        "target (flowrun then prices every call itself)")
     add_debug(p)
     p.set_defaults(func=run)
 
@@ -105,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         cap = load_model(args.model, input_shapes=args.input_shape, trust_pickle=args.trust_pickle)
     _user_calibration(cap, args, progress)
     image = compile_captured(cap, opts, progress=progress)
+    if not args.no_price and image.samples:
+        _price(image, progress)
     if progress:
         progress(f"writing {out} ...")
     t0 = time.perf_counter()
@@ -124,6 +129,18 @@ def run(args: argparse.Namespace) -> int:
                   f"{floor / 1e6:.2f} MB); whole file {sizes['total'] / floor:.3f} x "
                   f"(fp32 check payload {sizes['check'] / 1e6:.2f} MB)")
     return 0
+
+
+def _price(image, progress) -> None:
+    """Run the program once on its sample inputs and store its per-layer costs on the target
+    (flowc.runtime.priced): a flowrun call on the same machine reads them instead of pricing."""
+    from flowc.runtime.priced import price_image
+
+    if progress:
+        progress(f"pricing on {image.machine['name']} (one run of the sample inputs) ...")
+    seconds = price_image(image)
+    if progress:
+        progress(f"pricing done in {seconds:.2f} s")
 
 
 def _user_calibration(cap, args: argparse.Namespace, progress) -> None:
