@@ -94,15 +94,25 @@ def test_serial_and_local_pool_give_the_same_table(tmp_path):
 
 @pytest.mark.slow
 def test_ray_gives_the_same_table_as_the_local_pool(tmp_path):
+    """The first sweep starts the cluster (the driver evaluates points meanwhile: here, with
+    16 points, likely all of them); the second runs on the cluster already up, every point
+    on a Ray worker."""
+    import os
+
     pytest.importorskip("ray")
     from flowc.executors.cluster import RayExecutor
 
     with LocalPoolExecutor(2) as ex:
         run_sweep(SPEC, tmp_path / "pool", executor=ex)
     with RayExecutor(num_cpus=2) as ex:
-        summary = run_sweep(SPEC, tmp_path / "ray", executor=ex)
-    assert summary.executor == "ray" and summary.evaluated == 16
+        first = run_sweep(SPEC, tmp_path / "ray", executor=ex)
+        again = run_sweep(SPEC, tmp_path / "ray-up", executor=ex)
+    assert first.executor == again.executor == "ray"
+    assert first.evaluated == again.evaluated == 16 and again.head_start == 0
+    workers = set(load_results(tmp_path / "ray-up")["worker"])
+    assert not any(w.endswith(f":{os.getpid()}") for w in workers)
     assert table(tmp_path / "pool").equals(table(tmp_path / "ray"))
+    assert table(tmp_path / "pool").equals(table(tmp_path / "ray-up"))
 
 
 def test_errors_are_rows_and_an_existing_directory_is_not_overwritten(tmp_path):
@@ -213,43 +223,68 @@ def test_the_cli_exits_6_after_storing_every_row_when_some_points_are_errors(tmp
 
 class _StartingCluster(SerialExecutor):
     """A serial executor that starts like Ray: `connect` (must be the main thread, as
-    ray.init must) then `prestart`; records what ran where."""
+    ray.init must) then `prestart`; records what ran where. `connect` returns once
+    `ready` is set (when given): the test decides how long the cluster takes to start."""
 
-    def __init__(self):
+    def __init__(self, ready=None):
+        import threading
+
         super().__init__()
-        self.workers, self.calls = None, []
+        self.workers, self.calls, self.points = None, [], []
+        self.ready, self.submitted = ready, threading.Event()
 
     def connect(self):
         import threading
 
         assert threading.current_thread() is threading.main_thread()
         self.calls.append("connect")
+        assert self.ready is None or self.ready.wait(60)
         self.workers = 1
 
     def prestart(self, modules):
         self.calls.append(("prestart", tuple(modules)))
 
+    def imap_unordered(self, fn, items, *, shared=None):
+        items = list(items)
+        self.points += [p.index for chunk in items for p in chunk]
+        self.submitted.set()
+        return super().imap_unordered(fn, items, shared=shared)
 
-def test_points_are_built_while_a_cluster_starts_and_errors_still_surface(tmp_path):
+
+def test_the_driver_evaluates_points_while_a_cluster_starts(tmp_path, monkeypatch):
+    """While `connect` runs (ray.init), a helper thread builds the points, opens the store
+    and evaluates chunks in the driver; the chunks it has not taken when the cluster is up
+    go to the executor: every point exactly once, the same table as the serial executor."""
     import threading
 
     from flowc.studies.sweep import run as run_module
 
-    built_on = []
-    real = run_module.points_of
+    built_on, head_chunks = [], []
+    ready = threading.Event()
+    ex = _StartingCluster(ready)
+    real_points, real_chunk = run_module.points_of, run_module.evaluate_chunk
 
-    def spy(spec):
+    def points_spy(spec):
         built_on.append(threading.current_thread().name)
-        return real(spec)
+        return real_points(spec)
 
-    ex = _StartingCluster()
-    try:
-        run_module.points_of = spy
-        summary = run_sweep(SPEC, tmp_path / "out", executor=ex)
-    finally:
-        run_module.points_of = real
-    assert built_on == ["flowc-sweep-points"] and summary.ok == 16
+    def chunk_spy(shared, chunk):  # the cluster is "up" once the driver holds its 3rd chunk,
+        if threading.current_thread() is not threading.main_thread():  # which it finishes
+            head_chunks.append([p.index for p in chunk])  # after the rest went to the executor
+            if len(head_chunks) == 3:
+                ready.set()
+                assert ex.submitted.wait(60)
+        return real_chunk(shared, chunk)
+
+    monkeypatch.setattr(run_module, "points_of", points_spy)
+    monkeypatch.setattr(run_module, "evaluate_chunk", chunk_spy)
+    summary = run_sweep(SPEC, tmp_path / "out", executor=ex)
+    assert built_on == ["flowc-sweep-head-start"] and summary.ok == summary.evaluated == 16
     assert ex.calls == ["connect", ("prestart", run_module.WORKER_MODULES)]
+    # chunks of 3 (the spec's): 3 in the driver, the 7 points not taken by then on the executor
+    assert head_chunks == [[0, 1, 2], [3, 4, 5], [6, 7, 8]] and summary.head_start == 9
+    assert ex.points == list(range(9, 16)) and summary.chunks == 3  # the executor's: 3, 3, 1
+    assert "of which 9 in the driver while the serial executor started" in summary.render()
     with SerialExecutor() as serial:
         run_sweep(SPEC, tmp_path / "serial", executor=serial)
     assert table(tmp_path / "out").equals(table(tmp_path / "serial"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from flowc.studies.sweep.store import ResultStore
 
 Say = Callable[[str], None]
 MAX_CHUNK = 500
+HEAD_CHUNK = 200  # analytic points per chunk the driver evaluates while an executor starts
 WORKER_MODULES = ("flowc.studies.sweep.point", "flowc.studies.analytic_fast")
 
 
@@ -42,6 +44,7 @@ class SweepSummary:
     errors: int = 0
     skipped: int = 0
     stored_before: int = 0
+    head_start: int = 0  # of `evaluated`: in the driver while the executor started
     errors_before: int = 0  # error rows among those stored before (resume)
     failed_checks: int = 0  # run mode: ok rows whose ONNX Runtime check FAILED (all stored)
     wall_s: float = 0.0
@@ -71,6 +74,8 @@ class SweepSummary:
                  f"{self.wall_s:.2f} s (setup {self.setup_s:.2f} s), {self.rate:.1f} points/s "
                  f"({self.executor}, "
                  f"{self.chunks} chunks of <= {self.chunk_size})",
+                 *([f"  of which {self.head_start} in the driver while the {self.executor} "
+                    "executor started"] if self.head_start else []),
                  f"  already stored (resume): {self.stored_before}"
                  + (f" ({self.errors_before} errors)" if self.errors_before else ""),
                  f"  skipped (pruned): {self.skipped}"]
@@ -100,11 +105,36 @@ def run_sweep(spec: str | Path | Mapping[str, Any] | SweepSpec, out: str | Path,
     """Evaluate every point of `spec` not yet stored in `out` (see the module docstring).
 
     `executor` defaults to a local process pool on all CPUs (closed at the end; one passed
-    in is left open). `progress(done, total)` counts the points this run stores."""
+    in is left open). `progress(done, total)` counts the points this run stores. An
+    executor that still has to start (a Ray cluster not yet connected) gets a head start:
+    see `_run_with_head_start`."""
     t0 = time.perf_counter()
     say = say or (lambda _msg: None)
     spec = load_spec(spec)
-    points = _points_while_starting(spec, executor)
+    own = executor is None
+    ex = make_executor() if own else executor
+    try:
+        if ex.workers is None and callable(getattr(ex, "connect", None)):
+            run = _run_with_head_start(spec, out, ex, resume, progress, say, t0)
+        else:
+            run = _prepare(spec, out, resume, progress, say, t0, ex.workers)
+            try:
+                _evaluate_rest(run, ex, run.todo)
+            finally:
+                run.store.close()
+    finally:
+        if own:
+            ex.close()
+    run.summary.wall_s = time.perf_counter() - t0
+    return run.summary
+
+
+def _prepare(spec: SweepSpec, out: str | Path, resume: bool, progress: Progress | None,
+             say: Say, t0: float, workers: int | None) -> _Run:
+    """Everything before the first chunk: points built and checked, the store opened (or
+    resumed), shared state (run mode compiles here), failed compiles stored as error rows,
+    pruning (its bound front is evaluated here). `workers` sizes the chunks."""
+    points = points_of(spec)
     store = ResultStore.open(out, spec, points, spec_hash(spec, points), resume)
     try:
         done = store.stored() if resume else {}
@@ -116,79 +146,126 @@ def run_sweep(spec: str | Path | Mapping[str, Any] | SweepSpec, out: str | Path,
         summary.errors_before = sum(status == "error" for status, _ in before)
         summary.failed_checks = sum(check == "FAILED" for _, check in before)
         run = _Run(spec, store, summary, progress, len(todo))
-        own = executor is None
-        ex = make_executor() if own else executor
-        try:
-            _drive(run, ex, points, todo, say, t0)
-        finally:
-            if own:
-                ex.close()
-    finally:
+        run.size = chunk_size(spec, len(todo), workers)
+        shared, failed = _shared(spec, points if spec.sweep.prune else todo, todo, say)
+        if failed:  # a group that did not compile: its points are error rows, not a crash
+            run.store_rows([base_row(p, "error", failed[p.index]) for p in todo
+                            if p.index in failed])
+        todo = [p for p in todo if p.index not in failed]
+        if spec.sweep.prune and todo:
+            todo = _prune(run, shared, points, todo)
+        run.shared, run.todo = shared, todo
+        summary.setup_s = time.perf_counter() - t0
+        if progress and not run.stored:
+            progress(0, run.total)
+    except BaseException:
         store.close()
-    run.summary.wall_s = time.perf_counter() - t0
-    return run.summary
+        raise
+    return run
 
 
-def _points_while_starting(spec: SweepSpec, ex: Executor | None) -> list[Point]:
-    """`points_of(spec)`, overlapped with the start of a Ray cluster not yet connected.
+def _evaluate_rest(run: _Run, ex: Executor, todo: Sequence[Point]) -> None:
+    """The points left, in chunks on the executor (a local pool's forkserver imports the
+    evaluation modules once, not each worker)."""
+    run.summary.executor = ex.name
+    if isinstance(getattr(ex, "preload", None), list):
+        ex.preload[:] = dict.fromkeys([*ex.preload, *WORKER_MODULES])
+    if todo:
+        run.evaluate(ex, run.shared, todo)
 
-    Ray's start (5-12 s on 2 busy cores) would otherwise come after building and checking
-    every point. `ray.init` must run on the main thread (from another thread this Ray version
-    aborts its driver), so the points are built on a helper thread meanwhile (pure Python: it
-    runs while ray.init waits on the processes it starts), and right after the connect the
-    workers are asked to import the evaluation modules (`prestart`), which they do while the
-    driver opens the store and builds the shared state. A bad spec is still reported before
-    any point runs, once the cluster is up (then shut down by whoever owns the executor)."""
-    connect = getattr(ex, "connect", None)
-    if ex is None or ex.workers is not None or connect is None:
-        return points_of(spec)
-    box: dict[str, Any] = {}
 
-    def build() -> None:
-        try:
-            box["points"] = points_of(spec)
-        except BaseException as exc:  # re-raised on the main thread below
-            box["error"] = exc
+def _run_with_head_start(spec: SweepSpec, out: str | Path, ex: Executor, resume: bool,
+                         progress: Progress | None, say: Say, t0: float) -> _Run:
+    """A sweep on an executor that must start first (`ex.connect()`: a new Ray cluster
+    takes 5-12 s on 2 busy cores), with the sweep's own work done meanwhile.
 
-    helper = threading.Thread(target=build, name="flowc-sweep-points", daemon=True)
+    `connect` stays on the main thread (from another thread Ray 2.60 aborts the driver).
+    A helper thread prepares the sweep (`_prepare`), then evaluates chunks in this process,
+    one after another, storing each as it finishes, until the executor is up; it then stops
+    after its current chunk (while the executor's workers start), and every chunk it has not
+    taken goes to the executor. Each chunk is taken, under a lock, by exactly one side, so
+    every point is evaluated once and the table is the one the executor alone would store
+    (only the timing columns tell where a row was computed). A bad spec or directory is
+    reported once the executor is up (the executor is closed by whoever owns it)."""
+    head = _HeadStart(spec, out, resume, progress, say, t0)
+    helper = threading.Thread(target=head.work, name="flowc-sweep-head-start", daemon=True)
     helper.start()
     try:
-        connect()
+        ex.connect()  # type: ignore[attr-defined]
         prestart = getattr(ex, "prestart", None)
-        if prestart is not None:
+        if prestart is not None:  # workers import the evaluation modules meanwhile
             prestart(WORKER_MODULES)
+        rest = head.stop()
+        if head.error is None and head.run is not None:
+            head.run.size = chunk_size(spec, len(rest), ex.workers)
+            _evaluate_rest(head.run, ex, rest)
     finally:
+        head.stop()
         helper.join()
-    if "error" in box:
-        raise box["error"]
-    return box["points"]
+        if head.run is not None:
+            head.run.store.close()
+    if head.error is not None:
+        raise head.error
+    assert head.run is not None
+    return head.run
 
 
-def _drive(run: _Run, ex: Executor, points: list[Point], todo: list[Point], say: Say,
-           t0: float) -> None:
-    """Shared state, failed compiles, pruning, then the chunks (see run_sweep)."""
-    spec = run.spec
-    run.summary.executor = ex.name
-    if ex.workers is None and hasattr(ex, "connect"):  # Ray: its CPUs size the chunks
-        ex.connect()
-    if isinstance(getattr(ex, "preload", None), list):  # a local pool's forkserver imports
-        ex.preload[:] = dict.fromkeys([*ex.preload, *WORKER_MODULES])  # these once, not each worker
-    run.size = chunk_size(spec, len(todo), ex.workers)
-    shared, failed = _shared(spec, points if spec.sweep.prune else todo, todo, say)
-    if failed:  # a group that did not compile: its points are error rows, not a crash
-        run.store_rows([base_row(p, "error", failed[p.index]) for p in todo
-                        if p.index in failed])
-    todo = [p for p in todo if p.index not in failed]
-    if spec.sweep.prune and todo:
-        todo = _prune(run, shared, points, todo)
-    run.summary.setup_s = time.perf_counter() - t0
-    if todo:
-        run.evaluate(ex, shared, todo)
+class _HeadStart:
+    """The helper thread of `_run_with_head_start`: its state and the lock on its queue."""
+
+    def __init__(self, spec: SweepSpec, out: str | Path, resume: bool,
+                 progress: Progress | None, say: Say, t0: float) -> None:
+        self.args = (spec, out, resume, progress, say, t0)
+        self.run: _Run | None = None
+        self.error: BaseException | None = None
+        self._prepared = threading.Event()
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._queue: deque[list[Point]] = deque()
+
+    def work(self) -> None:
+        from flowc.executors import SerialExecutor
+
+        try:
+            run = _prepare(*self.args, workers=None)
+            spec = run.spec
+            size = spec.sweep.chunk or (1 if spec.sweep.mode == "run" else HEAD_CHUNK)
+            self._queue.extend(run.todo[i:i + size] for i in range(0, len(run.todo), size))
+            self.run = run
+        except BaseException as exc:  # re-raised on the main thread
+            self.error = exc
+            return
+        finally:
+            self._prepared.set()
+        try:  # in-process, as the serial executor runs items (worker_scratch() works)
+            with SerialExecutor() as serial:
+                while (chunk := self._take()) is not None:
+                    for _, rows in serial.imap_unordered(evaluate_chunk, [chunk],
+                                                         shared=run.shared):
+                        run.store_rows(rows, head_start=True)
+        except BaseException as exc:
+            self.error = exc
+
+    def _take(self) -> list[Point] | None:
+        with self._lock:
+            return None if self._stopped or not self._queue else self._queue.popleft()
+
+    def stop(self) -> list[Point]:
+        """No chunk is taken after this; once prepared, the points not taken, in order."""
+        with self._lock:
+            self._stopped = True
+        self._prepared.wait()
+        with self._lock:
+            rest = [p for chunk in self._queue for p in chunk]
+            self._queue.clear()
+        return rest
 
 
 @dataclass
 class _Run:
-    """A run's state: where rows go and what is counted."""
+    """A run's state: where rows go and what is counted. `store_rows` may be called from two
+    threads (the head start's helper and the main thread): one lock guards the store and
+    the counts."""
 
     spec: SweepSpec
     store: ResultStore
@@ -197,12 +274,21 @@ class _Run:
     total: int
     size: int = 1
     stored: int = 0
+    shared: Shared | None = None
+    todo: list[Point] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def store_rows(self, rows: Sequence[dict[str, Any]]) -> None:
+    def store_rows(self, rows: Sequence[dict[str, Any]], head_start: bool = False) -> None:
         if not rows:
             return
-        self.store.write(rows)
-        self.stored += len(rows)
+        with self.lock:
+            self.store.write(rows)
+            self.stored += len(rows)
+            self._count(rows, head_start)
+            if self.progress:
+                self.progress(self.stored, self.total)
+
+    def _count(self, rows: Sequence[dict[str, Any]], head_start: bool) -> None:
         s = self.summary
         for r in rows:
             if r["status"] == "skipped":
@@ -210,6 +296,7 @@ class _Run:
                 s.skip_reasons[r["reason"]] = s.skip_reasons.get(r["reason"], 0) + 1
                 continue
             s.evaluated += 1
+            s.head_start += head_start
             if r["status"] == "ok":
                 s.ok += 1
                 s.failed_checks += r.get("check") == "FAILED"
@@ -217,8 +304,6 @@ class _Run:
                 s.errors += 1
                 if len(s.error_samples) < 5:
                     s.error_samples.append(f"point {r['point']}: {r['reason']}")
-        if self.progress:
-            self.progress(self.stored, self.total)
 
     def evaluate(self, ex: Executor, shared: Shared, points: Sequence[Point]
                  ) -> list[dict[str, Any]]:
@@ -226,8 +311,6 @@ class _Run:
         chunks = [points[i:i + self.size] for i in range(0, len(points), self.size)]
         self.summary.chunks += len(chunks)
         self.summary.chunk_size = self.size
-        if self.progress and not self.stored:
-            self.progress(0, self.total)
         out: list[dict[str, Any]] = []
         for _, rows in ex.imap_unordered(evaluate_chunk, chunks, shared=shared):
             self.store_rows(rows)
