@@ -18,7 +18,7 @@ Two ways to run (SPEC 2.1, 2.7):
 - `update=obs` (implies sequential): after choosing the same Wanda N:M mask, the kept weights
   of each row are corrected to reconstruct the layer's calibration outputs (an OBS update
   with the Hessian X^T X of its inputs, done blockwise over columns as in SparseGPT, Frantar
-  & Alistarh 2023, arXiv 2301.00774). See `obs_update`.
+  & Alistarh 2023, arXiv 2301.00774). See flowc.passes.obs.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from flowc.errors import CompileError
 from flowc.passes.base import CompileContext, Pass, PassResult
 from flowc.passes.graph import (
     LinearRef,
@@ -43,13 +42,10 @@ from flowc.passes.graph import (
     set_param,
     untie_weight,
 )
+from flowc.passes.obs import PruneError, obs_factor, obs_sweep, obs_update  # noqa: F401
 from flowc.passes.registry import register_pass
 
 _ROW_CHUNK = 4096  # rows sorted at once: bounds the float64/int64 temporaries of big matrices
-
-
-class PruneError(CompileError):
-    """Pruning cannot be done as asked (bad pattern, NaN scores, missing stats)."""
 
 
 def check_pattern(keep_n: int, group_m: int, layer: str = "<array>") -> None:
@@ -130,69 +126,16 @@ def prune_layer(
     return np.where(mask, w, np.zeros((), dtype=w.dtype)), mask
 
 
-def obs_update(weight: np.ndarray, mask: np.ndarray, hessian: np.ndarray, damp: float = 0.01,
-               blocksize: int = 128, layer: str = "<array>",
-               dtype: type[np.floating] = np.float64) -> np.ndarray:
-    """Prune `weight` to `mask` and correct the kept weights by OBS (float64 out).
-
-    `hessian` = X^T X of the layer's calibration inputs [K, K]. Minimises, row by row, the
-    change of the outputs X w on the calibration data, greedily column by column: when column
-    i loses weight w_i, the later columns absorb err = w_i / U_ii along row i of U, the upper
-    Cholesky factor of H^-1 (SparseGPT, Frantar & Alistarh 2023, section 3: the OBS update
-    restricted to not-yet-processed columns; lazy blockwise updates of `blocksize` columns).
-    Dampening adds `damp * mean(diag H)` to the diagonal (their 1 %); channels that never
-    fire (zero diagonal) get diagonal 1, which decouples them. The mask is the caller's, not
-    SparseGPT's adaptive one: the same N:M groups as without the update.
-
-    The factorisation is float64; the column sweep runs in `dtype` (nm-prune uses float32, as
-    SparseGPT does). The sweep is in numpy on a transposed block so that each column step is
-    two small contiguous vector operations: per-step dispatch, not arithmetic, dominates here
-    (SmolLM2: ~150,000 column steps), and torch's per-op threading overhead made it ~1.5x
-    slower (measured side by side on SmolLM2's layer shapes).
-    """
-    w0 = np.asarray(weight)
-    keep = np.asarray(mask, dtype=bool)
-    h = np.array(hessian, dtype=np.float64)
-    k = w0.shape[1]
-    if keep.shape != w0.shape or h.shape != (k, k):
-        raise PruneError(f"layer {layer}: obs_update needs mask {tuple(w0.shape)} and Hessian "
-                         f"{(k, k)}, got {tuple(keep.shape)} and {tuple(h.shape)}")
-    if damp < 0 or blocksize < 1:
-        raise PruneError(f"layer {layer}: need damp >= 0 and blocksize >= 1")
-    diag = np.diagonal(h).copy()
-    diag[diag == 0] = 1.0
-    h[np.arange(k), np.arange(k)] = diag + damp * float(diag.mean())
-    chol, info = torch.linalg.cholesky_ex(torch.from_numpy(h))
-    if int(info):
-        raise PruneError(f"layer {layer}: calibration Hessian is not positive definite; "
-                         "raise the dampening (damp)")
-    u = torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True).numpy().astype(dtype)
-    w = w0.astype(dtype, copy=True)
-    scale = (~keep).astype(dtype) / np.diagonal(u)[None, :]  # err_j = w_j * scale_j
-    for i1 in range(0, k, blocksize):
-        i2 = min(i1 + blocksize, k)
-        block = np.ascontiguousarray(w[:, i1:i2].T)  # [columns, rows]
-        sc = np.ascontiguousarray(scale[:, i1:i2].T)
-        err = np.empty_like(block)
-        ub = u[i1:i2, i1:i2]
-        for j in range(i2 - i1):
-            np.multiply(block[j], sc[j], out=err[j])
-            if j + 1 < i2 - i1:
-                block[j + 1:] -= np.multiply.outer(ub[j, j + 1:], err[j])
-        w[:, i1:i2] = block.T
-        w[:, i2:] -= err.T @ u[i1:i2, i2:]
-    w[~keep] = 0.0  # exact zeros (the update leaves rounding residue at pruned positions)
-    return w.astype(np.float64)
-
-
 class _WindowStats:
     """Per-channel sum of squares and (optionally) X^T X of one linear input over all windows,
-    cached for the next linear reading the same input (q/k/v, gate/up)."""
+    cached for the next linear reading the same input (q/k/v, gate/up), with the OBS factor of
+    that X^T X (it depends on the input alone, so the linears sharing it share one)."""
 
     def __init__(self, hessian: bool) -> None:
         self.hessian = hessian
         self._key: object = None
         self._value: tuple[np.ndarray, np.ndarray | None] = (np.zeros(0), None)
+        self._factor: tuple[float, np.ndarray] | None = None
 
     def __call__(self, key: object, inputs: Sequence[torch.Tensor]
                  ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -206,9 +149,18 @@ class _WindowStats:
                 sumsq += flat.to(torch.float64).square().sum(dim=0)
                 if h is not None:  # fp32 product per window, float64 sum over windows
                     h += (flat.T @ flat).to(torch.float64)
-            self._key = key
+            self._key, self._factor = key, None
             self._value = (np.sqrt(sumsq.numpy()), None if h is None else h.numpy())
         return self._value
+
+    def factor(self, damp: float, layer: str) -> np.ndarray:
+        """`obs_factor` of the current input's X^T X, computed once per input and damp."""
+        hessian = self._value[1]
+        if hessian is None:
+            raise PruneError(f"layer {layer}: no Hessian for the OBS update")
+        if self._factor is None or self._factor[0] != damp:
+            self._factor = (damp, obs_factor(hessian, damp, layer))
+        return self._factor[1]
 
 
 @register_pass
@@ -286,8 +238,9 @@ class NMPrune(Pass):
             if item is not None:
                 norm, hessian = stats(ref.node.args[0], inputs)
                 (n, m) = item[1]
+                factor = None if hessian is None else stats.factor(self.damp, item[0].name)
                 report["layers"][item[0].name] = self._prune_one(gm, item[0], n, m, norm,
-                                                                 hessian)
+                                                                 factor)
 
         if not ctx.calib_inputs:
             raise PruneError("nm-prune: sequential pruning needs calibration inputs")
@@ -304,14 +257,16 @@ class NMPrune(Pass):
         return (n, m)
 
     def _prune_one(self, gm: fx.GraphModule, ref: LinearRef, n: int, m: int,
-                   norm: np.ndarray | None, hessian: np.ndarray | None = None) -> dict[str, Any]:
+                   norm: np.ndarray | None, factor: np.ndarray | None = None
+                   ) -> dict[str, Any]:
+        """Prune one linear in place; `factor` (obs_factor of its input's X^T X) asks for the
+        OBS update of the kept weights."""
         weight = get_param(gm, ref.weight_target).detach().to(torch.float32).cpu().numpy()
         meta = flowc_meta(ref.node)
         scores = wanda_scores(weight, norm, ref.name) if self.score == "wanda" else None
         pruned, mask = prune_layer(weight, n, m, scores, ref.name)
-        if hessian is not None:
-            pruned = obs_update(weight, mask, hessian, self.damp, self.blocksize, ref.name,
-                                np.float32)
+        if factor is not None:
+            pruned = obs_sweep(weight, mask, factor, self.blocksize, ref.name, np.float32)
             pruned = pruned.astype(np.float32)
         ref = untie_weight(gm, ref)  # a tied/reused weight gets a private copy first
         set_param(gm, ref.weight_target, torch.from_numpy(pruned))
