@@ -16,7 +16,7 @@ Mapping (every other op stays float32, as in the simulator, including a depthwis
   weight [out, in] (form `dense`) of packed weight W ->
   `q, s = quant(x, axis=-1)`; `y = MatMulInteger(q, Wq^T) -> float * s * wscale[:out]`,
   then `+ C` for a Gemm bias (a MatMul's bias is the exporter's separate Add, kept as is).
-  quant: `amax = ReduceMax(|x|)`, `s = Where(amax > 0, amax / 127, 1)`,
+  quant: `amax = ReduceMax(|x|)`, `s = Where(amax > 0, Max(amax / 127, FLT_MIN), 1)`,
   `q = Cast<int8>(Clip(Round(x / s), -127, 127))` (Round is half to even, as np.rint).
 - Activation x activation MatMul (both inputs computed: attention's Q K^T and A V, `mm.act`):
   `a` quantised per row (axis -1), `b` per column (axis -2), `MatMulInteger` (batched; exact
@@ -44,6 +44,7 @@ from flowc.backend.reference import _digest, dense_weight, rebuild_recipes, reci
 from flowc.errors import ImageError
 
 QMAX = 127.0
+TINY = float(np.finfo(np.float32).tiny)  # the scale's floor (flowc.runtime.vector.TINY)
 PREFIX = "flowc.i8"
 FLOAT_GEMMS = ("Conv", "ConvTranspose", "Einsum", "QLinearMatMul", "MatMulInteger")
 
@@ -94,7 +95,8 @@ class _Rewriter:
 
     # -- driver --------------------------------------------------------------------------------
     def run(self) -> None:
-        for key, value in (("zero", 0.0), ("one", 1.0), ("qmax", QMAX), ("qmin", -QMAX)):
+        for key, value in (("zero", 0.0), ("one", 1.0), ("qmax", QMAX), ("qmin", -QMAX),
+                           ("tiny", TINY)):
             self.added[f"{PREFIX}.{key}"] = np.array(value, dtype=np.float32)
         for node in self.graph.node:
             op = node.op_type
@@ -264,12 +266,13 @@ class _Rewriter:
         """(int8 q, float32 scale with the reduced axis kept) of x, symmetric over `axis`."""
         key = (x, axis)
         if key not in self.quantised:
-            c = {k: f"{PREFIX}.{k}" for k in ("zero", "one", "qmax", "qmin")}
+            c = {k: f"{PREFIX}.{k}" for k in ("zero", "one", "qmax", "qmin", "tiny")}
             tag = f"{x}/quant{axis}"
             amax = self._emit("ReduceMax", [self._emit("Abs", [x], tag)], tag, axes=[axis],
                               keepdims=1)
             positive = self._emit("Greater", [amax, c["zero"]], tag)
-            step = self._emit("Div", [amax, c["qmax"]], tag)
+            # floored at the smallest normal float32, as vector.quantise_per_token
+            step = self._emit("Max", [self._emit("Div", [amax, c["qmax"]], tag), c["tiny"]], tag)
             s = self._emit("Where", [positive, step, c["one"]], tag)
             r = self._emit("Round", [self._emit("Div", [x, s], tag)], tag)
             q = self._emit("Cast", [self._emit("Clip", [r, c["qmin"], c["qmax"]], tag)], tag,

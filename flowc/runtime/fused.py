@@ -34,6 +34,7 @@ import torch
 from flowc.errors import ExecutionError
 from flowc.runtime import mlas
 from flowc.runtime.gemm import EXACT_CHUNK
+from flowc.runtime.vector import TINY
 
 QMAX = 127
 SMALL_GEMM = 1 << 23  # rows x K x N at most this: one thread (see _small_product)
@@ -52,7 +53,7 @@ def quantise(x: torch.Tensor, dim: int, inplace: bool = False,
     runs only when one is not (zero rows take scale 1: their values are 0)."""
     # max|x|; `nonnegative` (a softmax's output: exp / sum, never below +0.0): amax alone
     amax = x.amax(dim) if nonnegative else torch.maximum(x.amax(dim), x.amin(dim).neg_())
-    scale = torch.where(amax > 0, amax / QMAX, 1.0)
+    scale = torch.where(amax > 0, (amax / QMAX).clamp_min_(float(TINY)), 1.0)  # as the handler
     q = x.div_(scale.unsqueeze(dim)) if inplace else x / scale.unsqueeze(dim)
     q.round_()
     a = amax.numpy()

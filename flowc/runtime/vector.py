@@ -12,6 +12,10 @@ import numpy as np
 import torch
 
 QMAX = 127
+# the smallest normal float32: the floor of a quantisation scale. max|x| / 127 of a row whose
+# max|x| is subnormal underflows (to 0 below ~1.8e-43: x / 0 = inf / nan); floored, such a
+# row quantises to finite values (|x| / TINY < 127 there, so the clip never matters)
+TINY = np.float32(np.finfo(np.float32).tiny)
 
 
 def _sizes(out: np.ndarray, *ins: np.ndarray) -> dict:
@@ -20,9 +24,9 @@ def _sizes(out: np.ndarray, *ins: np.ndarray) -> dict:
 
 
 def quantise_per_token(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per token: scale = max|x_t| / 127 (1 for an all-zero token)."""
+    """Symmetric int8 per token: scale = max(max|x_t| / 127, TINY) (1 for an all-zero token)."""
     amax = np.abs(x).max(axis=-1)
-    scale = np.where(amax > 0, amax / QMAX, 1.0).astype(np.float32)
+    scale = np.where(amax > 0, np.maximum(amax / QMAX, TINY), 1.0).astype(np.float32)
     q = np.clip(np.rint(x / scale[..., None]), -QMAX, QMAX).astype(np.int8)
     return q, scale
 

@@ -192,7 +192,12 @@ def test_single_linear_is_bit_identical_to_numpy(shape):
     for _ in range(3):
         x = (rng.standard_normal(shape) * rng.uniform(0.01, 100)).astype(np.float32)
         x.reshape(-1, shape[-1])[1] = 0.0  # an all-zero token: scale 1, not 0 / 0
+        # tiny tokens: max|x| / 127 underflows (to 0, or below FLT_MIN): scale FLT_MIN
+        x.reshape(-1, shape[-1])[2] = rng.integers(-9, 10, shape[-1]) * np.float32(1e-45)
+        x.reshape(-1, shape[-1])[3] = rng.uniform(-1, 1, shape[-1]).astype(np.float32) * 1e-37
         np.testing.assert_array_equal(run_reference(model, [x])[0], numpy_linear(image, x))
+        [(_, codes)], _ = reference_quant_points(model, [x])  # the codes too (the bias hides
+        np.testing.assert_array_equal(codes, quantise_per_token(x)[0])  # tiny rows' outputs)
 
 
 def edited(image, edit) -> bytes:

@@ -150,3 +150,24 @@ def test_llama_attention_fused_equals_the_reference_bits(monkeypatch, small):
     assert chains > 0 and it.plan().fused >= chains
     ref = Interpreter(image, mode="reference").run(list(image.samples))
     assert all(np.array_equal(bits(a), bits(b)) for a, b in zip(out, ref, strict=True))
+
+
+def test_subnormal_rows_quantise_to_finite_values(recwarn):
+    """A row whose max|x| is subnormal: max|x| / 127 underflows (to 0 below ~1.8e-43), so the
+    scale is floored at the smallest normal float32; handler and fused path agree bit for
+    bit, without a division by zero."""
+    tiny = np.finfo(np.float32).tiny
+    x = np.zeros((4, 16), np.float32)
+    x[0] = np.arange(-8, 8) * np.float32(1e-45)  # max|x| = 8 ulp of 0: / 127 -> 0
+    x[1] = np.linspace(-1, 1, 16, dtype=np.float32) * np.float32(5e-39)  # subnormal max
+    x[2] = np.linspace(-1, 1, 16, dtype=np.float32) * np.float32(2e-37)  # normal, / 127 not
+    x[3] = np.linspace(-3, 1, 16, dtype=np.float32)  # an ordinary row, untouched
+    q, s = vector.quantise_per_token(x)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert np.all(s[:3] == np.float32(tiny)) and s[3] == np.float32(3.0) / np.float32(127)
+    assert np.array_equal(q[0], np.arange(-8, 8) * 0)  # 8e-45 / 1.2e-38 rounds to 0
+    assert np.abs(q[1:3]).max() <= 127 and q[2, 0] == -round(2e-37 / tiny)
+    assert np.array_equal(q[1:3].astype(np.float32), np.rint(x[1:3] / np.float32(tiny)))
+    tq, ts = fused.quantise(torch.from_numpy(x.copy()), -1, inplace=True)
+    assert np.array_equal(bits(ts.numpy()), bits(s))
+    assert np.array_equal(tq.numpy(), q.astype(np.float32))  # values (int8 has no -0.0)
