@@ -359,14 +359,29 @@ def _quant_step(ins, handler_run: Callable, as_float: bool) -> Callable:
         x = state.bufs[ins.src]
         if x.dtype != np.float32:  # the handler's numpy dtype rules, unchanged
             return handler_run(state)
-        if x.size < SMALL:  # numpy's per-call cost is the lower one here: the handler's
-            sizes = handler_run(state)
-            if as_float:
-                state.bufs[ins.dst] = state.bufs[ins.dst].astype(np.float32)
-            return sizes
+        if x.size < SMALL and not as_float:  # numpy's per-call cost is the lower one here
+            return handler_run(state)
+        if x.size < SMALL:
+            q, s = _quantise_small(x)
+            state.bufs[ins.dst], state.bufs[ins.scale] = q, s
+            return vector_sizes(x.shape, x.size)
         q, s = quantise(torch.from_numpy(np.ascontiguousarray(x)), -1)
         state.bufs[ins.dst] = q.numpy() if as_float else q.to(torch.int8).numpy()
         state.bufs[ins.scale] = s.numpy()
         return vector_sizes(x.shape, x.size)
 
     return run
+
+
+def _quantise_small(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`quantise` in numpy for small float32 x (torch's per-call costs dominate there): the
+    handler's scale and values as float32 in four passes instead of eight (no |x| copy, no
+    int8 round trip, the clip only when it can matter)."""
+    amax = np.maximum(x.max(-1), -x.min(-1))
+    scale = np.where(amax > 0, np.maximum(amax / QMAX, TINY), 1.0).astype(np.float32)
+    q = np.divide(x, scale[..., None])
+    np.rint(q, out=q)
+    nonzero = amax[amax > 0]
+    if nonzero.size and not (nonzero.min() >= NORMAL and nonzero.max() <= BIG):
+        np.clip(q, -QMAX, QMAX, out=q)
+    return q, scale

@@ -32,6 +32,10 @@ def test_quantise_equals_the_handlers():
     tq, ts = fused.quantise(torch.from_numpy(x), -1)
     assert np.array_equal(bits(ts.numpy()), bits(s))
     assert np.array_equal(tq.numpy(), q.astype(np.float32))
+    for rows in (x, sub):  # the numpy path of small tensors
+        nq, ns = fused._quantise_small(rows)
+        hq, hs = vector.quantise_per_token(rows)
+        assert np.array_equal(bits(ns), bits(hs)) and np.array_equal(nq, hq.astype(np.float32))
     qc, sc = quantise_columns(x)
     tq, ts = fused.quantise(torch.from_numpy(x.copy()), -2, inplace=True)
     assert np.array_equal(bits(ts.numpy()), bits(sc))
