@@ -1,14 +1,24 @@
 """flowrun vs ONNX Runtime wall time on the same model and inputs, measured side by side.
 
-    python bench/run_vs_ort.py [--model mlp|block] [--nm 2:4] [--repeat 50]
+    python bench/run_vs_ort.py [--model mlp|block] [--nm 2:4] [--repeat 300] [--processes 10]
 
-Prints the median wall time of: the simulator with cycle/energy accounting (a live
-CostListener on the replayed events, costs memoised across runs), the simulator without it
-(functional only), `simulate()` as flowrun calls it (events recorded once, costs priced once
-per plan and machine, then reused), and ORT running the embedded reference model with 1 and with 2
-intra-op threads (the faster is the baseline); then the ratios. Runs alternate so machine
-noise hits all of them alike. ORT's thread spinning is off: it would starve numpy's threads.
-Not a timed test: read the ratio.
+The model is compiled, priced and written as `flowc compile` does (per-layer costs stored in
+the .fcim), then read back as `flowrun` reads it. One `flowrun` call runs a fresh interpreter
+once, so every flowrun sample here is a cold call on a fresh interpreter (its plan prepared
+before the clock starts, as flowrun prepares it before it runs):
+- functional: the run alone, no accounting;
+- accounted, stored prices: `simulate()` as flowrun calls it on the .fcim (the compile's
+  prices read under their key; nothing recorded or priced);
+- accounted, priced afresh: the same .fcim without its stored prices (`--no-price`, or
+  another machine): the run records its events and prices them from scratch;
+- ORT: the embedded reference model with 1 and 2 intra-op threads on warm sessions (the
+  faster is the baseline).
+Samples alternate so machine noise hits all variants alike. With `--processes N`, each
+variant also runs N times as the only call of a fresh Python process (imports, .fcim read,
+verifier and plan preparation before the clock; the run and its accounting timed; ORT: a
+fresh session, its first run timed), which adds the per-process costs (the code digest of the
+price key, torch's first calls). ORT's thread spinning is off: it would starve numpy's
+threads. Not a timed test: read the ratios.
 """
 
 from __future__ import annotations
@@ -20,83 +30,151 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import dataclasses
+import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-from flowc.frontend.load import capture
-from flowc.runtime.check import ort_session, run_reference
-from flowc.runtime.interpreter import Interpreter
-from flowc.runtime.report import CostListener
-from flowc.runtime.session import MemoCostModel, cost_model_for, simulate
-from flowc.studies.compiler import CompileOptions, compile_captured, parse_nm
-from flowc.studies.examples import build
+VARIANTS = ("functional", "stored", "afresh", "ort1", "ort2")
+LABELS = {"functional": "flowrun functional", "stored": "flowrun accounted, stored prices",
+          "afresh": "flowrun accounted, priced afresh", "ort1": "onnxruntime 1 thread",
+          "ort2": "onnxruntime 2 threads"}
+
+
+def compiled_fcim(model_name: str, nm: str) -> bytes:
+    """The .fcim bytes `flowc compile` would write (priced on its machine)."""
+    from flowc.backend.container import to_bytes
+    from flowc.frontend.load import capture
+    from flowc.runtime.priced import price_image
+    from flowc.studies.compiler import CompileOptions, compile_captured, parse_nm
+    from flowc.studies.examples import build
+
+    model, inputs = build(model_name)
+    image = compile_captured(capture(model, inputs, "bench"),
+                             CompileOptions(nm=parse_nm(nm)), progress=None)
+    price_image(image)
+    return to_bytes(image)
+
+
+class Calls:
+    """One cold call of each variant on a loaded .fcim (fresh interpreter per flowrun call)."""
+
+    def __init__(self, data: bytes) -> None:
+        from flowc.backend.container import load_bytes
+        from flowc.runtime.check import ort_session
+        from flowc.runtime.verifier import verify
+
+        self.image = load_bytes(data, "bench.fcim")
+        if self.image.priced is None:
+            raise SystemExit("bench: the compiled .fcim carries no stored prices")
+        verify(self.image)
+        self.unpriced = dataclasses.replace(self.image, priced=None)
+        self.samples = list(self.image.samples)
+        self.onnx = self.image.reference_model()
+        self.sessions = {1: None, 2: None}
+        self._ort_session = ort_session
+
+    def ort_session(self, threads: int, fresh: bool = False):
+        if fresh or self.sessions[threads] is None:
+            self.sessions[threads] = self._ort_session(self.onnx, threads=threads)
+        return self.sessions[threads]
+
+    def prepared(self, image):
+        from flowc.runtime.interpreter import Interpreter
+
+        interp = Interpreter(image)
+        interp.plan()  # weights unpacked, steps resolved: flowrun does this before the run
+        return interp
+
+    def timed(self, variant: str, fresh_session: bool = False) -> float:
+        from flowc.runtime.check import run_reference
+        from flowc.runtime.session import simulate
+
+        if variant.startswith("ort"):
+            sess = self.ort_session(int(variant[-1]), fresh_session)
+            t0 = time.perf_counter()
+            run_reference(self.onnx, self.samples, session=sess)
+            return time.perf_counter() - t0
+        image = self.unpriced if variant == "afresh" else self.image
+        interp = self.prepared(image)
+        t0 = time.perf_counter()
+        if variant == "functional":
+            interp.run(self.samples)
+        else:
+            _, report = simulate(image, self.samples, interpreter=interp)
+            if not report.layers:
+                raise SystemExit("bench: no accounting in the report")
+        return time.perf_counter() - t0
+
+
+def in_process(calls: Calls, repeat: int) -> dict[str, float]:
+    for v in VARIANTS:  # warm-up: torch's first calls, ORT arenas
+        calls.timed(v)
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for _ in range(repeat):
+        for v in VARIANTS:
+            times[v].append(calls.timed(v))
+    return {v: statistics.median(t) for v, t in times.items()}
+
+
+def fresh_processes(path: str, n: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for _ in range(n):
+        for v in VARIANTS:
+            done = subprocess.run([sys.executable, __file__, "--child", path, v],
+                                  capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"bench: the {v} child failed:\n{done.stderr}")
+            times[v].append(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+    return {v: statistics.median(t) for v, t in times.items()}
+
+
+def report(title: str, med: dict[str, float]) -> None:
+    ort = min(med["ort1"], med["ort2"])
+    print(title)
+    for v in VARIANTS:
+        print(f"  {LABELS[v]:34s} {med[v] * 1e3:9.3f} ms")
+    for v in ("functional", "stored", "afresh"):
+        over = "" if v == "functional" else \
+            f", overhead {100 * (med[v] / med['functional'] - 1):+.1f} % over functional"
+        print(f"  {LABELS[v]:34s} {med[v] / ort:5.2f}x ORT{over}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="mlp", choices=["mlp", "block"])
     ap.add_argument("--nm", default="2:4")
-    ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--repeat", type=int, default=300)
+    ap.add_argument("--processes", type=int, default=0, metavar="N",
+                    help="also N fresh processes per variant (one call each)")
+    ap.add_argument("--child", nargs=2, metavar=("FCIM", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        calls = Calls(Path(args.child[0]).read_bytes())
+        seconds = calls.timed(args.child[1], fresh_session=True)
+        print(json.dumps({"seconds": seconds}))
+        return
 
-    model, inputs = build(args.model)
-    image = compile_captured(capture(model, inputs, "bench"), CompileOptions(nm=parse_nm(args.nm)),
-                             progress=None)
-    samples = list(image.samples)
-    _, cost_model = cost_model_for(image)
-    plain = Interpreter(image)
-    accounted = Interpreter(image)
-    onnx_bytes = image.reference_model()
-    sess1 = ort_session(onnx_bytes, threads=1)
-    sess2 = ort_session(onnx_bytes, threads=2)
-
-    memo: dict = {}
-
-    def sim_accounted():
-        listener = CostListener(MemoCostModel(cost_model, memo), image.layers, image.tensors)
-        accounted.listeners = [listener]
-        accounted.run(samples)
-        listener.finish()
-
-    priced = Interpreter(image)
-
-    def sim_priced_once():  # what flowrun's simulate() does: costs priced once per plan
-        simulate(image, samples, interpreter=priced)
-
-    def sim_functional():
-        plain.run(samples)
-
-    def ort1():
-        run_reference(onnx_bytes, samples, session=sess1)
-
-    def ort2():
-        run_reference(onnx_bytes, samples, session=sess2)
-
-    runs = {"flowrun (with accounting)": sim_accounted, "flowrun (functional)": sim_functional,
-            "flowrun (priced once)": sim_priced_once,
-            "onnxruntime 1 thread": ort1, "onnxruntime 2 threads": ort2}
-    for fn in runs.values():  # warm-up: dense-weight cache, ORT arenas
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(args.repeat):
-        for k, fn in runs.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"model {args.model} at {args.nm}, inputs {[tuple(s.shape) for s in samples]}, "
-          f"{args.repeat} alternating runs, median wall time (load average "
-          f"{os.getloadavg()[0]:.2f} at the end):")
-    for k, v in med.items():
-        print(f"  {k:28s} {v * 1e3:9.3f} ms")
-    ort_t = min(med["onnxruntime 1 thread"], med["onnxruntime 2 threads"])  # ORT at its best
-    print(f"ratio flowrun/ORT (with accounting): {med['flowrun (with accounting)'] / ort_t:.2f}x")
-    print(f"ratio flowrun/ORT (functional):      {med['flowrun (functional)'] / ort_t:.2f}x")
-    over = med["flowrun (with accounting)"] / med["flowrun (functional)"] - 1
-    print(f"accounting overhead: {100 * over:+.1f} %")
-    once = med["flowrun (priced once)"]
-    print(f"priced once (simulate(), the plan's priced costs reused): {once / ort_t:.2f}x ORT, "
-          f"{100 * (once / med['flowrun (functional)'] - 1):+.1f} % over functional")
+    data = compiled_fcim(args.model, args.nm)
+    calls = Calls(data)
+    shapes = [tuple(s.shape) for s in calls.samples]
+    load0 = os.getloadavg()
+    med = in_process(calls, args.repeat)
+    print(f"model {args.model} at {args.nm}, inputs {shapes}; load average {load0[0]:.2f} "
+          f"before, {os.getloadavg()[0]:.2f} after")
+    report(f"one process, a fresh interpreter per flowrun call, {args.repeat} alternating "
+           "samples, median:", med)
+    if args.processes:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = str(Path(tmp) / "bench.fcim")
+            Path(path).write_bytes(data)
+            med = fresh_processes(path, args.processes)
+        report(f"a fresh process per call, {args.processes} per variant, median (load "
+               f"average {os.getloadavg()[0]:.2f} after):", med)
 
 
 if __name__ == "__main__":

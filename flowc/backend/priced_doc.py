@@ -72,6 +72,13 @@ def content_digest(checksums: Mapping[str, str], image: Image) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def machine_hash(machine: Mapping) -> str:
+    """SHA-256 of a machine's canonical JSON (sorted keys, no spaces): the hash reports
+    record (flowc.studies.results.machine_entry) and price keys use."""
+    text = json.dumps(machine, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def priced_bytes(image: Image, checksums: Mapping[str, str]) -> bytes | None:
     """The member for `image` (None when it carries no prices valid for itself)."""
     priced = image.priced
@@ -105,7 +112,8 @@ def read_priced(data: bytes, checksums: Mapping[str, str], image: Image,
         return None  # priced for other contents (a rewritten file): priced afresh
     _known_actions(doc.entries, where)
     entries = {key: tuple(row.model_dump() for row in rows) for key, rows in doc.entries.items()}
-    return PricedCosts(image.program, image.tensors, image.inputs, image.layers, entries)
+    return PricedCosts(image.program, image.tensors, image.inputs, image.layers, entries,
+                       (image.machine, machine_hash(image.machine)))
 
 
 def _known_actions(entries: Mapping[str, Sequence[RowModel]], where: str) -> None:

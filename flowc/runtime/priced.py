@@ -17,12 +17,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
 from flowc.backend.image import Image, PricedCosts
-from flowc.backend.priced_doc import PRICED_FORMAT
+from flowc.backend.priced_doc import PRICED_FORMAT, machine_hash
 from flowc.runtime.cost import mnemonic
 from flowc.runtime.events import LoopEvent
 from flowc.runtime.interpreter import Interpreter, gc_paused
@@ -50,27 +51,59 @@ def cost_model_for(image: Image):
 
 @functools.cache
 def code_digest() -> str:
-    """SHA-256 of the sources in PRICED_SOURCES (read once per process): any edit to how
-    events are built or priced changes every price key, so stale prices are never read."""
+    """SHA-256 of the sources in PRICED_SOURCES: any edit to how events are built or priced
+    changes every price key, so stale prices are never read.
+
+    Reading and hashing the sources takes ~0.7 ms, half a small model's run, so the digest is
+    kept in the flowc cache folder ($FLOWC_CACHE_DIR, docs/cli.md) under the files'
+    size, mtime and inode, the stamp Python itself trusts to reuse a module's bytecode;
+    checking it costs one stat per file (~70 us). FLOWC_CACHE_DIR=off: hashed every process.
+    """
     root = Path(__file__).resolve().parent.parent
+    stats = [os.stat(root / rel) for rel in PRICED_SOURCES]
+    stamp = ";".join(f"{rel}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+                     for rel, st in zip(PRICED_SOURCES, stats, strict=True))
+    cache = _digest_cache(root)
+    if cache is not None:
+        try:
+            doc = json.loads(cache.read_bytes())
+            if doc["stamp"] == stamp and isinstance(doc["digest"], str):
+                return doc["digest"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # absent, unreadable or another stamp: hash the sources
     h = hashlib.sha256()
     for rel in PRICED_SOURCES:
         data = (root / rel).read_bytes()
         h.update(f"{rel} {len(data)}\n".encode())
         h.update(data)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if cache is not None:
+        try:
+            from flowc.backend.container import write_atomic
+
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(cache, json.dumps({"stamp": stamp, "digest": digest}).encode())
+        except OSError:
+            pass  # a read-only cache folder costs speed, never correctness
+    return digest
 
 
-def machine_hash(machine: dict) -> str:
-    """SHA-256 of a machine's canonical JSON (sorted keys, no spaces): the hash reports
-    record (flowc.studies.results.machine_entry)."""
-    text = json.dumps(machine, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+def _digest_cache(root: Path) -> Path | None:
+    """The digest's cache file for this flowc installation (None: caching is off)."""
+    env = os.environ.get("FLOWC_CACHE_DIR")  # the folder model_cache.cache_root names (not
+    if env == "off":  # imported from there: that module loads the model stack, ~ms)
+        return None
+    base = Path(env) if env else \
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flowc"
+    where = hashlib.sha256(str(root).encode()).hexdigest()[:16]
+    return base / f"priced-code-{where}.json"
 
 
-def price_key(machine: dict, numerics: str) -> str:
-    text = (f"priced {PRICED_FORMAT}|code {code_digest()}|numerics {numerics}|"
-            f"machine {machine_hash(machine)}")
+def price_key(machine: dict, numerics: str, known: tuple[dict, str] | None = None) -> str:
+    """The key of prices on `machine` with `numerics` under this flowc's code. `known`: a
+    (machine dict, hash) pair already computed (the reader's), used if it is `machine`."""
+    mhash = known[1] if known is not None and known[0] is machine else machine_hash(machine)
+    text = f"priced {PRICED_FORMAT}|code {code_digest()}|numerics {numerics}|machine {mhash}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -114,7 +147,7 @@ def stored_layers(image: Image, numerics: str, key: str | None = None) -> list[L
     priced = image.priced
     if priced is None or not priced.valid_for(image):
         return None
-    rows = priced.entries.get(key or price_key(image.machine, numerics))
+    rows = priced.entries.get(key or price_key(image.machine, numerics, priced.machine_hash))
     return None if rows is None else rows_to_layers(rows)
 
 

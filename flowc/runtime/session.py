@@ -82,11 +82,11 @@ def simulate(image: Image, inputs: Sequence[np.ndarray], numerics: str = "int8",
 
 def _stored(interp: Interpreter, image: Image, numerics: str) -> list[LayerCost] | None:
     """The image's compile-time prices for its machine (flowc.runtime.priced), with the price
-    key kept on the interpreter per machine object (hashing the machine: ~40 us a call)."""
+    key kept on the interpreter per machine object (hashing the machine: ~70 us a call)."""
     cached = getattr(interp, "price_key", None)
     if cached is None or cached[0] is not image.machine or cached[1] != numerics:
-        cached = interp.price_key = (image.machine, numerics,
-                                     price_key(image.machine, numerics))
+        cached = interp.price_key = (image.machine, numerics, price_key(
+            image.machine, numerics, image.priced.machine_hash if image.priced else None))
     return stored_layers(image, numerics, cached[2])
 
 

@@ -145,3 +145,28 @@ def test_tampered_prices_are_refused_or_ignored(compiled):
     assert swapped.priced is None
     _, report = simulate(swapped, list(swapped.samples))
     assert _rows(report.layers) == _live(swapped)
+
+
+def test_code_digest_cache_is_keyed_by_the_sources_stamp(tmp_path, monkeypatch):
+    """The digest read from the cache equals the sources' hash; a cache entry written for
+    other file stamps is not trusted; caching off hashes every time."""
+    monkeypatch.setenv("FLOWC_CACHE_DIR", str(tmp_path))
+    priced.code_digest.cache_clear()
+    try:
+        fresh = priced.code_digest()
+        (cache,) = tmp_path.glob("priced-code-*.json")
+        doc = json.loads(cache.read_text())
+        priced.code_digest.cache_clear()
+        assert priced.code_digest() == fresh  # read back from the cache
+        cache.write_text(json.dumps({"stamp": doc["stamp"], "digest": "f" * 64}))
+        priced.code_digest.cache_clear()
+        assert priced.code_digest() == "f" * 64  # the cache is what a matching stamp reads
+        cache.write_text(json.dumps({"stamp": doc["stamp"] + ";moved", "digest": "f" * 64}))
+        priced.code_digest.cache_clear()
+        assert priced.code_digest() == fresh  # another stamp: hashed again, cache rewritten
+        assert json.loads(cache.read_text()) == doc
+        monkeypatch.setenv("FLOWC_CACHE_DIR", "off")
+        priced.code_digest.cache_clear()
+        assert priced.code_digest() == fresh
+    finally:
+        priced.code_digest.cache_clear()
