@@ -60,6 +60,9 @@ class CompileContext:
     `price(out_features, in_features, (n, m)) -> (cycles, energy_pj)` prices one static-weight
     GEMM at a pattern on the target machine; the compile driver binds it to the runtime's cost
     model (passes come before the runtime and must not import it), None when no machine is set.
+    `memo` holds measurements a later pass may reuse instead of running the model again, each
+    stored with the `flowc.passes.graph.GraphState` it was measured on (e.g. nm-prune's
+    layer-wise run leaves the activation max-abs that quantize{smooth} needs).
     """
 
     example_inputs: tuple[Any, ...] = ()
@@ -70,6 +73,7 @@ class CompileContext:
     progress: Callable[[str], None] | None = None
     completed: list[str] = field(default_factory=list)
     price: Callable[[int, int, tuple[int, int]], tuple[float, float]] | None = None
+    memo: dict[str, Any] = field(default_factory=dict)
 
     def log(self, message: str) -> None:
         """Send a progress message to the hook, if any (passes never print directly)."""

@@ -182,3 +182,32 @@ def untie_weight(gm: fx.GraphModule, ref: LinearRef) -> LinearRef:
     ref.node.replace_input_with(old_node, getter)
     gm.recompile()
     return LinearRef(ref.node, ref.name, attr, ref.bias_target)
+
+
+class GraphState:
+    """What the graph computes, as a token: equal tokens mean the same nodes reading the same
+    tensors unchanged. A pass that measured activations stores its result with the token, and
+    a later pass reuses the result only if the token is still equal (`CompileContext.memo`).
+
+    Tensors are compared by identity and version counter (`set_param` installs a new tensor,
+    an in-place write bumps the version); the token holds them, so an identity is never
+    reused by another tensor while the token lives.
+    """
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        nodes, tensors = [], []
+        for n in gm.graph.nodes:
+            nodes.append((n.name, n.op, str(n.target), tuple(a.name for a in n.all_input_nodes)))
+            if n.op == "get_attr":
+                value = getattr(*_owner(gm, str(n.target)))
+                if isinstance(value, torch.Tensor):
+                    tensors.append(value)
+        self._tensors = tensors  # pinned: their ids stay theirs while this token exists
+        self._key = (id(gm.graph), tuple(nodes),
+                     tuple((id(t), t._version) for t in tensors))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GraphState) and self._key == other._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)

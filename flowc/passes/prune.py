@@ -33,6 +33,7 @@ import torch.fx as fx
 
 from flowc.passes.base import CompileContext, Pass, PassResult
 from flowc.passes.graph import (
+    GraphState,
     LinearRef,
     flowc_meta,
     get_param,
@@ -124,6 +125,19 @@ def prune_layer(
         raise PruneError(f"layer {layer}: scores shape {np.shape(scores)} != weight {w.shape}")
     mask = nm_mask(scores, keep_n, group_m, layer)
     return np.where(mask, w, np.zeros((), dtype=w.dtype)), mask
+
+
+INPUT_MAX_ABS = "input_max_abs"  # CompileContext.memo key: (GraphState, calib, {node: max|x|})
+
+
+def _max_abs(inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-channel max |x| (float32, last dim) over every window of one linear input."""
+    out = None
+    for x in inputs:
+        a = x.detach().abs().reshape(-1, x.shape[-1]).amax(0).to(torch.float32)
+        out = a if out is None else torch.maximum(out, a)
+    assert out is not None
+    return out
 
 
 class _WindowStats:
@@ -232,11 +246,15 @@ class NMPrune(Pass):
         from flowc.passes.calibrate import run_layerwise
 
         stats = _WindowStats(hessian=self.update == "obs")
+        max_abs: dict[fx.Node, torch.Tensor] = {}
 
         def hook(ref: LinearRef, inputs: Sequence[torch.Tensor]) -> None:
+            src = ref.node.args[0]
+            if isinstance(src, fx.Node) and src not in max_abs:
+                max_abs[src] = _max_abs(inputs)
             item = todo.get(ref.node)
             if item is not None:
-                norm, hessian = stats(ref.node.args[0], inputs)
+                norm, hessian = stats(src, inputs)
                 (n, m) = item[1]
                 factor = None if hessian is None else stats.factor(self.damp, item[0].name)
                 report["layers"][item[0].name] = self._prune_one(gm, item[0], n, m, norm,
@@ -245,6 +263,10 @@ class NMPrune(Pass):
         if not ctx.calib_inputs:
             raise PruneError("nm-prune: sequential pruning needs calibration inputs")
         run_layerwise(gm, ctx.calib_inputs, hook, bar=ctx.progress is not None)
+        # every linear's input was computed after all earlier linears were pruned: these are
+        # the final graph's activations on the calibration windows (quantize{smooth} reuses
+        # them while the graph stays as it is now)
+        ctx.memo[INPUT_MAX_ABS] = (GraphState(gm), ctx.calib_inputs, max_abs)
 
     def _pattern(self, ref: LinearRef) -> tuple[int, int] | None:
         if self.n is not None and self.m is not None:

@@ -74,7 +74,8 @@ class Quantize(Pass):
         layers: dict[str, dict[str, float]] = {}
         max_abs = err_sq = ref_sq = 0.0
         refs = linear_nodes(gm)
-        smoothing = smooth(gm, refs, ctx.calib_inputs, self.smooth) if self.smooth else None
+        smoothing = smooth(gm, refs, ctx.calib_inputs, self.smooth, ctx.memo) if self.smooth \
+            else None
         for ref in refs:
             w = get_param(gm, ref.weight_target).detach().to(torch.float32).cpu().numpy()
             q, scale = quantize_weight(w, ref.name)

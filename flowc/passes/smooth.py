@@ -78,13 +78,30 @@ def smoothable_groups(gm: fx.GraphModule, refs: list[LinearRef]
     return groups, skipped
 
 
-def _input_max_abs(gm: fx.GraphModule, nodes: list[fx.Node],
-                   calib: list[tuple[Any, ...]]) -> dict[fx.Node, torch.Tensor]:
-    """Per-channel max |x| of each node's output (last dim) over the calibration inputs."""
+def _input_max_abs(gm: fx.GraphModule, nodes: list[fx.Node], calib: list[tuple[Any, ...]],
+                   memo: dict[str, Any] | None = None) -> dict[fx.Node, torch.Tensor]:
+    """Per-channel max |x| of each node's output (last dim) over the calibration inputs.
+
+    Reused from `memo` when an earlier pass measured them on these inputs and the graph has
+    not changed since (nm-prune's layer-wise run: the same ops on the same values, so the
+    same numbers); else one run of the nodes that feed `nodes` (never the logits).
+    """
+    from flowc.passes.calibrate import feeding_nodes
+    from flowc.passes.graph import GraphState
+    from flowc.passes.prune import INPUT_MAX_ABS
+
+    held = (memo or {}).get(INPUT_MAX_ABS)
+    if held is not None and held[1] is calib and all(n in held[2] for n in nodes) \
+            and held[0] == GraphState(gm):
+        return {n: held[2][n] for n in nodes}
     wanted, stats = set(nodes), {}
+    needed = feeding_nodes(nodes) | wanted | {n for n in gm.graph.nodes
+                                              if n.op in ("placeholder", "output")}
 
     class Recorder(fx.Interpreter):
         def run_node(self, n: fx.Node) -> Any:
+            if n not in needed:
+                return None  # feeds none of the measured nodes (the logits): not computed
             out = super().run_node(n)
             if n in wanted:
                 a = out.detach().abs().reshape(-1, out.shape[-1]).amax(0).to(torch.float32)
@@ -93,19 +110,19 @@ def _input_max_abs(gm: fx.GraphModule, nodes: list[fx.Node],
 
     with torch.no_grad():
         for batch in calib:
-            Recorder(gm).run(*batch)
+            Recorder(gm, garbage_collect_values=True).run(*batch)
     return stats
 
 
 def smooth(gm: fx.GraphModule, refs: list[LinearRef], calib: list[tuple[Any, ...]],
-           alpha: float) -> dict[str, Any]:
+           alpha: float, memo: dict[str, Any] | None = None) -> dict[str, Any]:
     """Rescale weights and norm weights in place (an fp32 identity); returns the report."""
     if not 0.0 < alpha < 1.0:
         raise SmoothError(f"quantize: smooth={alpha} must lie strictly between 0 and 1")
     if not calib:
         raise SmoothError("quantize{smooth=...} needs calibration inputs (none were given)")
     groups, skipped = smoothable_groups(gm, refs)
-    stats = _input_max_abs(gm, list(groups), calib)
+    stats = _input_max_abs(gm, list(groups), calib, memo)
     smoothed: dict[str, float] = {}
     for x, (fold, group) in groups.items():
         ws = [get_param(gm, r.weight_target).detach().to(torch.float32) for r in group]

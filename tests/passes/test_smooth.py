@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -58,3 +60,55 @@ def test_bad_alpha_and_missing_calibration_fail_loudly(tiny_llama):
         Quantize(smooth=1.5)(tiny_llama.gm, CompileContext(calib_inputs=[()]))
     with pytest.raises(SmoothError, match="calibration"):
         Quantize(smooth=0.5)(tiny_llama.gm, CompileContext())
+
+
+def _pruned_then_smoothed(cap, reuse: bool, monkeypatch) -> tuple[dict, dict]:
+    """nm-prune with OBS, verify-nm, quantize{smooth}: every parameter and the smoothing
+    report, with quantize reusing nm-prune's activation max-abs or measuring them afresh
+    (checked: the model runs only in the second case)."""
+    from flowc.passes.base import PassManager
+    from flowc.passes.pipeline import parse_pipeline
+    from flowc.passes.prune import INPUT_MAX_ABS
+
+    gm = copy.deepcopy(cap.gm)  # the shared fixture, as earlier tests may have left it
+    for node in gm.graph.nodes:
+        node.meta.pop("flowc", None)  # their annotations (qweight) are not this test's
+    ctx = CompileContext(example_inputs=cap.example_inputs, calib_inputs=cap.info["calib"])
+    PassManager(parse_pipeline("nm-prune{n=2,m=4,update=obs},verify-nm")).run(gm, ctx)
+    assert INPUT_MAX_ABS in ctx.memo
+    if not reuse:
+        ctx.memo.clear()
+    runs = []
+    real = torch.fx.Interpreter.run
+    monkeypatch.setattr(torch.fx.Interpreter, "run",
+                        lambda self, *a, **k: runs.append(1) or real(self, *a, **k))
+    PassManager(parse_pipeline("quantize{smooth=0.5}")).run(gm, ctx)
+    monkeypatch.undo()
+    assert len(runs) == (0 if reuse else len(ctx.calib_inputs))
+    params = {k: v.detach().clone() for k, v in gm.state_dict().items()}
+    return params, ctx.reports["quantize"]["smoothing"]
+
+
+def test_smoothing_reuses_the_layerwise_max_abs_bit_for_bit(tiny_llama, monkeypatch):
+    reused = _pruned_then_smoothed(tiny_llama, True, monkeypatch)
+    fresh = _pruned_then_smoothed(tiny_llama, False, monkeypatch)
+    assert reused[1] == fresh[1]
+    assert reused[0].keys() == fresh[0].keys()
+    for k in fresh[0]:
+        assert torch.equal(reused[0][k], fresh[0][k]), k
+
+
+def test_changed_weights_invalidate_the_memo(tiny_llama):
+    from flowc.passes.graph import GraphState, get_param, set_param
+
+    gm = tiny_llama.gm
+    ref = linear_nodes(gm)[0]
+    before = GraphState(gm)
+    assert GraphState(gm) == before
+    w = get_param(gm, ref.weight_target)
+    set_param(gm, ref.weight_target, w)  # same values, a new tensor: the token must change
+    assert GraphState(gm) != before
+    again = GraphState(gm)
+    with torch.no_grad():
+        get_param(gm, ref.weight_target).mul_(1.0)  # an in-place write
+    assert GraphState(gm) != again
