@@ -362,7 +362,7 @@ def _quant_step(ins, handler_run: Callable, as_float: bool) -> Callable:
         if x.size < SMALL and not as_float:  # numpy's per-call cost is the lower one here
             return handler_run(state)
         if x.size < SMALL:
-            q, s = _quantise_small(x)
+            q, s = quantise_np(x)
             state.bufs[ins.dst], state.bufs[ins.scale] = q, s
             return vector_sizes(x.shape, x.size)
         q, s = quantise(torch.from_numpy(np.ascontiguousarray(x)), -1)
@@ -373,7 +373,7 @@ def _quant_step(ins, handler_run: Callable, as_float: bool) -> Callable:
     return run
 
 
-def _quantise_small(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def quantise_np(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`quantise` in numpy for small float32 x (torch's per-call costs dominate there): the
     handler's scale and values as float32 in four passes instead of eight (no |x| copy, no
     int8 round trip, the clip only when it can matter)."""

@@ -33,7 +33,7 @@ def test_quantise_equals_the_handlers():
     assert np.array_equal(bits(ts.numpy()), bits(s))
     assert np.array_equal(tq.numpy(), q.astype(np.float32))
     for rows in (x, sub):  # the numpy path of small tensors
-        nq, ns = fused._quantise_small(rows)
+        nq, ns = fused.quantise_np(rows)
         hq, hs = vector.quantise_per_token(rows)
         assert np.array_equal(bits(ns), bits(hs)) and np.array_equal(nq, hq.astype(np.float32))
     qc, sc = quantise_columns(x)
@@ -175,3 +175,4 @@ def test_subnormal_rows_quantise_to_finite_values(recwarn):
     tq, ts = fused.quantise(torch.from_numpy(x.copy()), -1, inplace=True)
     assert np.array_equal(bits(ts.numpy()), bits(s))
     assert np.array_equal(tq.numpy(), q.astype(np.float32))  # values (int8 has no -0.0)
+
