@@ -75,8 +75,7 @@ class Plan:
         self.prepare_seconds = time.perf_counter() - t0  # weights unpacked, steps resolved
         self._events: list | None = None  # (is_loop, event) per emitting step, first run
         self.record = False  # record the events on the next run even without listeners
-        self.priced: dict = {}  # machine key -> per-layer costs of the events (session.py)
-        self.priced_key: tuple | None = None  # (machine object, its key): the last one asked
+        self.priced: dict = {}  # machine -> per-layer costs of the events (runtime/priced.py)
 
     # -- preparation ---------------------------------------------------------------------
     def _prepare(self, items: Sequence) -> list[Step]:

@@ -169,6 +169,22 @@ class MemoCostModel:
     def __getattr__(self, name: str):
         return getattr(self.model, name)
 
+    def actions_pj(self, actions: dict[str, float]) -> float:
+        """machine.energy_pj(actions), bit for bit (the same products summed in the same
+        sorted order), without re-checking every action name on every call; an action the
+        machine does not price goes to machine.energy_pj, which raises its precise error."""
+        table = self.__dict__.get("_pj")
+        if table is None:
+            table = self._pj = {e.action: e.per_count_pj for e in self.machine.energy.entries}
+        total = 0
+        for name in sorted(actions):
+            count = actions[name]
+            if name not in table:
+                return float(self.machine.energy_pj(actions))
+            if count:
+                total += count * table[name]
+        return float(total)
+
     @staticmethod
     def _key(ev) -> tuple:
         return (type(ev.instr), ev.tiles, ev.tokens, ev.keep_n, ev.group_m, ev.k_pass,
@@ -248,15 +264,15 @@ class FastCostListener(CostListener):
         return list(self.layers.values())
 
     def _price(self, lc, sig: tuple, items: list) -> None:
-        sums, machine = self.model.sums, self.model.machine
+        sums = self.model.sums
         entry = sums.get(sig)
         if entry is None:  # the CostListener's own summation, in the same order
             part = LayerCost(lc.name, lc.kind)
             for item in items:
                 part.add(self.loop_cost(*item) if isinstance(item, _PricedLoop)
                          else self.model.instr_cost(item))
-            entry = sums[sig] = (part, float(machine.energy_pj(part.actions)),
-                                 float(machine.energy_pj(part.setup_actions)))
+            entry = sums[sig] = (part, self.model.actions_pj(part.actions),
+                                 self.model.actions_pj(part.setup_actions))
         part = entry[0]
         lc.cycles, lc.setup_cycles = part.cycles, part.setup_cycles
         lc.actions, lc.setup_actions = dict(part.actions), dict(part.setup_actions)
@@ -289,9 +305,7 @@ def priced_layers(interp: Interpreter, model) -> list[LayerCost]:
     plan = interp.plan()
     if plan.events is None:
         raise ValueError("the plan has not recorded its events yet (run it with record=True)")
-    last = plan.priced_key  # repr(machine) takes 0.2 ms: reuse it for the same object
-    key = last[1] if last is not None and last[0] is model.machine else repr(model.machine)
-    plan.priced_key = (model.machine, key)
+    key = model.machine  # frozen and hashable: equal machines share prices (hash: ~9 us)
     if key not in plan.priced:
         image = interp.image
         listener = FastCostListener(model, image.layers, image.tensors)
