@@ -75,6 +75,12 @@ def _add(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
     return {k: out[k] for k in sorted(out) if out[k]}
 
 
+def _accumulate(into: dict[str, float], more: Mapping[str, float]) -> None:
+    """into += more per key (the additions _add makes, in the same order)."""
+    for k, v in more.items():
+        into[k] = into.get(k, 0) + v
+
+
 @dataclass(frozen=True)
 class TileTiming:
     """Timing of one tile on one macro; `cycles(T)` is exact against macro_ref.
@@ -206,16 +212,48 @@ class CostModel:
         if not cim:
             raise CostError(f"{ev.layer}: tile loop without a cfg.nm pattern on its events")
         n, m, tokens = cim[0].keep_n, cim[0].group_m, max(b.tokens for b in ev.body)
-        pp = self._pass_array(pair_passes, tiles, n, m)
-        total = Cost()
-        for b in ev.body:
-            mn = mnemonic(b.instr)
-            total = total + self._handlers[mn](b, float(pp.sum()) if mn == "cim" else None)
-        waves = self._wave_cycles(n, m, tokens, pp)
-        cycles = self._with_loads(waves, "ld.tile" in ops)
-        extra = {"gbuf_write": ev.n_tiles * self.machine.macro.cols * tokens * ACC_BITS} \
-            if "acc" in ops else {}
-        return Cost(cycles, _add(total.actions, extra), total.setup_cycles, total.setup_actions)
+        if pair_passes is None:  # every tile at the default count: no per-tile arrays
+            same: int | None = self.default_pair_passes(n, m)
+            pp = None
+        else:
+            pp = self._pass_array(pair_passes, tiles, n, m)
+            same = int(pp[0]) if (pp == pp[0]).all() else None
+        pp_sum = float(same * tiles) if same is not None else float(pp.sum())
+        actions: dict[str, float] = {}
+        setup_actions: dict[str, float] = {}
+        setup_cycles = 0
+        for b, mn in zip(ev.body, ops, strict=True):  # in body order, as Cost.__add__
+            part = self._handlers[mn](b, pp_sum if mn == "cim" else None)  # sorted at the end
+            setup_cycles += part.setup_cycles
+            _accumulate(actions, part.actions)
+            _accumulate(setup_actions, part.setup_actions)
+        if same is not None:  # every wave's slowest tile has the same count
+            cycles = self._uniform_cycles(n, m, tokens, same, tiles, "ld.tile" in ops)
+        else:
+            cycles = self._with_loads(self._wave_cycles(n, m, tokens, pp), "ld.tile" in ops)
+        if "acc" in ops:
+            _accumulate(actions, {"gbuf_write": ev.n_tiles * self.machine.macro.cols * tokens
+                                  * ACC_BITS})
+        return Cost(cycles, _add(actions, {}), setup_cycles, _add(setup_actions, {}))
+
+    def _uniform_cycles(self, n: int, m: int, tokens: int, passes: int, tiles: int,
+                        has_load: bool) -> int:
+        """`_with_loads(_wave_cycles(...))` when every tile has `passes` pair passes, in
+        integers: every wave holds at least one tile, so each wave takes the same time."""
+        waves = -(-tiles // self.macros_for(tiles))
+        if tokens < 1:
+            wave = 0
+        else:
+            t1 = self.tile_timing(n, m, 1)
+            compute = passes * self.machine.macro.bit_cycles
+            wave = (t1.select_fill + t1.feed + compute + (tokens - 1) * max(t1.feed, compute)
+                    + t1.drain)
+        c = self.machine.macro.cols
+        if not has_load or self.machine.residency == "resident":
+            return waves * wave
+        if self.machine.load_overlap:
+            return c + max(wave, c) * (waves - 1) + wave
+        return waves * (wave + c)
 
     # -- loop helpers ----------------------------------------------------------------------
     def _pass_array(self, given: object, tiles: int, n: int, m: int) -> np.ndarray:

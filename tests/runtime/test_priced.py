@@ -170,3 +170,22 @@ def test_code_digest_cache_is_keyed_by_the_sources_stamp(tmp_path, monkeypatch):
         assert priced.code_digest() == fresh
     finally:
         priced.code_digest.cache_clear()
+
+
+@pytest.mark.parametrize("residency", ["resident", "streamed"])
+@pytest.mark.parametrize("overlap", [True, False])
+def test_uniform_loop_cycles_equal_the_per_wave_arrays(residency, overlap):
+    """loop_cost's scalar path (every tile with the same pair passes) == the per-wave arrays
+    it replaces, over tile counts around the macro count and token counts 0..3."""
+    import numpy as np
+
+    mach = dataclasses.replace(load_machine("flexcim"), residency=residency,
+                               load_overlap=overlap, macros=4)
+    model = CostModel(mach)
+    for tiles in (1, 3, 4, 5, 8, 9, 33):
+        for tokens in (0, 1, 3):
+            for passes in (1, 2):
+                for has_load in (True, False):
+                    arrays = model._with_loads(model._wave_cycles(
+                        2, 4, tokens, np.full(tiles, passes, dtype=np.int64)), has_load)
+                    assert model._uniform_cycles(2, 4, tokens, passes, tiles, has_load) == arrays
