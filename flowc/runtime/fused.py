@@ -8,9 +8,10 @@ float32 BLAS, intermediates not kept) replaces three patterns:
 
 - **v.quant** in torch: max|x| as max(amax, -amin), then divide, round, clamp in place; the
   int8 values stay float32 (exactly the integers) when every reader is a fused GEMM.
-- **psum.clr, tile loop, v.deq** on one accumulator: the exact product (float32 BLAS, K
+- **psum.clr, tile loop, v.deq** on one accumulator: the exact product (float32 GEMMs, K
   chunks of <= 1024 exact; two chunks' float32 sum is the one rounding of the exact sum the
-  int32 -> float32 cast makes; more chunks sum in float64, exact) is dequantised in place.
+  int32 -> float32 cast makes; more chunks sum in float64, exact), dequantised: on ONNX
+  Runtime's MLAS (flowc.runtime.mlas) or torch, whichever LinearProduct picks by size.
 - **attention**: mm.act, then row-wise vector ops (v.scale, v.add / v.mul with an operand
   from before, v.softmax), then the mm.act of that result: computed per block of heads
   (or rows) small enough to stay in the last-level cache, intermediates never materialised.
