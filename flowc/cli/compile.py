@@ -45,6 +45,11 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
                    help="do not embed the reference ONNX model (flowrun cannot check)")
     p.add_argument("--no-fp32", action="store_true",
                    help="do not embed fp32 weights (smaller; no --numerics fp32)")
+    p.add_argument("--pass-cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="reuse the passes' result (and the held-out perplexity) stored by an "
+                        "earlier compile of exactly the same inputs and options, and store "
+                        "it (default: on for hf: sources with real weights, off otherwise; "
+                        "folder: the weights cache's, FLOWC_CACHE_DIR=off disables both)")
     p.add_argument("--no-price", action="store_true",
                    help="do not run the program once to store its per-layer costs on the "
                         "target (flowrun then prices every call itself)")
@@ -96,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         nm=parse_nm(args.nm) if args.nm else None, score=args.score, pipeline=args.pipeline,
         target=args.target, machine_file=args.machine, reference=not args.no_reference,
         keep_fp32=not args.no_fp32, calib_batches=args.calib_batches,
+        pass_cache=args.pass_cache if args.pass_cache is not None
+        else hf and not args.model.startswith(HF_PREFIX + "tiny-"),
     )
     progress = None if args.quiet else stderr_progress
     if progress:

@@ -51,6 +51,7 @@ class CompileOptions:
     reference: bool = True
     keep_fp32: bool = True
     seed: int = 0
+    pass_cache: bool = False  # reuse/store the passes' result (flowc.passes.result_cache)
     extra: dict = field(default_factory=dict)
 
 
@@ -219,11 +220,68 @@ def quality_report(cap: Captured, dense: dict, progress) -> dict:
                                                               strict=True)) / len(pruned_next),
                                    4)}
     if progress:
-        progress(f"held-out perplexity ({out['windows']} x "
-                 f"{tokens // max(out['windows'], 1) + 1} tokens of {out['eval_text'] or 'text'})"
-                 f": dense {out['dense_ppl']:.2f}, after the passes {out['pruned_ppl']:.2f} "
-                 f"(fp32); next-token agreement with dense {out['next_agreement']:.3f}")
+        progress(_quality_line(out))
     return out
+
+
+def _quality_line(out: dict) -> str:
+    tokens = out["tokens"]
+    return (f"held-out perplexity ({out['windows']} x {tokens // max(out['windows'], 1) + 1} "
+            f"tokens of {out['eval_text'] or 'text'}): dense {out['dense_ppl']:.2f}, after the "
+            f"passes {out['pruned_ppl']:.2f} (fp32); next-token agreement with dense "
+            f"{out['next_agreement']:.3f}")
+
+
+def _passes_and_quality(cap: Captured, pipeline: str, machine, calib, calib_record: dict,
+                        opts: CompileOptions, progress) -> dict:
+    """The passes and the held-out perplexity around them, or their stored result when
+    `opts.pass_cache` and an entry for exactly these inputs exists (then the log says so)."""
+    from flowc.passes import result_cache
+
+    key = before = None
+    if opts.pass_cache and result_cache.enabled():
+        t0 = time.perf_counter()
+        key = _pass_key(cap, pipeline, machine, calib, calib_record, opts)
+        info = result_cache.load(key, cap.gm)
+        if info is not None:
+            if progress:
+                progress(f"passes and held-out perplexity: cached ({key[:12]}, read in "
+                         f"{time.perf_counter() - t0:.2f} s); {pipeline}")
+                if "quality" in info:
+                    progress(_quality_line(info["quality"]))
+            return info
+        before = result_cache.Snapshot(cap.gm)
+    dense = quality_probe(cap)
+    info = run_passes(cap, pipeline, machine, calib, progress)
+    info["calibration"] = {**calib_record, "used": calib.used}
+    if calib.used and calib_record["source"] == "synthetic" and progress:
+        progress(f"calibration: synthetic inputs ({calib_record['inputs']}, {len(calib)} "
+                 "samples; give --calib-text or --calib-data for real statistics)")
+    if dense is not None:
+        info["quality"] = _jsonable(quality_report(cap, dense, progress))
+    if key is not None and before is not None:
+        t0 = time.perf_counter()
+        said = result_cache.store(key, cap.gm, before, info)
+        if progress:
+            progress(f"{said} in {time.perf_counter() - t0:.2f} s")
+    return info
+
+
+def _pass_key(cap: Captured, pipeline: str, machine, calib, calib_record: dict,
+              opts: CompileOptions) -> str:
+    """Everything the passes and the perplexity probe read: graph, tensors, annotations,
+    example/calibration/held-out inputs, pipeline, machine, seed and the calibration record."""
+    from flowc.passes import result_cache
+    from flowc.passes.pipeline import format_pipeline, parse_pipeline
+
+    windows = cap.info.get("eval_windows") or []
+    tensors = [*cap.example_inputs, *(x for item in calib for x in item),
+               *(x for item in windows for x in item)]
+    extra = {"pipeline": pipeline, "passes": format_pipeline(parse_pipeline(pipeline), full=True),
+             "machine": machine.to_dict(), "seed": opts.seed, "calibration": calib_record,
+             "calib": len(calib), "windows": len(windows),
+             "eval_text": cap.info.get("eval_text", ""), "outputs": list(cap.output_names)}
+    return result_cache.result_key(cap.gm, tensors, extra)
 
 
 def export_reference(cap: Captured) -> bytes:
@@ -252,16 +310,9 @@ def compile_captured(cap: Captured, opts: CompileOptions,
     machine = resolve_machine(opts)
     pipeline = opts.pipeline or default_pipeline(opts)
     calib, calib_record = choose_calibration(cap, opts, calib, progress)
-    dense = quality_probe(cap)
-    info = run_passes(cap, pipeline, machine, calib, progress)
-    info["calibration"] = {**calib_record, "used": calib.used}
+    info = _passes_and_quality(cap, pipeline, machine, calib, calib_record, opts, progress)
     if "prepare" in cap.info:  # what graph preparation removed, folded and decomposed
         info["prepare"] = {k: v for k, v in cap.info["prepare"].items() if k != "ops"}
-    if calib.used and calib_record["source"] == "synthetic" and progress:
-        progress(f"calibration: synthetic inputs ({calib_record['inputs']}, {len(calib)} "
-                 "samples; give --calib-text or --calib-data for real statistics)")
-    if dense is not None:
-        info["quality"] = _jsonable(quality_report(cap, dense, progress))
     if progress:
         progress(f"lowering to {machine.name} ...")
     t0 = time.perf_counter()
