@@ -154,7 +154,7 @@ def test_code_digest_cache_is_keyed_by_the_sources_stamp(tmp_path, monkeypatch):
     priced.code_digest.cache_clear()
     try:
         fresh = priced.code_digest()
-        (cache,) = tmp_path.glob("priced-code-*.json")
+        (cache,) = tmp_path.glob("priced-code.json")
         doc = json.loads(cache.read_text())
         priced.code_digest.cache_clear()
         assert priced.code_digest() == fresh  # read back from the cache
