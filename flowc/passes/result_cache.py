@@ -95,7 +95,10 @@ def result_key(gm: fx.GraphModule, inputs: Iterable[torch.Tensor], extra: dict[s
     import numpy
 
     h = hashlib.sha256(FORMAT.encode())
+    import onnx
+
     h.update(json.dumps({"torch": torch.__version__, "numpy": numpy.__version__,
+                         "onnx": onnx.__version__,
                          "flowc source": _source_digest(), **extra},
                         sort_keys=True, default=str).encode())
     for line in structure(gm):
@@ -190,16 +193,18 @@ def entry_dir(key: str) -> Path | None:
     return None if root is None else root / "passes" / key[:40]
 
 
-def store(key: str, gm: fx.GraphModule, before: Snapshot, extra: dict[str, Any]) -> str:
-    """Store the passes' result; returns what the log should say (stored, or why not)."""
+def store(key: str, gm: fx.GraphModule, before: Snapshot, extra: dict[str, Any]
+          ) -> tuple[bool, str]:
+    """Store the passes' result; returns whether it was stored and what the log should say
+    (where, or why not)."""
     import safetensors.numpy
 
     entry = entry_dir(key)
     if entry is None:
-        return "pass cache off"
+        return False, "pass cache off"
     changed = before.changed(gm)
     if changed is None:
-        return "not cached: the passes changed the graph's structure"
+        return False, "not cached: the passes changed the graph's structure"
     arrays: dict[str, np.ndarray] = {}
     try:
         meta = {n.name: _encode(n.meta["flowc"], arrays) for n in gm.graph.nodes
@@ -208,7 +213,7 @@ def store(key: str, gm: fx.GraphModule, before: Snapshot, extra: dict[str, Any])
         text = json.dumps({"format": FORMAT, "key": key, "meta": meta, "params": params,
                            "extra": extra}, sort_keys=True)
     except (Uncacheable, TypeError, ValueError) as exc:
-        return f"not cached: {exc}"
+        return False, f"not cached: {exc}"
     tmp = None
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
@@ -227,8 +232,35 @@ def store(key: str, gm: fx.GraphModule, before: Snapshot, extra: dict[str, Any])
             shutil.rmtree(tmp, ignore_errors=True)
         print(f"[flowc] note: could not store the pass cache in {entry.parent} ({exc})",
               file=sys.stderr)
-        return "not cached: write failed"
-    return f"stored in the pass cache ({entry})"
+        return False, "not cached: write failed"
+    return True, f"stored in the pass cache ({entry})"
+
+
+def load_file(key: str, name: str) -> bytes | None:
+    """An extra output stored beside an entry (`store_file`), or None."""
+    entry = entry_dir(key)
+    if entry is None or not (entry / MARKER).is_file():
+        return None
+    try:
+        return (entry / name).read_bytes()
+    except OSError:
+        return None
+
+
+def store_file(key: str, name: str, data: bytes) -> bool:
+    """Store a later stage's output that is a function of the entry's key alone (the
+    reference ONNX model of the pruned graph) beside the entry: temp file + rename."""
+    entry = entry_dir(key)
+    if entry is None or not (entry / MARKER).is_file():
+        return False
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=entry)
+        with open(fd, "wb") as f:
+            f.write(data)
+        Path(tmp).replace(entry / name)
+    except OSError:
+        return False
+    return True
 
 
 def _evict(folder: Path) -> None:

@@ -233,12 +233,13 @@ def _quality_line(out: dict) -> str:
 
 
 def _passes_and_quality(cap: Captured, pipeline: str, machine, calib, calib_record: dict,
-                        opts: CompileOptions, progress) -> dict:
+                        opts: CompileOptions, progress) -> tuple[dict, str | None]:
     """The passes and the held-out perplexity around them, or their stored result when
-    `opts.pass_cache` and an entry for exactly these inputs exists (then the log says so)."""
+    `opts.pass_cache` and an entry for exactly these inputs exists (then the log says so);
+    and the key of the entry read or stored (None without one)."""
     from flowc.passes import result_cache
 
-    key = before = None
+    key, before = None, None
     if opts.pass_cache and result_cache.enabled():
         t0 = time.perf_counter()
         key = _pass_key(cap, pipeline, machine, calib, calib_record, opts)
@@ -249,7 +250,7 @@ def _passes_and_quality(cap: Captured, pipeline: str, machine, calib, calib_reco
                          f"{time.perf_counter() - t0:.2f} s); {pipeline}")
                 if "quality" in info:
                     progress(_quality_line(info["quality"]))
-            return info
+            return info, key
         before = result_cache.Snapshot(cap.gm)
     dense = quality_probe(cap)
     info = run_passes(cap, pipeline, machine, calib, progress)
@@ -259,12 +260,40 @@ def _passes_and_quality(cap: Captured, pipeline: str, machine, calib, calib_reco
                  "samples; give --calib-text or --calib-data for real statistics)")
     if dense is not None:
         info["quality"] = _jsonable(quality_report(cap, dense, progress))
-    if key is not None and before is not None:
-        t0 = time.perf_counter()
-        said = result_cache.store(key, cap.gm, before, info)
-        if progress:
-            progress(f"{said} in {time.perf_counter() - t0:.2f} s")
-    return info
+    if key is None or before is None:
+        return info, None
+    t0 = time.perf_counter()
+    stored, said = result_cache.store(key, cap.gm, before, info)
+    if progress:
+        progress(f"{said} in {time.perf_counter() - t0:.2f} s")
+    return info, key if stored else None  # later stages store beside an entry only
+
+
+def _reference(cap: Captured, image: Image, opts: CompileOptions, key: str | None,
+               progress) -> bytes:
+    """The reference ONNX model (fp32 weights as recipes over the image when it keeps them);
+    with a pass-cache entry, read from or stored beside it: the export is a function of the
+    pruned graph, which the entry's key determines."""
+    from flowc.passes import result_cache
+
+    name = f"reference{'-recipes' if opts.keep_fp32 else ''}.onnx"
+    if key is not None:
+        held = result_cache.load_file(key, name)
+        if held is not None:
+            if progress:
+                progress(f"reference ONNX model: cached ({key[:12]}, {len(held):,} bytes)")
+            return held
+    if progress:
+        progress("exporting the reference ONNX model ...")
+    t0 = time.perf_counter()
+    onnx_bytes = export_reference(cap)
+    # the fp32 weights are in the image already: keep only recipes for them in the graph
+    out = externalise(onnx_bytes, image) if opts.keep_fp32 else onnx_bytes
+    if progress:
+        progress(f"reference export done in {time.perf_counter() - t0:.2f} s")
+    if key is not None:
+        result_cache.store_file(key, name, out)
+    return out
 
 
 def _pass_key(cap: Captured, pipeline: str, machine, calib, calib_record: dict,
@@ -310,7 +339,7 @@ def compile_captured(cap: Captured, opts: CompileOptions,
     machine = resolve_machine(opts)
     pipeline = opts.pipeline or default_pipeline(opts)
     calib, calib_record = choose_calibration(cap, opts, calib, progress)
-    info = _passes_and_quality(cap, pipeline, machine, calib, calib_record, opts, progress)
+    info, key = _passes_and_quality(cap, pipeline, machine, calib, calib_record, opts, progress)
     if "prepare" in cap.info:  # what graph preparation removed, folded and decomposed
         info["prepare"] = {k: v for k, v in cap.info["prepare"].items() if k != "ops"}
     if progress:
@@ -320,14 +349,7 @@ def compile_captured(cap: Captured, opts: CompileOptions,
     if progress:
         progress(f"lowering done in {time.perf_counter() - t0:.2f} s")
     if opts.reference:
-        if progress:
-            progress("exporting the reference ONNX model ...")
-        t0 = time.perf_counter()
-        onnx_bytes = export_reference(cap)
-        # the fp32 weights are in the image already: keep only recipes for them in the graph
-        image.reference_onnx = externalise(onnx_bytes, image) if opts.keep_fp32 else onnx_bytes
-        if progress:
-            progress(f"reference export done in {time.perf_counter() - t0:.2f} s")
+        image.reference_onnx = _reference(cap, image, opts, key, progress)
     image.vocab = tuple(cap.info.get("vocab", ()))
     image.samples = tuple(x.detach().numpy() for x in cap.example_inputs)
     info["source"] = cap.source
