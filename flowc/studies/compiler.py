@@ -24,17 +24,21 @@ from flowc.frontend.load import Captured, example_inputs_for
 from flowc.machine import MachineConfig
 
 _CLOCK: list[float] = []  # [first message, previous message] perf_counter times
+_CPU: list[float] = []  # the process's CPU time (all threads) at the previous message
 
 
 def stderr_progress(msg: str) -> None:
-    """A progress line with the seconds since the first line and (+) since the previous one:
-    the time of the stage the previous line announced."""
-    now = time.perf_counter()
+    """A progress line with the seconds since the first line, (+) since the previous one (the
+    wall time of the stage the previous line announced) and the CPU seconds of this process
+    over the same stage (all threads: on a shared machine wall time says little alone)."""
+    now, cpu = time.perf_counter(), time.process_time()
     if not _CLOCK:
         _CLOCK.extend((now, now))
-    total, step = now - _CLOCK[0], now - _CLOCK[1]
-    _CLOCK[1] = now
-    print(f"[flowc {total:6.1f} s, +{step:5.1f}] {msg}", file=sys.stderr, flush=True)
+        _CPU.append(cpu)
+    total, step, used = now - _CLOCK[0], now - _CLOCK[1], cpu - _CPU[0]
+    _CLOCK[1], _CPU[0] = now, cpu
+    print(f"[flowc {total:6.1f} s, +{step:5.1f}, cpu +{used:5.1f}] {msg}", file=sys.stderr,
+          flush=True)
 
 
 @dataclass
