@@ -9,7 +9,7 @@ before the clock starts, as flowrun prepares it before it runs):
 - functional: the run alone, no accounting;
 - accounted, stored prices: `simulate()` as flowrun calls it on the .fcim (the compile's
   prices read under their key; nothing recorded or priced);
-- accounted, priced afresh: the same .fcim without its stored prices (`--no-price`, or
+- accounted, priced afresh: the same .fcim without its stored prices (`--price off`, or
   another machine): the run records its events and prices them from scratch;
 - ORT: the embedded reference model with 1 and 2 intra-op threads on warm sessions (the
   faster is the baseline).

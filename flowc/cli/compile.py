@@ -50,9 +50,11 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
                         "earlier compile of exactly the same inputs and options, and store "
                         "it (default: on for hf: sources with real weights, off otherwise; "
                         "folder: the weights cache's, FLOWC_CACHE_DIR=off disables both)")
-    p.add_argument("--no-price", action="store_true",
-                   help="do not run the program once to store its per-layer costs on the "
-                        "target (flowrun then prices every call itself)")
+    p.add_argument("--price", choices=["auto", "on", "off"], default="auto",
+                   help="run the program once and store its per-layer costs on the target in "
+                        "the .fcim, so flowrun reads them instead of pricing its run: auto "
+                        "(default) when one run is at most 2^30 operations (small programs, "
+                        "where pricing is a large share of a run), on, off")
     add_debug(p)
     p.set_defaults(func=run)
 
@@ -115,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
         cap = load_model(args.model, input_shapes=args.input_shape, trust_pickle=args.trust_pickle)
     _user_calibration(cap, args, progress)
     image = compile_captured(cap, opts, progress=progress)
-    if not args.no_price and image.samples:
-        _price(image, progress)
+    if args.price != "off" and image.samples:
+        _price(image, args.price == "on", progress)
     if progress:
         progress(f"writing {out} ...")
     t0 = time.perf_counter()
@@ -138,11 +140,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _price(image, progress) -> None:
+def _price(image, always: bool, progress) -> None:
     """Run the program once on its sample inputs and store its per-layer costs on the target
-    (flowc.runtime.priced): a flowrun call on the same machine reads them instead of pricing."""
-    from flowc.runtime.priced import price_image
+    (flowc.runtime.priced): a flowrun call on the same machine reads them instead of pricing.
+    Unless `always`, only programs of at most AUTO_PRICE_WORK operations are priced."""
+    from flowc.runtime.priced import AUTO_PRICE_WORK, price_image
+    from flowc.runtime.verifier import verify
 
+    work = verify(image).work
+    if not always and work > AUTO_PRICE_WORK:
+        if progress:
+            progress(f"pricing skipped: one run is ~{work:.2g} operations (> 2^30; flowrun "
+                     "prices it, a small share of such a run; --price on stores it)")
+        return
     if progress:
         progress(f"pricing on {image.machine['name']} (one run of the sample inputs) ...")
     seconds = price_image(image)

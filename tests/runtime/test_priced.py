@@ -189,3 +189,25 @@ def test_uniform_loop_cycles_equal_the_per_wave_arrays(residency, overlap):
                     arrays = model._with_loads(model._wave_cycles(
                         2, 4, tokens, np.full(tiles, passes, dtype=np.int64)), has_load)
                     assert model._uniform_cycles(2, 4, tokens, passes, tiles, has_load) == arrays
+
+
+@pytest.mark.slow
+def test_cli_compile_stores_prices_and_flowrun_reports_the_same(tmp_path):
+    """`flowc compile` (auto: the MLP is small) writes priced.json, `--price off` does not;
+    flowrun's JSON report is the same either way, wall times aside."""
+    from flowc.cli.flowrun import main as flowrun_main
+    from flowc.cli.main import main
+    from flowc.studies.examples import save_example
+
+    save_example("mlp", tmp_path / "mlp.pt2")
+    reports = {}
+    for price in ("auto", "off"):
+        fcim = tmp_path / f"{price}.fcim"
+        assert main(["compile", str(tmp_path / "mlp.pt2"), "--nm", "2:4", "-o", str(fcim),
+                     "--price", price, "-q"]) == 0
+        assert ("priced.json" in _members(fcim.read_bytes())) == (price == "auto")
+        assert flowrun_main([str(fcim), "--json", str(tmp_path / f"{price}.json"), "-q"]) == 0
+        reports[price] = json.loads((tmp_path / f"{price}.json").read_text())
+        for key in ("simulation_wall_s", "check_wall_s", "file"):
+            reports[price].pop(key, None)
+    assert reports["auto"] == reports["off"]
