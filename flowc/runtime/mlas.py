@@ -6,16 +6,17 @@ int8-valued float32 W^T in K chunks of <= 1,024, so every partial sum is an inte
 bits. On this project's AMD AVX2 host torch's GEMMs (MKL, or oneDNN on reordered weights)
 took 1.0-2x ONNX Runtime's MLAS on the same products (bench/gemm_engines.py measures it), so
 each weight gets a small ONNX Runtime session that holds it as an initialiser (prepacked
-once by MLAS, as ONNX Runtime does for any model's constant weights) and computes
+once by MLAS, as ONNX Runtime does for any model's constant weights) and writes each K
+chunk's product x[:, chunk] @ W[chunk] straight into a numpy array; then, in place,
 
-    y = ((x[:, :1024] @ W0 + x[:, 1024:] @ W1) + 0.0) * a * wscale
+    y = ((y0 + y1) + 0.0) * a[:, None] * wscale
 
-- the handlers' `psum -> float32 -> * a[..., None] * w` with the product rounded once from
-the exact integer sum (two exact chunks added in float32; the + 0.0 turns a -0.0 zero sum
-into the +0.0 of the integer sum). ONNX Runtime's Add and Mul round each float32 operation
-correctly, as numpy does, so the result is the handlers' bit for bit (tests/runtime/test_mlas.py).
-Graph optimisations are off, so the session runs exactly these nodes. Products of more than
-two chunks stay in torch (their chunk sums need float64).
+- the handlers' `psum -> float32 -> * a[..., None] * w`, the product rounded once from the
+exact integer sum (two exact chunks added in float32; the + 0.0 turns a -0.0 zero sum into
+the +0.0 of the integer sum). torch rounds each float32 operation correctly, as numpy does,
+so the result is the handlers' bit for bit (tests/runtime/test_mlas.py). Graph optimisations
+are off, so the session runs exactly these nodes. Products of more than two chunks stay in
+torch (their chunk sums need float64).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from flowc.runtime.gemm import EXACT_CHUNK
 
@@ -43,20 +45,24 @@ def available() -> bool:
 def linear_session(wt: np.ndarray, wscale: np.ndarray, threads: int
                    ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """A function (x [m, K] float32, a [m] float32) -> float32 [m, N], the dequantised exact
-    product with W^T = wt [K, N] (K <= MAX_K). `wt` and `wscale` are handed to ONNX Runtime
-    without a copy and must stay alive as long as the function (it keeps them)."""
+    product with W^T = wt [K, N] (K <= MAX_K). `wt` is handed to ONNX Runtime without a copy
+    and must stay alive as long as the function (it keeps it)."""
     import onnxruntime as ort
 
     k, n = wt.shape
     if k > MAX_K:
         raise ValueError(f"mlas: K = {k} needs more than two exact chunks")
-    model, weights = _linear_model(wt, wscale)
+    model, weights = _linear_model(wt)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     # idle workers sleep: spinning ones starve torch's threads on a 2-core host (check.py)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # no arena per session: one per weight would keep its largest intermediates for good
+    # (SmolLM2 at 2,048 tokens: 6.9 GB after two runs with arenas, measured)
+    opts.enable_cpu_mem_arena = False
+    opts.enable_mem_pattern = False
     values = {name: ort.OrtValue.ortvalue_from_numpy(v) for name, v in weights.items()}
     opts.add_external_initializers(list(values), list(values.values()))
     try:
@@ -64,28 +70,35 @@ def linear_session(wt: np.ndarray, wscale: np.ndarray, threads: int
     except Exception as exc:  # onnxruntime's errors derive from Exception only
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise RuntimeError(f"mlas: onnxruntime refuses a {k} x {n} linear session: {first}") from exc
+    outputs = [o.name for o in sess.get_outputs()]
+    scale = torch.from_numpy(np.ascontiguousarray(wscale, dtype=np.float32).reshape(n))
 
     def product(x: np.ndarray, a: np.ndarray) -> np.ndarray:
         rows = x.shape[0]
-        y = np.empty((rows, n), np.float32)
+        ys = [np.empty((rows, n), np.float32) for _ in outputs]
         bind = sess.io_binding()
         bind.bind_cpu_input("x", x)
-        bind.bind_cpu_input("a", a.reshape(rows, 1))
-        bind.bind_output("y", "cpu", 0, np.float32, y.shape, y.ctypes.data)
+        for name, y in zip(outputs, ys, strict=True):  # ORT writes into them: no copies
+            bind.bind_output(name, "cpu", 0, np.float32, y.shape, y.ctypes.data)
         sess.run_with_iobinding(bind)
-        return y
+        y = torch.from_numpy(ys[0])
+        if len(ys) == 2:  # fl(exact + exact): one rounding of the exact sum
+            y.add_(torch.from_numpy(ys[1]))
+        # -0.0 -> +0.0 as the integer sum gives, then v.deq's two products in its order
+        return y.add_(0.0).mul_(torch.from_numpy(a).reshape(rows, 1)).mul_(scale).numpy()
 
     product.keep = (weights, values, sess)  # type: ignore[attr-defined]  # ORT reads them in place
     return product
 
 
-def _linear_model(wt: np.ndarray, wscale: np.ndarray) -> tuple[bytes, dict[str, np.ndarray]]:
-    """The ONNX graph (weights as external initialisers, supplied in memory) and its weights."""
+def _linear_model(wt: np.ndarray) -> tuple[bytes, dict[str, np.ndarray]]:
+    """The ONNX graph of the chunk products, one output per chunk (weights as external
+    initialisers, supplied in memory), and its weights."""
     from onnx import TensorProto, helper, numpy_helper
 
     k, n = wt.shape
     f32 = TensorProto.FLOAT
-    nodes, small, weights, parts = [], {}, {}, []
+    nodes, small, weights, outputs = [], {}, {}, []
     chunks = [(k0, min(k, k0 + EXACT_CHUNK)) for k0 in range(0, k, EXACT_CHUNK)]
     for i, (k0, k1) in enumerate(chunks):
         xi = "x"
@@ -95,22 +108,10 @@ def _linear_model(wt: np.ndarray, wscale: np.ndarray) -> tuple[bytes, dict[str, 
                           "axis": np.array([1], np.int64)})
             nodes.append(helper.make_node("Slice", ["x", f"start{i}", f"end{i}", "axis"], [xi]))
         weights[f"w{i}"] = np.ascontiguousarray(wt[k0:k1], dtype=np.float32)
-        nodes.append(helper.make_node("MatMul", [xi, f"w{i}"], [f"p{i}"]))
-        parts.append(f"p{i}")
-    total = parts[0]
-    if len(parts) == 2:
-        total = "sum"
-        nodes.append(helper.make_node("Add", parts, [total]))
-    small["zero"] = np.zeros((), np.float32)
-    weights["wscale"] = np.ascontiguousarray(wscale, dtype=np.float32).reshape(n)
-    nodes += [helper.make_node("Add", [total, "zero"], ["exact"]),
-              helper.make_node("Mul", ["exact", "a"], ["scaled"]),
-              helper.make_node("Mul", ["scaled", "wscale"], ["y"])]
+        nodes.append(helper.make_node("MatMul", [xi, f"w{i}"], [f"y{i}"]))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", f32, ["rows", n]))
     graph = helper.make_graph(
-        nodes, "flowc_linear",
-        [helper.make_tensor_value_info("x", f32, ["rows", k]),
-         helper.make_tensor_value_info("a", f32, ["rows", 1])],
-        [helper.make_tensor_value_info("y", f32, ["rows", n])],
+        nodes, "flowc_linear", [helper.make_tensor_value_info("x", f32, ["rows", k])], outputs,
         [numpy_helper.from_array(v, name) for name, v in small.items()])
     for name, v in weights.items():  # declared here, the data handed over in memory
         t = graph.initializer.add()
