@@ -42,7 +42,8 @@ SMALL_GEMM = 1 << 23  # rows x K x N at most this: one thread (see _small_produc
 PACKED = torch.backends.mkldnn.is_available()  # linear products on prepacked weights
 SMALL = 1 << 18  # v.quant below this many elements: numpy beats torch's call costs
 MLAS = mlas.available()  # linear products on ONNX Runtime's MLAS (LinearProduct)
-MLAS_MIN = 1 << 20  # rows x K x N above this: MLAS (smaller: torch on one thread)
+MLAS_MIN = 1 << 22  # rows x K x N above this: MLAS (smaller: torch on one thread; ORT's
+# per-call cost, ~50 us, is not won back: MLP 8 x 512 x 512 1.75 vs 1.57 ms a run at load 6.5)
 NORMAL, BIG = 2.0 ** -100, 2.0 ** 120  # max|x| in this range: the quantiser's clip is moot
 
 
@@ -259,7 +260,7 @@ class LinearProduct:
         rows, k = x.shape
         work = rows * k * self.wt.shape[1]
         if work > MLAS_MIN and k <= mlas.MAX_K and MLAS:
-            session = self._session(k)
+            session = self._session(k, work)
             if session is not None:
                 return session(x, a)
         if k <= EXACT_CHUNK and work <= SMALL_GEMM:
@@ -268,14 +269,17 @@ class LinearProduct:
         y = self.packed(xt) if self.packed is not None else exact_product(xt, self.wt[:k])
         return y.mul_(torch.from_numpy(a).reshape(-1, 1)).mul_(self.wscale_t).numpy()
 
-    def _session(self, k: int) -> Callable | None:
+    def _session(self, k: int, work: int) -> Callable | None:
+        """The session for K = k, built on the second call; small products get one thread
+        (a second one must be woken per call, which on a busy 2-core host costs more than
+        it saves: 8 x 512 x 512 took 3.5 against 1.2 ms, median, at load 7)."""
         if k not in self.mlas:  # the first run: torch (see the class docstring)
             self.mlas[k] = None
             return None
         if self.mlas[k] is None and k not in self.failed:
+            threads = 1 if work <= SMALL_GEMM else torch.get_num_threads()
             try:
-                self.mlas[k] = mlas.linear_session(self.wt[:k].numpy(), self.wscale,
-                                                   torch.get_num_threads())
+                self.mlas[k] = mlas.linear_session(self.wt[:k].numpy(), self.wscale, threads)
             except RuntimeError:  # onnxruntime refused it: torch gives the same bits
                 self.failed.add(k)
         return self.mlas[k]
