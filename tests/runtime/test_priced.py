@@ -211,3 +211,13 @@ def test_cli_compile_stores_prices_and_flowrun_reports_the_same(tmp_path):
         for key in ("simulation_wall_s", "check_wall_s", "file"):
             reports[price].pop(key, None)
     assert reports["auto"] == reports["off"]
+
+
+def test_the_code_digest_covers_modules_loaded_before_it_is_taken():
+    """Every Python source in the digest is imported by flowc.runtime.priced, which takes the
+    digest at import: the digest describes the code the process runs."""
+    import sys
+
+    names = {"flowc." + rel.removesuffix(".py").replace("/", ".")
+             for rel in priced.PRICED_SOURCES if rel.endswith(".py")}
+    assert names <= set(sys.modules), sorted(names - set(sys.modules))
