@@ -3,7 +3,9 @@
 Results stream: every chunk is stored the moment it arrives (executor `imap_unordered`), so a
 run killed at any moment keeps every finished chunk and `resume=True` evaluates only the rest.
 What is shared by every point (assignment files read once, run mode's compiled images) is
-built here once and shipped to each worker once (executor `shared=`).
+built here once and shipped to each worker once (executor `shared=`). An executor that has to
+start first (a new Ray cluster) does not leave the driver idle: the driver evaluates chunks
+itself until the executor is up (`_run_with_head_start`).
 """
 
 from __future__ import annotations
