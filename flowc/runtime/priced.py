@@ -110,10 +110,20 @@ def _digest_cache() -> str | None:
 
 def price_key(machine: dict, numerics: str, known: tuple[dict, str] | None = None) -> str:
     """The key of prices on `machine` with `numerics` under this flowc's code. `known`: a
-    (machine dict, hash) pair already computed (the reader's), used if it is `machine`."""
+    (machine dict, hash) pair already computed (the reader's), used if it is `machine`.
+    The last key is kept for the same machine object (fresh interpreters on one image)."""
+    code = code_digest()
+    last = _LAST_KEY[0] if _LAST_KEY else None
+    if last is not None and last[0] is machine and last[1] == numerics and last[2] == code:
+        return last[3]
     mhash = known[1] if known is not None and known[0] is machine else machine_hash(machine)
-    text = f"priced {PRICED_FORMAT}|code {code_digest()}|numerics {numerics}|machine {mhash}"
-    return hashlib.sha256(text.encode()).hexdigest()
+    text = f"priced {PRICED_FORMAT}|code {code}|numerics {numerics}|machine {mhash}"
+    key = hashlib.sha256(text.encode()).hexdigest()
+    _LAST_KEY[:] = [(machine, numerics, code, key)]
+    return key
+
+
+_LAST_KEY: list[tuple[dict, str, str, str]] = []  # (machine object, numerics, code, key)
 
 
 def layer_rows(layers: list[LayerCost]) -> tuple[dict, ...]:
@@ -122,9 +132,13 @@ def layer_rows(layers: list[LayerCost]) -> tuple[dict, ...]:
 
 
 def rows_to_layers(rows) -> list[LayerCost]:
-    """Fresh LayerCost objects from rows (callers may edit them)."""
-    return [LayerCost(**{**r, "actions": dict(r["actions"]),
-                         "setup_actions": dict(r["setup_actions"])}) for r in rows]
+    """Fresh LayerCost objects from rows (callers may edit them). Positional: ROW_FIELDS is
+    LayerCost's field order (a test checks), and keywords cost a run's budget here."""
+    out = []
+    for r in rows:
+        n, k, c, a, m, km, t, e, sc, sa, se = (r[f] for f in ROW_FIELDS)
+        out.append(LayerCost(n, k, c, dict(a), m, km, t, e, sc, dict(sa), se))
+    return out
 
 
 def price_image(image: Image, numerics: str = "int8") -> float:

@@ -24,7 +24,7 @@ from flowc.runtime.priced import (  # noqa: F401  (re-exported: benches and test
     priced_layers,
     stored_layers,
 )
-from flowc.runtime.report import LayerCost, RunReport
+from flowc.runtime.report import RunReport
 from flowc.runtime.verifier import check_run_inputs, verify
 
 
@@ -47,7 +47,7 @@ def simulate(image: Image, inputs: Sequence[np.ndarray], numerics: str = "int8",
     """
     interp = interpreter or Interpreter(image, numerics=numerics, mode=mode)
     if account and interp.mode == "plan" and image.priced is not None:
-        stored = _stored(interp, image, numerics)
+        stored = stored_layers(image, numerics)  # None: another machine, numerics or code
         if stored is not None:  # priced at compile time for this machine and code: a run
             interp.listeners = []  # records nothing and prices nothing
             t0 = time.perf_counter()
@@ -78,16 +78,6 @@ def simulate(image: Image, inputs: Sequence[np.ndarray], numerics: str = "int8",
                        numerics=numerics, mode=mode, layers=layers,
                        infos={i.name: i for i in image.layers}, check=None, wall_seconds=wall)
     return outputs, report
-
-
-def _stored(interp: Interpreter, image: Image, numerics: str) -> list[LayerCost] | None:
-    """The image's compile-time prices for its machine (flowc.runtime.priced), with the price
-    key kept on the interpreter per machine object (hashing the machine: ~70 us a call)."""
-    cached = getattr(interp, "price_key", None)
-    if cached is None or cached[0] is not image.machine or cached[1] != numerics:
-        cached = interp.price_key = (image.machine, numerics, price_key(
-            image.machine, numerics, image.priced.machine_hash if image.priced else None))
-    return stored_layers(image, numerics, cached[2])
 
 
 def check_outputs(image: Image, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],

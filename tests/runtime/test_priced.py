@@ -221,3 +221,9 @@ def test_the_code_digest_covers_modules_loaded_before_it_is_taken():
     names = {"flowc." + rel.removesuffix(".py").replace("/", ".")
              for rel in priced.PRICED_SOURCES if rel.endswith(".py")}
     assert names <= set(sys.modules), sorted(names - set(sys.modules))
+
+
+def test_row_fields_are_the_layer_cost_fields_in_order():
+    from flowc.runtime.report import LayerCost
+
+    assert tuple(f.name for f in dataclasses.fields(LayerCost)) == priced.ROW_FIELDS
