@@ -59,8 +59,9 @@ def _source_digest() -> str:
 
 
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
-    t = t.detach().contiguous()
-    return memoryview(t.view(torch.uint8).reshape(-1).numpy()) if t.numel() else memoryview(b"")
+    """The raw bytes of any tensor (0-d, empty, any dtype numpy lacks such as bfloat16)."""
+    flat = t.detach().contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
 
 
 def _update_tensor(h: Any, t: torch.Tensor) -> None:

@@ -73,6 +73,14 @@ def test_key_changes_with_weights_inputs_and_options(tiny):
     assert result_cache.result_key(gm, calib, {"pipeline": "p"}) != base, name
 
 
+def test_bytes_of_scalar_empty_and_bfloat16_tensors():
+    assert bytes(result_cache._tensor_bytes(torch.tensor(1.5))) == np.float32(1.5).tobytes()
+    assert bytes(result_cache._tensor_bytes(torch.zeros(0, 3))) == b""
+    assert len(result_cache._tensor_bytes(torch.ones(3, dtype=torch.bfloat16))) == 6
+    assert bytes(result_cache._tensor_bytes(torch.arange(6.0).reshape(2, 3).T)) == \
+        np.arange(6.0, dtype=np.float32).reshape(2, 3).T.copy().tobytes()
+
+
 def test_annotations_round_trip_with_their_types():
     arrays: dict[str, np.ndarray] = {}
     value = {"pattern": (2, 4), "list": [1, 2.5, None, True, "x"], "s": np.float32(0.25),
