@@ -6,7 +6,7 @@ attention mm.act, embedding, vector ops, control), the listeners' share (buildin
 recording events, then pricing them in the listener's finish()) and the walk itself
 (dispatch). The floor is measured right after, in the same process:
 - the same GEMMs alone: every tile loop's product on its prepared operands (the input already
-  converted, the weight already unpacked), through the BLAS the plan uses, nothing else;
+  converted, the weight already unpacked), on the engine the plan uses, nothing else;
 - ONNX Runtime executing the reference graphs the .fcim carries: the fp32 one and the int8
   one (the simulator's quantisation, MatMulInteger), after a first run that builds its
   arenas, with the same thread count flowrun's check uses.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -86,31 +87,45 @@ def profile_image(image: Image, inputs: Sequence[np.ndarray], numerics: str = "i
         spent["accounting"] += time.perf_counter() - t0
         if best is None or sum(spent.values()) < sum(best.values()):
             best = spent
-    floor = min(gemm_floor(interp, state) for _ in range(ROUNDS))
+    floor = gemm_floor(interp, state)
     prof = Profile(prepare, best, floor, threads=torch.get_num_threads())
     if ort and image.reference_onnx is not None:
         prof.ort = ort_times(image, inputs, numerics)
     return prof
 
 
-def gemm_floor(interp: Interpreter, state: State) -> float:
-    """Seconds of every tile loop's GEMM alone, on operands prepared beforehand (the loop's
-    input as the GEMM's dtype, the unpacked weight), in the plan's order."""
-    operands = []
+def gemm_floor(interp: Interpreter, state: State, rounds: int = ROUNDS) -> float:
+    """Seconds of every tile loop's GEMM alone (fastest of `rounds`), on operands prepared
+    beforehand (the loop's input as the GEMM's dtype, the unpacked weight), in the plan's
+    order, on the engine the plan picks for its size (fused.LinearProduct: ONNX Runtime's
+    MLAS with the weight prepacked, dequantisation included, or torch)."""
+    from flowc.runtime import fused, mlas
+
+    products = []
+    chunks = interp.gemm_backend() == "float32-chunks"
     for step in interp.plan().steps:
         if step.nm is None:  # not a batched GEMM loop
             continue
         ld_tile, ld_act = step.item.body[0], step.item.body[1]
         x = state.bufs[ld_act.src]
-        wt = interp.dense_weight(ld_tile.w, *step.nm,
-                                 float_chunks=interp.gemm_backend() == "float32-chunks")
+        wt = interp.dense_weight(ld_tile.w, *step.nm, float_chunks=chunks)
         xk = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=wt.dtype)
-        operands.append((torch.from_numpy(xk), torch.from_numpy(wt[: x.shape[-1]])))
-    int_mm = interp.gemm_backend() == "int_mm"
-    t0 = time.perf_counter()
-    for x, w in operands:
-        torch._int_mm(x, w) if int_mm else torch.matmul(x, w)
-    return time.perf_counter() - t0
+        k = xk.shape[-1]
+        if chunks and fused.MLAS and xk.size * wt.shape[1] > fused.MLAS_MIN and k <= mlas.MAX_K:
+            threads = 1 if xk.size * wt.shape[1] <= fused.SMALL_GEMM else torch.get_num_threads()
+            run = mlas.linear_session(wt[:k], np.ones(wt.shape[1], np.float32), threads)
+            products.append(lambda run=run, xk=xk: run(xk, np.ones(len(xk), np.float32)))
+        else:
+            mm = torch._int_mm if interp.gemm_backend() == "int_mm" else torch.matmul
+            products.append(partial(mm, torch.from_numpy(xk), torch.from_numpy(wt[:k])))
+    best = None
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for product in products:
+            product()
+        took = time.perf_counter() - t0
+        best = took if best is None else min(best, took)
+    return best or 0.0
 
 
 def ort_times(image: Image, inputs: Sequence[np.ndarray], numerics: str) -> dict[str, float]:

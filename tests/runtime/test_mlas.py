@@ -66,3 +66,19 @@ def test_linear_product_engines_equal_the_handlers_bits(monkeypatch, engine, k):
         assert np.array_equal(bits(product(x, a)), bits(want))
     built = [s for s in product.mlas.values() if s is not None]
     assert len(built) == (engine == "mlas" and k <= mlas.MAX_K)
+
+
+def test_profile_floor_runs_the_plan_engine(compiled, monkeypatch):
+    """`flowrun --profile`'s GEMM floor times the products on the engine the plan picks
+    (here MLAS for every product), each session's result the plan's bits."""
+    from flowc.runtime import profile
+    from flowc.runtime.interpreter import Interpreter
+
+    monkeypatch.setattr(fused, "MLAS_MIN", 0)
+    built = []
+    real = mlas.linear_session
+    monkeypatch.setattr(mlas, "linear_session", lambda *a: built.append(a[0].shape) or real(*a))
+    image = compiled("mlp", (2, 4))
+    prof = profile.profile_image(image, list(image.samples), interp=Interpreter(image), ort=False)
+    loops = sum(1 for s in Interpreter(image).plan().steps if s.nm is not None)
+    assert prof.gemm_floor > 0 and len(built) >= loops  # the plan's own and the floor's
