@@ -179,7 +179,7 @@ def _evaluate_rest(run: _Run, ex: Executor, todo: Sequence[Point]) -> None:
 def _run_with_head_start(spec: SweepSpec, out: str | Path, ex: Executor, resume: bool,
                          progress: Progress | None, say: Say, t0: float) -> _Run:
     """A sweep on an executor that must start first (`ex.connect()`: a new Ray cluster
-    takes 5-12 s on 2 busy cores), with the sweep's own work done meanwhile.
+    takes 5-15 s on 2 busy cores), with the sweep's own work done meanwhile.
 
     `connect` stays on the main thread (from another thread Ray 2.60 aborts the driver).
     A helper thread prepares the sweep (`_prepare`), then evaluates chunks in this process,
