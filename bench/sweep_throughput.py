@@ -263,6 +263,10 @@ def main() -> int:
         print(f"    end to end (CLI, Ray's start-up and shut-down included), every repeat: "
               f"{', '.join(f'{x:.2f}' for x in ratios)}; median "
               f"{statistics.median(ratios):.2f}; <= {RAY_RATIO_GOAL} in {met} of {len(ratios)}")
+        print(f"    the noise floor: the pool's own end-to-end times vary by "
+              f"{max(runs['local']) / min(runs['local']):.2f}x (max/min) over the repeats, "
+              f"Ray's by {max(runs['ray']) / min(runs['ray']):.2f}x; ratio of the medians "
+              f"{statistics.median(runs['ray']) / statistics.median(runs['local']):.2f}")
         print(f"    sweep only (run_sweep wall_s, executors already up): {rw / lw:.2f}"
               f" ({'met' if rw / lw <= RAY_RATIO_GOAL else 'NOT met'}); start-up: Ray "
               f"{rs:.1f} s, pool {ls:.2f} s")
