@@ -112,14 +112,19 @@ class Calls:
         return time.perf_counter() - t0
 
 
-def in_process(calls: Calls, repeat: int) -> dict[str, float]:
+def in_process(calls: Calls, repeat: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Medians per variant, and per accounted variant the median of its paired differences
+    to the functional sample of the same round (less exposed to load swings)."""
     for v in VARIANTS:  # warm-up: torch's first calls, ORT arenas
         calls.timed(v)
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for _ in range(repeat):
         for v in VARIANTS:
             times[v].append(calls.timed(v))
-    return {v: statistics.median(t) for v, t in times.items()}
+    paired = {v: statistics.median([a - b for a, b in zip(times[v], times["functional"],
+                                                           strict=True)])
+              for v in ("stored", "afresh")}
+    return {v: statistics.median(t) for v, t in times.items()}, paired
 
 
 def fresh_processes(path: str, n: int) -> dict[str, float]:
@@ -148,7 +153,7 @@ def fresh_processes(path: str, n: int) -> dict[str, float]:
     return {v: statistics.median(t) for v, t in times.items()}
 
 
-def report(title: str, med: dict[str, float]) -> None:
+def report(title: str, med: dict[str, float], paired: dict[str, float] | None = None) -> None:
     ort = min(med["ort1"], med["ort2"])
     print(title)
     for v in VARIANTS:
@@ -156,6 +161,9 @@ def report(title: str, med: dict[str, float]) -> None:
     for v in ("functional", "stored", "afresh"):
         over = "" if v == "functional" else \
             f", overhead {100 * (med[v] / med['functional'] - 1):+.1f} % over functional"
+        if paired and v in paired:
+            over += (f" (median paired difference {paired[v] * 1e3:+.3f} ms = "
+                     f"{100 * paired[v] / med['functional']:+.1f} %)")
         print(f"  {LABELS[v]:34s} {med[v] / ort:5.2f}x ORT{over}")
 
 
@@ -189,11 +197,11 @@ def main() -> None:
     calls = Calls(data)
     shapes = [tuple(s.shape) for s in calls.samples]
     load0 = os.getloadavg()
-    med = in_process(calls, args.repeat)
+    med, paired = in_process(calls, args.repeat)
     print(f"model {args.model} at {args.nm}, inputs {shapes}; load average {load0[0]:.2f} "
           f"before, {os.getloadavg()[0]:.2f} after")
     report(f"one process, a fresh interpreter per flowrun call, {args.repeat} alternating "
-           "samples, median:", med)
+           "samples, median:", med, paired)
     if args.processes:
         with tempfile.TemporaryDirectory() as tmp:
             path = str(Path(tmp) / "bench.fcim")
