@@ -74,3 +74,15 @@ def test_select_kept_equals_its_argsort_definition(n, m):
     nz[0] = False
     want = np.sort(np.argsort(~nz, axis=-1, kind="stable")[..., :n], axis=-1)
     assert np.array_equal(select_kept(nz, n, m, "t"), want)
+
+
+def test_pack_bits_equals_its_shift_and_mask_definition():
+    from flowc.backend.pack import pack_bits, unpack_bits
+
+    rng = np.random.default_rng(5)
+    for bits in (1, 2, 3, 4, 5, 7, 8):
+        v = rng.integers(0, 2**bits, size=1001).astype(np.uint8)
+        planes = (v.reshape(-1, 1) >> np.arange(bits, dtype=np.uint8)) & 1
+        want = np.packbits(planes.astype(np.uint8).reshape(-1), bitorder="little")
+        assert np.array_equal(pack_bits(v, bits), want)
+        assert np.array_equal(unpack_bits(want, bits, v.size), v)
