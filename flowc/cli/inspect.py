@@ -44,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
            f"{m['macros']} macros, patterns {', '.join(m['patterns'])}; sha256 "
            f"{machine_entry(m)['hash']}",
            f"calibration: {_flat(info.get('calibration', {}))}",
+           "stored prices: " + (f"{len(image.priced.entries)} (priced.json: per-layer costs of "
+                                "one run; flowrun uses the one priced on its machine, "
+                                "numerics and flowc code)" if image.priced
+                                else "none (flowrun prices its run)"),
            table(["input/output", "shape", "dtype"],
                  [(f"in {io.name}", "x".join(map(str, io.shape)), io.dtype) for io in image.inputs]
                  + [(f"out {io.name}", "x".join(map(str, io.shape)), io.dtype)
