@@ -96,7 +96,9 @@ def simulate_at_ties(image, inputs: list, points: list, monkeypatch) -> tuple[li
         return np.where(tie, q_ref, q), s
 
     monkeypatch.setattr(vector, "quantise_per_token", quantise)
-    sim, _ = simulate(image, inputs, numerics="int8", account=False)
+    # the handlers (batched mode) call vector.quantise_per_token; the plan's fused v.quant
+    # quantises in numpy or torch itself (tests/runtime/test_fused.py: the same bits)
+    sim, _ = simulate(image, inputs, numerics="int8", mode="batched", account=False)
     monkeypatch.undo()
     assert len(forced) == len(points)
     return sim, forced
