@@ -82,3 +82,27 @@ def test_profile_floor_runs_the_plan_engine(compiled, monkeypatch):
     prof = profile.profile_image(image, list(image.samples), interp=Interpreter(image), ort=False)
     loops = sum(1 for s in Interpreter(image).plan().steps if s.nm is not None)
     assert prof.gemm_floor > 0 and len(built) >= loops  # the plan's own and the floor's
+
+
+def test_without_onnxruntime_the_plan_stays_on_torch(monkeypatch):
+    """onnxruntime missing: available() says so; a session onnxruntime refuses: torch for
+    that K from then on (tried once), the same bits."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import raises ImportError
+    assert not mlas.available()
+    monkeypatch.undo()
+    tries = []
+
+    def refuse(*args):
+        tries.append(args[0].shape)
+        raise RuntimeError("mlas: refused")
+
+    monkeypatch.setattr(mlas, "linear_session", refuse)
+    monkeypatch.setattr(fused, "MLAS", True)
+    monkeypatch.setattr(fused, "MLAS_MIN", 0)
+    x, w, a, wscale, want = operands(700, seed=2)
+    product = fused.LinearProduct(torch.from_numpy(w), wscale)
+    for _ in range(3):
+        assert np.array_equal(bits(product(x, a)), bits(want))
+    assert tries == [(700, 9)] and product.failed == {700}
