@@ -80,8 +80,8 @@ class PricedCosts:
     inputs: tuple
     layers: tuple
     entries: Mapping[str, tuple[dict, ...]]
-    # (machine dict, its hash) as the reader found them: a run on that very dict skips
-    # re-hashing it (json of the machine: ~70 us, a small model's whole accounting budget)
+    # (a copy of the machine dict, its hash) as the reader found them: a run on an equal
+    # dict skips re-hashing it (json of the machine: ~70 us, a small model's whole budget)
     machine_hash: tuple[dict, str] | None = None
 
     def valid_for(self, image: Image) -> bool:

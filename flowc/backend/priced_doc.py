@@ -18,6 +18,7 @@ that does not also rewrite the manifest and its checksum is refused as corruptio
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -113,7 +114,7 @@ def read_priced(data: bytes, checksums: Mapping[str, str], image: Image,
     _known_actions(doc.entries, where)
     entries = {key: tuple(row.model_dump() for row in rows) for key, rows in doc.entries.items()}
     return PricedCosts(image.program, image.tensors, image.inputs, image.layers, entries,
-                       (image.machine, machine_hash(image.machine)))
+                       (copy.deepcopy(image.machine), machine_hash(image.machine)))
 
 
 def _known_actions(entries: Mapping[str, Sequence[RowModel]], where: str) -> None:

@@ -227,3 +227,13 @@ def test_row_fields_are_the_layer_cost_fields_in_order():
     from flowc.runtime.report import LayerCost
 
     assert tuple(f.name for f in dataclasses.fields(LayerCost)) == priced.ROW_FIELDS
+
+
+def test_a_machine_edited_in_place_prices_afresh(compiled):
+    """Keys compare machine contents, not objects: an Image whose machine dict is edited in
+    place after a lookup does not reuse the key (or the reader's hash) of the old machine."""
+    loaded = load_bytes(_priced_file(compiled("mlp", (2, 4))))
+    assert stored_layers(loaded, "int8") is not None
+    loaded.machine["residency"] = "resident" if loaded.machine["residency"] != "resident" \
+        else "streamed"
+    assert stored_layers(loaded, "int8") is None
