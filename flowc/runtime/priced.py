@@ -18,6 +18,7 @@ import copy
 import functools
 import hashlib
 import json
+import operator
 import os
 from dataclasses import replace
 from typing import NamedTuple
@@ -139,9 +140,12 @@ def rows_to_layers(rows) -> list[LayerCost]:
     LayerCost's field order (a test checks), and keywords cost a run's budget here."""
     out = []
     for r in rows:
-        n, k, c, a, m, km, t, e, sc, sa, se = (r[f] for f in ROW_FIELDS)
+        n, k, c, a, m, km, t, e, sc, sa, se = _ROW_VALUES(r)
         out.append(LayerCost(n, k, c, dict(a), m, km, t, e, sc, dict(sa), se))
     return out
+
+
+_ROW_VALUES = operator.itemgetter(*ROW_FIELDS)
 
 
 def price_image(image: Image, numerics: str = "int8") -> float:
