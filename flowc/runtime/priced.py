@@ -41,9 +41,9 @@ PRICED_SOURCES = (
 )
 # `flowc compile --price auto` prices programs of at most this many operations (the verifier's
 # work estimate of one run): there pricing is a large share of a run (the 784-512-256-10 MLP
-# at batch 8, ~5e6: pricing took more than the run), while a program far above it runs for
-# seconds and pricing is ~1 % of it (SmolLM2-135M at 128 tokens: ~2e10, 9.7 ms of ~850 ms),
-# which a compile-time run (plan preparation and one run: seconds) would not repay.
+# at batch 8, 5.3e6: pricing ~0.8 ms beside a ~1 ms run), while a program far above it runs
+# for seconds and pricing is 1-2 % of it (SmolLM2-135M at 128 tokens: 2.3e10, 10-17 ms of
+# ~850 ms), which a compile-time run (plan preparation and one run: seconds) would not repay.
 AUTO_PRICE_WORK = 2**30
 ROW_FIELDS = ("name", "kind", "cycles", "actions", "macs", "kept_macs", "tokens", "energy_pj",
               "setup_cycles", "setup_actions", "setup_energy_pj")
