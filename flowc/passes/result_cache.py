@@ -58,6 +58,29 @@ def _source_digest() -> str:
     return h.hexdigest()
 
 
+def pass_code_digest(classes: Iterable[type]) -> str | None:
+    """sha256 over the source files of the passes' classes (and their bases) that live outside
+    flowc, e.g. a plugin's or a user's own pass, so editing one misses like a flowc edit does;
+    None when such a class has no source file (defined interactively): no key can cover it."""
+    flowc_root = Path(__file__).resolve().parents[1]
+    files: set[Path] = set()
+    for cls in classes:
+        for base in cls.__mro__:
+            if base.__module__ == "builtins":
+                continue
+            module = sys.modules.get(base.__module__)
+            path = getattr(module, "__file__", None)
+            if not path:
+                return None
+            path = Path(path).resolve()
+            if not path.is_relative_to(flowc_root):
+                files.add(path)
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
     """The raw bytes of any tensor (0-d, empty, any dtype numpy lacks such as bfloat16)."""
     flat = t.detach().contiguous().reshape(-1)

@@ -244,9 +244,12 @@ def _passes_and_quality(cap: Captured, pipeline: str, machine, calib, calib_reco
     from flowc.passes import result_cache
 
     key, before = None, None
+    t0 = time.perf_counter()
     if opts.pass_cache and result_cache.enabled():
-        t0 = time.perf_counter()
         key = _pass_key(cap, pipeline, machine, calib, calib_record, opts)
+        if key is None and progress:
+            progress("pass cache: not used (a pass of the pipeline has no source file to key)")
+    if key is not None:
         info = result_cache.load(key, cap.gm)
         if info is not None:
             if progress:
@@ -301,16 +304,22 @@ def _reference(cap: Captured, image: Image, opts: CompileOptions, key: str | Non
 
 
 def _pass_key(cap: Captured, pipeline: str, machine, calib, calib_record: dict,
-              opts: CompileOptions) -> str:
+              opts: CompileOptions) -> str | None:
     """Everything the passes and the perplexity probe read: graph, tensors, annotations,
-    example/calibration/held-out inputs, pipeline, machine, seed and the calibration record."""
+    example/calibration/held-out inputs, pipeline, machine, seed, the calibration record and
+    the source of any pass defined outside flowc; None when such a pass has no source file."""
     from flowc.passes import result_cache
     from flowc.passes.pipeline import format_pipeline, parse_pipeline
 
+    passes = parse_pipeline(pipeline)
+    plugin_code = result_cache.pass_code_digest(type(p) for p in passes)
+    if plugin_code is None:
+        return None
     windows = cap.info.get("eval_windows") or []
     tensors = [*cap.example_inputs, *(x for item in calib for x in item),
                *(x for item in windows for x in item)]
-    extra = {"pipeline": pipeline, "passes": format_pipeline(parse_pipeline(pipeline), full=True),
+    extra = {"pipeline": pipeline, "passes": format_pipeline(passes, full=True),
+             "pass code": plugin_code,
              "machine": machine.to_dict(), "seed": opts.seed, "calibration": calib_record,
              "calib": len(calib), "windows": len(windows),
              "eval_text": cap.info.get("eval_text", ""), "outputs": list(cap.output_names)}

@@ -94,3 +94,30 @@ def test_annotations_round_trip_with_their_types():
     assert isinstance(back["t"], torch.Tensor) and torch.equal(back["t"], value["t"])
     with pytest.raises(result_cache.Uncacheable):
         result_cache._encode({1: "non-string key"}, arrays)
+
+
+def test_the_source_of_a_pass_defined_outside_flowc_is_in_the_key(tmp_path, monkeypatch):
+    """A user's own pass: editing its file changes the digest (so the key), flowc's own passes
+    add nothing, and a pass class with no source file cannot be keyed (None: cache unused)."""
+    import importlib
+    import sys
+    import types
+
+    from flowc.passes.registry import get_pass
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    src = tmp_path / "my_cache_probe_pass.py"
+    body = ("from flowc.passes.base import Pass\n\n"
+            "class MyPass(Pass):\n    name = 'my-cache-probe'\n    SCALE = {}\n")
+    src.write_text(body.format(1))
+    module = importlib.import_module("my_cache_probe_pass")
+    first = result_cache.pass_code_digest([module.MyPass])
+    src.write_text(body.format(2))
+    second = result_cache.pass_code_digest([module.MyPass])
+    assert first != second
+    builtin = get_pass("quantize")
+    assert result_cache.pass_code_digest([builtin]) == result_cache.pass_code_digest([])
+    fileless = types.ModuleType("fileless_pass_module")
+    monkeypatch.setitem(sys.modules, "fileless_pass_module", fileless)
+    orphan = type("Orphan", (module.MyPass,), {"__module__": "fileless_pass_module"})
+    assert result_cache.pass_code_digest([orphan]) is None
