@@ -29,7 +29,7 @@ import numpy as np
 from flowc import isa
 from flowc.backend import limits as limits_mod
 from flowc.backend.image import Image, IOSpec, LayerInfo
-from flowc.backend.manifest import Manifest, validate
+from flowc.backend.manifest import Manifest, json_object, validate
 from flowc.backend.npy import NpyError, read_npy
 from flowc.backend.onnx_guard import check_stored
 from flowc.backend.pack import TileGeometry, dense_meta, slot_mask, unpack_bits
@@ -110,12 +110,7 @@ def _manifest(raw: dict[str, bytes], label: str) -> Manifest:
     if MANIFEST not in raw:
         raise ImageError(f"{label}: no manifest.json: not a .fcim file")
     text = raw[MANIFEST]
-    try:
-        obj = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ImageError(f"{label}: manifest.json is not valid JSON ({_first(exc)})") from None
-    if not isinstance(obj, dict):
-        raise ImageError(f"{label}: manifest.json is a JSON {type(obj).__name__}, not an object")
+    obj = json_object(text, f"{label}: manifest.json")
     if obj.get("format") != FORMAT or obj.get("format_version") != FORMAT_VERSION:
         raise ImageError(f"{label}: format {obj.get('format')!r} version "
                          f"{obj.get('format_version')!r}; this flowc reads {FORMAT} "

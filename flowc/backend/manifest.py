@@ -7,6 +7,7 @@ ImageError naming the field path, never a KeyError deep inside the loader.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -80,3 +81,16 @@ def validate(raw: object, label: str) -> Manifest:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         raise ImageError(f"{label}: manifest.json: {where}: {err['msg']}") from None
+
+
+def json_object(data: bytes, where: str) -> dict:
+    """A member's bytes as a JSON object; anything else is an ImageError naming `where`."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise ImageError(f"{where} is not valid JSON ({first})") from None
+    if not isinstance(obj, dict):
+        raise ImageError(f"{where} is a JSON {type(obj).__name__}, not an object")
+    return obj

@@ -27,6 +27,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from flowc.backend.image import Image, PricedCosts
+from flowc.backend.manifest import json_object
 from flowc.errors import ImageError
 
 PRICED_MEMBER = "priced.json"
@@ -95,12 +96,7 @@ def read_priced(data: bytes, checksums: Mapping[str, str], image: Image,
     """The prices of `data` for `image` (read from the same file), or None when they are for
     another file or another format; malformed JSON or rows are an ImageError."""
     where = f"{label}: {PRICED_MEMBER}"
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise ImageError(f"{where}: not valid JSON ({str(exc).splitlines()[0]})") from None
-    if not isinstance(obj, dict):
-        raise ImageError(f"{where}: a JSON {type(obj).__name__}, not an object")
+    obj = json_object(data, where)
     if obj.get("format") != PRICED_FORMAT:
         return None  # another flowc's pricing format: priced afresh
     try:
