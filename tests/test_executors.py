@@ -284,6 +284,29 @@ def test_make_executor_parses_specs():
             make_executor(spec, jobs)
 
 
+@pytest.mark.slow
+def test_ray_reads_a_lazy_iterable_as_its_workers_take_items(ray_executor):
+    """At most WINDOW_PER_CPU tasks per CPU in flight: by the first result only about a
+    window of items has been read, and every item still comes back once."""
+    from flowc.executors.cluster import WINDOW_PER_CPU
+
+    shared = np.arange(8, dtype=np.float32)
+    pulled: list[int] = []
+
+    def items():
+        for i in range(40):
+            pulled.append(i)
+            yield i
+
+    stream = ray_executor.imap_unordered(affine, items(), shared=shared)
+    first = next(stream)
+    window = WINDOW_PER_CPU * ray_executor.workers
+    assert window <= len(pulled) <= 2 * window < 40  # sent as results came back, not at once
+    got = dict([first, *stream])
+    assert sorted(got) == list(range(40)) and pulled == list(range(40))
+    assert all(np.array_equal(got[i], shared * i + np.float32(i) / 3) for i in got)
+
+
 def test_missing_ray_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(UsageError, match=r"pip install 'flowc\[ray\]'"):

@@ -35,6 +35,8 @@ from flowc.executors.base import (
     _tag,
 )
 
+WINDOW_PER_CPU = 2  # tasks in flight per cluster CPU (RayExecutor's imap_unordered)
+
 
 def _import_ray() -> Any:
     try:
@@ -164,14 +166,21 @@ class _RayBinding(_BindingBase):
 
     def imap_unordered(self, fn: Callable[[Any, Any], Any], items: Iterable[Any]
                        ) -> Iterator[tuple[int, Any]]:
-        """(index, result) as tasks finish (ray.wait); a failure, or the consumer closing the
-        generator, cancels the tasks not finished."""
+        """(index, result) as tasks finish (ray.wait). Items are taken from `items` as they
+        are sent, at most WINDOW_PER_CPU tasks per cluster CPU in flight (enough to keep every
+        worker busy while results travel back), so a lazy iterable is read only as fast as the
+        cluster works through it (a sweep's driver takes chunks from the same queue). A
+        failure, or the consumer closing the generator, cancels the tasks not finished."""
         _ensure_open(self)
         _check_picklable(fn, "ray")
-        ray, task = self._owner._ray, self._owner._task
-        refs = [task.remote(fn, i, item, self._box, self.key, self.scratch_name)
-                for i, item in enumerate(items)]
-        return _stream_refs(ray, refs)
+        owner = self._owner
+        ray, task = owner._ray, owner._task
+
+        def send(i: int, item: Any) -> Any:
+            return task.remote(fn, i, item, self._box, self.key, self.scratch_name)
+
+        window = WINDOW_PER_CPU * max(owner.workers or 1, 1)
+        return _stream_refs(ray, enumerate(items), send, window)
 
     def close(self) -> None:
         if self.closed:
@@ -182,17 +191,31 @@ class _RayBinding(_BindingBase):
         shutil.rmtree(os.path.join(tempfile.gettempdir(), self.scratch_name), ignore_errors=True)
 
 
-def _stream_refs(ray: Any, refs: list[Any]) -> Iterator[tuple[int, Any]]:
-    index = {ref: i for i, ref in enumerate(refs)}
-    pending = list(refs)
+def _stream_refs(ray: Any, items: Iterator[tuple[int, Any]], send: Callable[[int, Any], Any],
+                 window: int) -> Iterator[tuple[int, Any]]:
+    index: dict[Any, int] = {}
+    pending: list[Any] = []
+
+    def refill() -> None:
+        while len(pending) < window:
+            nxt = next(items, None)
+            if nxt is None:
+                return
+            ref = send(*nxt)
+            index[ref] = nxt[0]
+            pending.append(ref)
+
     try:
+        refill()
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
+            ready, pending[:] = ray.wait(pending, num_returns=1)
             if pending:  # collect whatever else finished meanwhile in one go
-                more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+                more, pending[:] = ray.wait(pending, num_returns=len(pending), timeout=0)
                 ready += more
+            refill()  # the next tasks go out before these results are handed on
             for ref in sorted(ready, key=index.__getitem__):
-                yield index[ref], _get(ray, ref, index[ref])
+                i = index.pop(ref)
+                yield i, _get(ray, ref, i)
     finally:
         for ref in pending:  # the first failure cancels what has not finished
             ray.cancel(ref)

@@ -292,3 +292,25 @@ def test_the_driver_evaluates_points_while_a_cluster_starts(tmp_path, monkeypatc
     with pytest.raises(UsageError, match=r"point 1 .*macro\.rows"):
         run_sweep(bad, tmp_path / "bad", executor=_StartingCluster())
     assert not (tmp_path / "bad").exists()  # refused before the results directory exists
+
+
+def test_chunks_are_cut_as_taken_and_shrink_towards_the_end():
+    """Analytic points: HEAD_CHUNK at a time for the driver while the executor starts; once
+    it is up the driver takes none, and the executor's chunks are a quarter of what is left
+    per worker (at most MAX_CHUNK, at least HEAD_CHUNK // 4), every point exactly once."""
+    from flowc.studies.sweep import run as run_module
+    from flowc.studies.sweep.spec import load_spec, points_of
+
+    spec = load_spec({"fixed": {"model": "llama-2-7b", "phase": "prefill"},
+                      "axes": {"macros": [4, 8, 16, 32], "tokens": list(range(16, 4001, 16))}})
+    head = run_module._HeadStart(spec, "unused", False, None, print, 0.0)
+    head._todo = points_of(spec)
+    head._prepared.set()
+    assert len(head.take(driver=True)) == run_module.HEAD_CHUNK
+    head.executor_up(2)
+    assert head.take(driver=True) is None  # the driver stops once the executor is up
+    chunks = list(iter(head.take, None))
+    sizes = [len(c) for c in chunks]
+    assert [p.index for c in chunks for p in c] == list(range(run_module.HEAD_CHUNK, 1000))
+    assert sizes[0] == 100 and sizes == sorted(sizes, reverse=True)  # 800 left / (4 x 2)
+    assert set(sizes[:-1]) >= {50} and min(sizes[:-1]) == run_module.HEAD_CHUNK // 4

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,11 +183,17 @@ def _run_with_head_start(spec: SweepSpec, out: str | Path, ex: Executor, resume:
     `connect` stays on the main thread (from another thread Ray 2.60 aborts the driver).
     A helper thread prepares the sweep (`_prepare`), then evaluates chunks in this process,
     one after another, storing each as it finishes, until the executor is up; it then stops
-    after its current chunk (while the executor's workers start), and every chunk it has not
-    taken goes to the executor. Each chunk is taken, under a lock, by exactly one side, so
-    every point is evaluated once and the table is the one the executor alone would store
-    (only the timing columns tell where a row was computed). A bad spec or directory is
-    reported once the executor is up (the executor is closed by whoever owns it)."""
+    after its current chunk (while the executor's workers start), and the main thread sends
+    the executor every chunk not taken, cut as they are sent (`_HeadStart.take`: smaller
+    towards the end, so the workers finish together). Each chunk is taken, under a lock, by
+    exactly one side, so every point is evaluated once and the table is the one the executor
+    alone would store (only the timing columns tell where a row was computed). A bad spec or
+    directory is reported once the executor is up (the executor is closed by whoever owns
+    it).
+
+    Measured (issue 11): a driver that went on evaluating beside the cluster made sweeps
+    slower, not faster, on 2 cores: its thread holds the GIL the main thread needs to keep
+    Ray's workers fed (a running 2-CPU cluster: 12.2-13.7 s instead of 10.5-11.0 s)."""
     head = _HeadStart(spec, out, resume, progress, say, t0)
     helper = threading.Thread(target=head.work, name="flowc-sweep-head-start", daemon=True)
     helper.start()
@@ -197,10 +202,10 @@ def _run_with_head_start(spec: SweepSpec, out: str | Path, ex: Executor, resume:
         prestart = getattr(ex, "prestart", None)
         if prestart is not None:  # workers import the evaluation modules meanwhile
             prestart(WORKER_MODULES)
-        rest = head.stop()
+        head.executor_up(ex.workers or 1)
         if head.error is None and head.run is not None:
-            head.run.size = chunk_size(spec, len(rest), ex.workers)
-            _evaluate_rest(head.run, ex, rest)
+            head.run.summary.executor = ex.name
+            head.run.evaluate_chunks(ex, head.run.shared, iter(head.take, None))
     finally:
         head.stop()
         helper.join()
@@ -213,7 +218,8 @@ def _run_with_head_start(spec: SweepSpec, out: str | Path, ex: Executor, resume:
 
 
 class _HeadStart:
-    """The helper thread of `_run_with_head_start`: its state and the lock on its queue."""
+    """The helper thread of `_run_with_head_start`: its state and the lock on the queue of
+    points not yet taken."""
 
     def __init__(self, spec: SweepSpec, out: str | Path, resume: bool,
                  progress: Progress | None, say: Say, t0: float) -> None:
@@ -223,16 +229,16 @@ class _HeadStart:
         self._prepared = threading.Event()
         self._lock = threading.Lock()
         self._stopped = False
-        self._queue: deque[list[Point]] = deque()
+        self._workers: int | None = None  # the executor's, once it is up
+        self._todo: list[Point] = []
+        self._next = 0
 
     def work(self) -> None:
         from flowc.executors import SerialExecutor
 
         try:
             run = _prepare(*self.args, workers=None)
-            spec = run.spec
-            size = spec.sweep.chunk or (1 if spec.sweep.mode == "run" else HEAD_CHUNK)
-            self._queue.extend(run.todo[i:i + size] for i in range(0, len(run.todo), size))
+            self._todo = run.todo
             self.run = run
         except BaseException as exc:  # re-raised on the main thread
             self.error = exc
@@ -241,26 +247,49 @@ class _HeadStart:
             self._prepared.set()
         try:  # in-process, as the serial executor runs items (worker_scratch() works)
             with SerialExecutor() as serial:
-                while (chunk := self._take()) is not None:
+                while (chunk := self.take(driver=True)) is not None:
                     for _, rows in serial.imap_unordered(evaluate_chunk, [chunk],
                                                          shared=run.shared):
                         run.store_rows(rows, head_start=True)
         except BaseException as exc:
             self.error = exc
 
-    def _take(self) -> list[Point] | None:
-        with self._lock:
-            return None if self._stopped or not self._queue else self._queue.popleft()
-
-    def stop(self) -> list[Point]:
-        """No chunk is taken after this; once prepared, the points not taken, in order."""
-        with self._lock:
-            self._stopped = True
+    def executor_up(self, workers: int) -> None:
+        """From now on the driver takes no chunk, and chunks are cut for `workers`."""
         self._prepared.wait()
         with self._lock:
-            rest = [p for chunk in self._queue for p in chunk]
-            self._queue.clear()
-        return rest
+            self._workers = workers
+
+    def take(self, driver: bool = False) -> list[Point] | None:
+        """The next chunk, cut now: the spec's `chunk` if set, else one point in run mode;
+        analytic points HEAD_CHUNK at a time while the executor starts, then about a quarter
+        of what is left per worker (between HEAD_CHUNK // 4 and MAX_CHUNK points), so the
+        last chunks are small and the workers finish at about the same time. None once
+        everything is taken, after stop(), after an error, or for the driver once the
+        executor is up."""
+        with self._lock:
+            left = len(self._todo) - self._next
+            if (self._stopped or self.error is not None or left <= 0
+                    or (driver and self._workers is not None)):
+                return None
+            spec = self.args[0].sweep
+            if spec.chunk or spec.mode == "run":
+                size = spec.chunk or 1
+            elif self._workers is None:
+                size = HEAD_CHUNK
+            else:
+                size = max(HEAD_CHUNK // 4, min(MAX_CHUNK, -(-left // (4 * self._workers))))
+            chunk = self._todo[self._next:self._next + size]
+            self._next += len(chunk)
+        if not driver and self.run is not None:
+            self.run.summary.chunks += 1
+            self.run.summary.chunk_size = max(self.run.summary.chunk_size, len(chunk))
+        return chunk
+
+    def stop(self) -> None:
+        """No chunk is taken after this."""
+        with self._lock:
+            self._stopped = True
 
 
 @dataclass
@@ -313,6 +342,10 @@ class _Run:
         chunks = [points[i:i + self.size] for i in range(0, len(points), self.size)]
         self.summary.chunks += len(chunks)
         self.summary.chunk_size = self.size
+        return self.evaluate_chunks(ex, shared, chunks)
+
+    def evaluate_chunks(self, ex: Executor, shared: Shared | None,
+                        chunks: Iterable[Sequence[Point]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for _, rows in ex.imap_unordered(evaluate_chunk, chunks, shared=shared):
             self.store_rows(rows)
