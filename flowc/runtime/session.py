@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flowc.backend import limits as limits_mod
 from flowc.backend.image import Image
 from flowc.backend.reference import materialise
 from flowc.backend.reference_int8 import int8_reference
@@ -25,7 +26,7 @@ from flowc.runtime.priced import (  # noqa: F401  (re-exported: benches and test
     stored_layers,
 )
 from flowc.runtime.report import RunReport
-from flowc.runtime.verifier import check_run_inputs, verify
+from flowc.runtime.verifier import ProgramInvalid, check_run_inputs, verify
 
 
 def load_inputs(image: Image, paths: Sequence[str] | None) -> list[np.ndarray]:
@@ -169,7 +170,13 @@ def run_image(image: Image, inputs: Sequence[np.ndarray], numerics: str = "int8"
     with `check` and a reference model, judge the outputs against ONNX Runtime; `profile`
     adds flowc.runtime.profile's table as report.extra["profile"]."""
     say = say or (lambda _msg: None)
-    verify(image)  # flowc.runtime.verifier: the whole program, before anything executes
+    verified = verify(image)  # flowc.runtime.verifier: the whole program, before anything runs
+    limit = limits_mod.current().peak_bytes
+    if mode == "reference" and verified.kept_bytes > limit:
+        raise ProgramInvalid(f"program: the reference mode keeps every buffer, "
+                             f"{verified.kept_bytes} bytes with the weights, over the memory "
+                             f"limit of {limit} (the plan mode frees each buffer after its last "
+                             f"use: {verified.peak_bytes} bytes; or flowrun --max-memory)")
     arrays = check_inputs(image, inputs)
     check_run_inputs(image, arrays)
     say(f"executing {len(image.program.instructions)} instructions ({numerics}, {mode}) ...")

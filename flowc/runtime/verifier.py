@@ -14,7 +14,10 @@ program and its cost report say. Checks:
   packed weight's tiles (so batched mode executes exactly what the program says); int8 values,
   metadata inside its group with exactly N distinct indices per group, scales finite and > 0;
 - every layer is in the layer table, every output is written with its declared shape;
-- peak live memory and total work are within flowc.backend.limits.
+- peak live memory and total work are within flowc.backend.limits. Live memory is counted as
+  the plan runs it: a buffer is freed after the last instruction that names it (a tile loop's
+  buffers after its loop.end), outputs are kept; `Verified.kept_bytes` is the peak when every
+  buffer is kept instead (the reference mode), which run_image checks for that mode.
 A failure is ProgramInvalid (exit 4): instruction index, mnemonic, operand and reason.
 """
 
@@ -44,11 +47,14 @@ class ProgramInvalid(ImageError):
 
 @dataclass(frozen=True)
 class Verified:
-    """What verification established: instruction count, peak live bytes, work estimate."""
+    """What verification established: instruction count, peak live bytes (buffers freed after
+    their last use, as the plan frees them, plus the decompressed weights), work estimate,
+    and the peak with every buffer kept (the reference mode)."""
 
     instructions: int
     peak_bytes: int
     work: int
+    kept_bytes: int = 0
 
 
 def verify(image: Image, limits: limits_mod.Limits | None = None) -> Verified:
@@ -99,6 +105,8 @@ class _Verifier:
         self.layers = {info.name: info for info in image.layers}
         self.bufs: dict[str, Val] = {}
         self.live = self.peak = self.work = 0
+        self.kept = self.kept_peak = 0  # every buffer written so far, none freed (reference)
+        self.last: dict[int, list[str]] = {}  # instruction index -> buffers it names last
         self.index = 0
         self.embed_inputs: dict[str, int] = {}
         self.nm: dict[int, tuple[int, int]] = {}
@@ -160,15 +168,20 @@ class _Verifier:
             i, msg = err
             name = instrs[i].mnemonic if i < len(instrs) else "end"
             raise ProgramInvalid(f"program instruction {i} ({name}): {msg}")
+        self.last = _last_uses(instrs, {spec.buffer for spec in self.image.outputs})
         self._bind_inputs()
         for self.index, ins in enumerate(instrs):
             self._step(ins)
+            for name in self.last.get(self.index, ()):
+                val = self.bufs.pop(name, None)
+                if val is not None:
+                    self.live -= val.size * _BYTES[val.kind]
         self._check_outputs()
         self._add_weight_memory()
         if self.work > self.limits.work:
             raise ProgramInvalid(f"program: about {self.work:.3g} operations, over the work limit "
                                  f"of {self.limits.work:.3g} (flowrun --max-work)")
-        return Verified(len(instrs), self.peak, self.work)
+        return Verified(len(instrs), self.peak, self.work, self.kept_peak)
 
     def _bind_inputs(self) -> None:
         for spec in self.image.inputs:
@@ -217,7 +230,10 @@ class _Verifier:
         if any(d < 0 for d in val.shape):
             raise ProgramInvalid(f"program instruction {self.index}: %{name} gets shape {val.shape}")
         old = self.bufs.get(name)
-        self.live += val.size * _BYTES[val.kind] - (old.size * _BYTES[old.kind] if old else 0)
+        grow = val.size * _BYTES[val.kind] - (old.size * _BYTES[old.kind] if old else 0)
+        self.live += grow
+        self.kept += grow
+        self.kept_peak = max(self.kept_peak, self.kept)
         self.bufs[name] = val
         self.peak = max(self.peak, self.live)
         if self.peak > self.limits.peak_bytes:
@@ -239,6 +255,7 @@ class _Verifier:
         """The runtime keeps each weight decompressed once: count it against the limit."""
         dense = sum(math.prod(self.tensors[f"{k}.values"].shape) for k in self.checked)
         self.peak += dense * 4
+        self.kept_peak += dense * 4
         if self.peak > self.limits.peak_bytes:
             raise ProgramInvalid(f"program: buffers and decompressed weights need {self.peak} "
                                  f"bytes, over the memory limit of {self.limits.peak_bytes} "
@@ -297,3 +314,26 @@ class _Verifier:
             raise self.fail(acc, "dst", f"%{acc.dst} is {dst.kind}{list(dst.shape)}, expected "
                             f"int32{list(want)}")
         self.work += math.prod(x.shape[:-1]) * nt * C * kt * k_pass
+
+
+def _last_uses(instrs: Sequence, keep: set[str]) -> dict[int, list[str]]:
+    """{instruction index: the buffers no later instruction names} (`keep` excepted), each
+    buffer named inside a tile loop counted at the loop's loop.end, where the verifier (and
+    the plan) finish the loop: the plan frees a buffer right after that step."""
+    last: dict[str, int] = {}
+    loop_end = None
+    for i in range(len(instrs) - 1, -1, -1):  # backwards: each body knows its loop.end
+        ins = instrs[i]
+        if ins.mnemonic == "loop.end":
+            loop_end = i
+        at = i if loop_end is None else loop_end
+        for op in ins.definition.operands:
+            if op.type == "buf":
+                last.setdefault(getattr(ins, op.name), at)
+        if ins.mnemonic == "loop.tiles":
+            loop_end = None
+    out: dict[int, list[str]] = {}
+    for name, i in last.items():
+        if name not in keep:
+            out.setdefault(i, []).append(name)
+    return out
