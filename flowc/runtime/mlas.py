@@ -28,7 +28,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
 from flowc.runtime.gemm import EXACT_CHUNK
 
