@@ -99,8 +99,7 @@ def check_against_references(image: Image, inputs: Sequence[np.ndarray],
     Returns the result and ORT's outputs per reference ("fp32", and "int8" for int8 runs).
     """
     names = [o.name for o in image.outputs]
-    fp32_onnx = materialise(image)
-    refs = {"fp32": run_reference(fp32_onnx, inputs)}
+    refs = {"fp32": run_reference(materialise(image), inputs)}  # the model freed after its run
     if numerics == "fp32":
         return compare(names, outputs, refs["fp32"], "fp32"), refs
     refs["int8"] = run_reference(int8_reference(image), inputs)
@@ -180,8 +179,10 @@ def run_image(image: Image, inputs: Sequence[np.ndarray], numerics: str = "int8"
     arrays = check_inputs(image, inputs)
     check_run_inputs(image, arrays)
     say(f"executing {len(image.program.instructions)} instructions ({numerics}, {mode}) ...")
-    interp = Interpreter(image, numerics=numerics, mode=mode)
+    interp: Interpreter | None = Interpreter(image, numerics=numerics, mode=mode)
     outputs, report = simulate(image, arrays, numerics=numerics, mode=mode, interpreter=interp)
+    if not (profile and mode == "plan"):  # its weights and plan go before ORT's models come
+        interp = None
     if check and image.reference_onnx is not None:
         say("running the reference model in onnxruntime"
             + (" (fp32, and int8 with the simulator's quantisation) ..." if numerics == "int8"
@@ -194,8 +195,8 @@ def run_image(image: Image, inputs: Sequence[np.ndarray], numerics: str = "int8"
         from flowc.runtime.profile import profile_image
 
         say("profiling one more run, then the same GEMMs alone and onnxruntime ...")
-        reuse = interp if mode == "plan" else None  # its weights are unpacked already
-        report.extra["profile"] = profile_image(image, arrays, numerics, reuse).render()
+        # the plan-mode interpreter is kept for it: its weights are unpacked already
+        report.extra["profile"] = profile_image(image, arrays, numerics, interp).render()
     return report
 
 

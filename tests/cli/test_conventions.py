@@ -137,8 +137,8 @@ def test_exit_5_execution_error(work, capsys, monkeypatch):
     real = check.ort_session
 
     class AfterTheWatchdog:
-        def __init__(self, onnx_bytes: bytes, *args) -> None:
-            self.sess = real(onnx_bytes, *args)
+        def __init__(self, onnx_bytes: bytes, *args, **kwargs) -> None:
+            self.sess = real(onnx_bytes, *args, **kwargs)
 
         def get_inputs(self):
             return self.sess.get_inputs()
