@@ -47,19 +47,21 @@ class Profile:
         return sum(self.spent.values())
 
     def render(self) -> str:
-        lines = [f"profile: a run with accounting {self.run * 1e3:.1f} ms (fastest of {ROUNDS}) "
-                 f"(plan preparation, once per image: {self.prepare * 1e3:.0f} ms; "
-                 f"torch threads {self.threads})"]
-        for k in CLASSES:
-            v = self.spent.get(k, 0.0)
-            lines.append(f"  {LABELS[k]:32s} {v * 1e3:9.1f} ms  {100 * v / self.run:5.1f} %")
-        lines.append("floor on this machine (measured now):")
-        lines.append(f"  {'the same GEMMs alone':32s} {self.gemm_floor * 1e3:9.1f} ms  "
-                     f"flowrun = {self.run / self.gemm_floor:.2f}x this")
-        for name, sec in self.ort.items():
-            lines.append(f"  {'onnxruntime ' + name + ' reference':32s} {sec * 1e3:9.1f} ms  "
-                         f"flowrun = {self.run / sec:.2f}x this")
-        return "\n".join(lines)
+        """Two rich tables (flowc.studies.tables.table): the run by class, and the floors
+        measured in the same call with flowrun's ratio to each."""
+        from flowc.studies.tables import table
+
+        head = (f"profile: a run with accounting {self.run * 1e3:.1f} ms (fastest of {ROUNDS}) "
+                f"(plan preparation, once per image: {self.prepare * 1e3:.0f} ms; "
+                f"torch threads {self.threads})")
+        rows = [[LABELS[k], f"{self.spent.get(k, 0.0) * 1e3:.1f}",
+                 f"{100 * self.spent.get(k, 0.0) / self.run:.1f} %"] for k in CLASSES]
+        floors = [("the same GEMMs alone", self.gemm_floor),
+                  *((f"onnxruntime {name} reference", sec) for name, sec in self.ort.items())]
+        return "\n".join([
+            table(["class", "ms", "share"], rows, title=head),
+            table(["floor on this machine (measured now)", "ms", "flowrun / floor"],
+                  [[name, f"{sec * 1e3:.1f}", f"{self.run / sec:.2f}x"] for name, sec in floors])])
 
 
 def profile_image(image: Image, inputs: Sequence[np.ndarray], numerics: str = "int8",

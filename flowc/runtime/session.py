@@ -132,17 +132,19 @@ def next_tokens(image: Image, inputs: Sequence[np.ndarray], sim: np.ndarray,
 
 
 def _token_table(rows: list[dict]) -> str:
+    """The next-token rows as a rich table (flowc.studies.tables.table); tokens shown as
+    Python strings, so that spaces and newlines are visible."""
+    from flowc.studies.tables import table
+
     refs = [k for k in rows[0] if k.startswith("onnxruntime_")] if rows else []
     dense = bool(rows) and "dense_fp32" in rows[0]
-    heads = "".join(f"{'ORT ' + k.removeprefix('onnxruntime_') + ' next':<18}" for k in refs)
-    heads += f"{'dense fp32 next':<18}" if dense else ""
-    lines = [f"  {'pos':>4}  {'input':<14} {'flowrun next':<16} {heads}"]
-    for r in rows:
-        mark = "" if r["same"] else "  <- differs"
-        cells = "".join(f"{r[k]!r:<18}" for k in refs)
-        cells += f"{r['dense_fp32']!r:<18}" if dense else ""
-        lines.append(f"  {r['position']:>4}  {r['input']!r:<14} {r['flowrun']!r:<16} {cells}{mark}")
-    return "\n" + "\n".join(lines)
+    keys = ["input", "flowrun", *refs, *(["dense_fp32"] if dense else [])]
+    heads = ["pos", "input", "flowrun next",
+             *(f"ORT {k.removeprefix('onnxruntime_')} next" for k in refs),
+             *(["dense fp32 next"] if dense else []), ""]
+    body = [[str(r["position"]), *(repr(r[k]) for k in keys), "" if r["same"] else "<- differs"]
+            for r in rows]
+    return "\n" + table(heads, body, left=range(1, len(heads)))
 
 
 def run_image_file(path: str, inputs: Sequence[str] | None = None, numerics: str = "int8",

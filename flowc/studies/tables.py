@@ -20,9 +20,10 @@ HEAD_LATENCY, HEAD_ENERGY, HEAD_EDP = "latency us", "energy uJ", "EDP uJ*us"
 
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None,
-          footer: Sequence[Any] | None = None) -> str:
-    """Render rows as a plain rich table (no colour, never wrapped); the first column is left
-    aligned, the others right aligned; numbers are formatted by `cell`."""
+          footer: Sequence[Any] | None = None, left: Sequence[int] = (0,)) -> str:
+    """Render rows as a plain rich table (no colour, never wrapped); the columns in `left`
+    (default: the first) are left aligned, the others right aligned; numbers are formatted
+    by `cell`."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -30,7 +31,7 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | No
 
     t = Table(box=box.SIMPLE_HEAD, show_footer=footer is not None, pad_edge=False)
     for i, col in enumerate(columns):
-        t.add_column(Text(col), justify="left" if i == 0 else "right", no_wrap=True,
+        t.add_column(Text(col), justify="left" if i in left else "right", no_wrap=True,
                      footer=Text(cell(footer[i])) if footer is not None else "")
     for row in rows:
         t.add_row(*(Text(cell(v)) for v in row))

@@ -82,6 +82,9 @@ def test_profile_floor_runs_the_plan_engine(compiled, monkeypatch):
     prof = profile.profile_image(image, list(image.samples), interp=Interpreter(image), ort=False)
     loops = sum(1 for s in Interpreter(image).plan().steps if s.nm is not None)
     assert prof.gemm_floor > 0 and len(built) >= loops  # the plan's own and the floor's
+    text = prof.render()  # two rich tables: every class, then the floor with the ratio
+    assert all(profile.LABELS[k] in text for k in profile.CLASSES)
+    assert f"{prof.run / prof.gemm_floor:.2f}x" in text.split("the same GEMMs alone")[1]
 
 
 def test_without_onnxruntime_the_plan_stays_on_torch(monkeypatch):
