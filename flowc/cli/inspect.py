@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from flowc.backend.container import load, size_report
     from flowc.cli.paths import check_input
     from flowc.studies.results import machine_entry, pass_name
-    from flowc.studies.tables import table
+    from flowc.termtable import table
 
     check_input(args.file, ".fcim file")
     image = load(args.file)  # every check the reader makes, before anything is shown

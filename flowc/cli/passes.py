@@ -43,7 +43,7 @@ def summary(cls: type) -> str:
 
 def describe(cls: type) -> str:
     """Name, origin, the docstring, what must run first, and one line per option."""
-    from flowc.studies.tables import table
+    from flowc.termtable import table
 
     lines = [f"{cls.name} ({origin(cls)}: {cls.__module__}.{cls.__qualname__})", ""]
     lines += [inspect.getdoc(cls) or "(no description)", ""]

@@ -47,9 +47,9 @@ class Profile:
         return sum(self.spent.values())
 
     def render(self) -> str:
-        """Two rich tables (flowc.studies.tables.table): the run by class, and the floors
+        """Two rich tables (flowc.termtable.table): the run by class, and the floors
         measured in the same call with flowrun's ratio to each."""
-        from flowc.studies.tables import table
+        from flowc.termtable import table
 
         head = (f"profile: a run with accounting {self.run * 1e3:.1f} ms (fastest of {ROUNDS}) "
                 f"(plan preparation, once per image: {self.prepare * 1e3:.0f} ms; "

@@ -132,9 +132,9 @@ def next_tokens(image: Image, inputs: Sequence[np.ndarray], sim: np.ndarray,
 
 
 def _token_table(rows: list[dict]) -> str:
-    """The next-token rows as a rich table (flowc.studies.tables.table); tokens shown as
+    """The next-token rows as a rich table (flowc.termtable.table); tokens shown as
     Python strings, so that spaces and newlines are visible."""
-    from flowc.studies.tables import table
+    from flowc.termtable import table
 
     refs = [k for k in rows[0] if k.startswith("onnxruntime_")] if rows else []
     dense = bool(rows) and "dense_fp32" in rows[0]

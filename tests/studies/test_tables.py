@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from flowc.studies.results import CostReport, CostResult, LayerRow, machine_entry
-from flowc.studies.tables import block_of, grouped, render_run, table
+from flowc.studies.tables import block_of, grouped, render_run
+from flowc.termtable import table
 
 
 def _layers() -> list[LayerRow]:
