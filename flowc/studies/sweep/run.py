@@ -272,13 +272,13 @@ class _HeadStart:
             if (self._stopped or self.error is not None or left <= 0
                     or (driver and self._workers is not None)):
                 return None
-            spec = self.args[0].sweep
-            if spec.chunk or spec.mode == "run":
-                size = spec.chunk or 1
+            spec = self.args[0]
+            if spec.sweep.chunk or spec.sweep.mode == "run":  # fixed: chunk_size's own
+                size = chunk_size(spec, left, self._workers)
             elif self._workers is None:
                 size = HEAD_CHUNK
-            else:
-                size = max(HEAD_CHUNK // 4, min(MAX_CHUNK, -(-left // (4 * self._workers))))
+            else:  # chunk_size of what is left, so each chunk is cut smaller than the last
+                size = max(HEAD_CHUNK // 4, chunk_size(spec, left, self._workers))
             chunk = self._todo[self._next:self._next + size]
             self._next += len(chunk)
         if not driver and self.run is not None:
