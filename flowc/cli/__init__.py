@@ -13,3 +13,8 @@ import os
 # from 1.8 s to 50 s). Passive waiting must be chosen before torch loads, i.e. here.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+
+# glibc's malloc thresholds: activation-sized blocks stay in the heap (flowc/host.py)
+from flowc.host import keep_big_blocks  # noqa: E402
+
+keep_big_blocks()

@@ -12,7 +12,6 @@ overall, next to the perplexity of the dense and the pruned model.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 
 
@@ -97,9 +96,6 @@ def run(args: argparse.Namespace) -> int:
                           _items(args.keep_dense), _items(args.skip), args.update,
                           not args.one_shot, args.tau, args.granularity, args.solver,
                           latency=args.latency, search=args.search)
-    if not args.quiet and not os.environ.get("MALLOC_MMAP_THRESHOLD_"):
-        say("hint: MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 make "
-            "forward passes several times faster on this kind of VM (docs/flow.md)")
     base = prepare(args.model, args.calib_text, args.eval_text, args.calib_windows,
                    args.eval_windows, args.seq_len, bar=say is not None, say=say)
     results = [] if args.no_dense else [dense_result(base, bar=say is not None)]

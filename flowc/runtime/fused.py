@@ -35,7 +35,7 @@ import torch
 from flowc.errors import ExecutionError
 from flowc.runtime import mlas
 from flowc.runtime.gemm import EXACT_CHUNK
-from flowc.runtime.vector import TINY
+from flowc.runtime.vector import TINY, one_thread
 
 QMAX = 127
 SMALL_GEMM = 1 << 23  # rows x K x N at most this: one thread (see _small_product)
@@ -259,7 +259,7 @@ class LinearProduct:
     def __call__(self, x: np.ndarray, a: np.ndarray) -> np.ndarray:
         rows, k = x.shape
         work = rows * k * self.wt.shape[1]
-        if work > MLAS_MIN and k <= mlas.MAX_K and MLAS:
+        if work > MLAS_MIN and MLAS and k <= mlas.max_k():
             session = self._session(k, work)
             if session is not None:
                 return session(x, a)
@@ -329,12 +329,8 @@ def _small_product(x: np.ndarray, wt: torch.Tensor, a: np.ndarray, w: np.ndarray
     2-thread GEMM wakes a sleeping OpenMP worker per call (8x784x512: 305 us on 2 threads,
     130-160 us on one; numpy's BLAS is faster still but its spinning threads stalled every
     other pool: 39 ms a run of the MLP)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         y = torch.matmul(torch.from_numpy(np.ascontiguousarray(x, np.float32)), wt).numpy()
-    finally:
-        torch.set_num_threads(threads)
     np.add(y, np.float32(0.0), out=y)  # zero sums as +0.0, as the integer sum gives
     y *= a.reshape(-1, 1)
     y *= w

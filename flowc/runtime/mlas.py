@@ -1,26 +1,28 @@
 """Exact linear products on ONNX Runtime's MLAS: the plan's GEMM engine where it is faster.
 
 A fused linear step (flowc.runtime.fused) multiplies int8-valued float32 activations by an
-int8-valued float32 W^T in K chunks of <= 1,024, so every partial sum is an integer below
-2**24 and exact in any summation order, blocking or kernel: any float32 GEMM gives the same
-bits. On this project's AMD AVX2 host torch's GEMMs (MKL, or oneDNN on reordered weights)
-took 1.0-2x ONNX Runtime's MLAS on the same products (bench/gemm_engines.py measures it), so
-each weight gets a small ONNX Runtime session that holds it as an initialiser (prepacked
-once by MLAS, as ONNX Runtime does for any model's constant weights) and computes, per K
-chunk, x[:, chunk] @ W[chunk], then
+int8-valued W^T and dequantises: the handlers' `psum -> float32 -> * a[..., None] * w`.
+Each weight gets a small ONNX Runtime session that holds it as an initialiser (prepacked
+once by MLAS, as ONNX Runtime does for any model's constant weights), in one of two graphs:
 
-    y = ((y0 + y1) + 0.0) * a[:, None] * wscale
+- **integer** (the default): `MatMulInteger` on uint8 operands with zero point 128 (the
+  int8 values + 128), i.e. the exact int32 sum, then Cast to float32 (one correct
+  rounding, +0.0 for a zero sum, as the handlers' cast), * a, * wscale. On this project's
+  AVX2 host MLAS's uint8 x uint8 kernel took 0.65-0.75x the time of its float32 GEMM on
+  SmolLM2's products (bench/gemm_engines.py). uint8 x int8 would be faster still, but
+  MLAS computes it with a saturating 16-bit multiply-add on AVX2 (wrong sums, measured),
+  and int8 x int8 ran 3-5x slower than float32. Exact for K up to 33,025 (255 * 255 * K
+  must fit int32).
+- **float chunks** (the fallback): per K chunk of <= 1,024 a float32 MatMul (every partial
+  sum an integer below 2**24, exact in any order), the two chunks added (one rounding),
+  + 0.0 (a -0.0 sum becomes the integer sum's +0.0), * a, * wscale. K <= 2,048.
 
-- the handlers' `psum -> float32 -> * a[..., None] * w`, the product rounded once from the
-exact integer sum (two exact chunks added in float32; the + 0.0 turns a -0.0 zero sum into
-the +0.0 of the integer sum). Those are ONNX Add and Mul nodes in the same session, written
-straight into a numpy array: each is one correctly rounded float32 operation per element,
-in the handlers' order, so the result is the handlers' bit for bit (tests/runtime/
-test_mlas.py), and the dequantisation runs on the session's threads without a pass through
-torch (measured on SmolLM2's 211 products at 128 tokens, alternating: 277/351/313 ms against
-356/371/338 ms with the scaling in torch after the session). Graph optimisations are off, so
-the session runs exactly these nodes. Products of more than two chunks stay in torch (their
-chunk sums need float64).
+Which one runs is decided once per process by a probe (`integer_exact`): a product of
+extreme operands (every sum pattern a saturating kernel gets wrong) must equal numpy's
+int64 sum, or the float graph is used. Every node is one correctly rounded float32 (or
+exact integer) operation per element in the handlers' order, so the result is the
+handlers' bit for bit (tests/runtime/test_mlas.py), written in place into a numpy array.
+Graph optimisations are off, so the session runs exactly these nodes.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ import numpy as np
 
 from flowc.runtime.gemm import EXACT_CHUNK
 
-MAX_K = 2 * EXACT_CHUNK  # two exact chunks: their float32 sum is the one rounding
+FLOAT_MAX_K = 2 * EXACT_CHUNK  # two exact chunks: their float32 sum is the one rounding
+INTEGER_MAX_K = 32768  # uint8 x uint8 sums: 255 * 255 * K < 2**31
+OFFSET = 128  # int8 value + 128 = the uint8 operand; 128 is the zero point of both
 
 
 def available() -> bool:
@@ -45,17 +49,58 @@ def available() -> bool:
     return True
 
 
-def linear_session(wt: np.ndarray, wscale: np.ndarray, threads: int
-                   ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def max_k() -> int:
+    """The longest K one session multiplies exactly on this host."""
+    return INTEGER_MAX_K if integer_exact() else FLOAT_MAX_K
+
+
+_INTEGER_EXACT: list[bool] = []
+
+
+def integer_exact() -> bool:
+    """Whether MLAS's uint8 GEMM gives exact sums on this host (probed once per process:
+    a kernel that saturates 16-bit pair sums, or any other shortcut, fails it)."""
+    if not _INTEGER_EXACT:
+        _INTEGER_EXACT.append(_probe())
+    return _INTEGER_EXACT[0]
+
+
+def _probe() -> bool:
+    """Extreme operands (runs of -128 and 127, alternating signs, random) at K = 1,100, past
+    the float chunk, compared with numpy's int64 sums; scales 1, so the output is the
+    int32 sum cast to float32."""
+    k = 1100
+    rng = np.random.default_rng(0)
+    x = np.stack([np.full(k, -128), np.full(k, 127), np.tile([127, -128], k // 2),
+                  rng.integers(-128, 128, k)]).astype(np.float32)
+    w = np.stack([np.full(k, -128), np.full(k, 127), np.tile([-128, 127], k // 2),
+                  np.tile([127, 127, -128, -128], k // 4), rng.integers(-128, 128, k)], 1)
+    w = w.astype(np.float32)
+    want = (x.astype(np.int64) @ w.astype(np.int64)).astype(np.float32)
+    try:
+        product = linear_session(w, np.ones(w.shape[1], np.float32), 1, integer=True)
+        return bool(np.array_equal(product(x, np.ones(len(x), np.float32)), want))
+    except RuntimeError:  # onnxruntime refused the graph: the float chunks
+        return False
+
+
+def linear_session(wt: np.ndarray, wscale: np.ndarray, threads: int,
+                   integer: bool | None = None) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """A function (x [m, K] float32, a [m] float32) -> float32 [m, N], the dequantised exact
-    product with W^T = wt [K, N] (K <= MAX_K). `wt` is handed to ONNX Runtime without a copy
-    and must stay alive as long as the function (it keeps it)."""
+    product with the int8-valued W^T = wt [K, N] (K <= max_k()), on the integer graph when
+    `integer` (default: when the probe found it exact here), else the float chunks. The
+    weights handed to ONNX Runtime are kept by the function."""
     import onnxruntime as ort
 
+    if integer is None:
+        integer = integer_exact()
     k, n = wt.shape
-    if k > MAX_K:
-        raise ValueError(f"mlas: K = {k} needs more than two exact chunks")
-    model, weights = _linear_model(wt, np.ascontiguousarray(wscale, np.float32).reshape(n))
+    limit = INTEGER_MAX_K if integer else FLOAT_MAX_K
+    if k > limit:
+        raise ValueError(f"mlas: K = {k} is past the {limit} the "
+                         f"{'integer' if integer else 'float-chunk'} graph multiplies exactly")
+    scale = np.ascontiguousarray(wscale, np.float32).reshape(n)
+    model, weights = (_integer_model if integer else _linear_model)(wt, scale)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
@@ -85,7 +130,26 @@ def linear_session(wt: np.ndarray, wscale: np.ndarray, threads: int
         return y
 
     product.keep = (weights, values, sess)  # type: ignore[attr-defined]  # ORT reads them in place
+    product.integer = integer  # type: ignore[attr-defined]
     return product
+
+
+def _integer_model(wt: np.ndarray, wscale: np.ndarray) -> tuple[bytes, dict[str, np.ndarray]]:
+    """x + 128 -> uint8, MatMulInteger with W^T + 128 (zero points 128: the exact int32
+    sum of the int8 values), Cast to float32, * a, * wscale."""
+    from onnx import TensorProto, helper
+
+    wu = np.add(wt, OFFSET, dtype=np.float32)
+    if wu.size and (wu.min() < 0 or wu.max() > 255):
+        raise ValueError("mlas: weights outside int8")
+    small = {"offset": np.array(OFFSET, np.float32), "zero_point": np.array(OFFSET, np.uint8)}
+    nodes = [helper.make_node("Add", ["x", "offset"], ["xo"]),
+             helper.make_node("Cast", ["xo"], ["xu"], to=TensorProto.UINT8),
+             helper.make_node("MatMulInteger", ["xu", "w", "zero_point", "zero_point"], ["psum"]),
+             helper.make_node("Cast", ["psum"], ["psumf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["psumf", "a"], ["ya"]),
+             helper.make_node("Mul", ["ya", "wscale"], ["y"])]
+    return _model(nodes, wt.shape, small, {"w": wu.astype(np.uint8), "wscale": wscale})
 
 
 def _linear_model(wt: np.ndarray, wscale: np.ndarray) -> tuple[bytes, dict[str, np.ndarray]]:
@@ -93,10 +157,9 @@ def _linear_model(wt: np.ndarray, wscale: np.ndarray) -> tuple[bytes, dict[str, 
     supplied in memory), and its weights: per K chunk a MatMul, the chunks added (two exact
     sums, one rounding), + 0.0, * a, * wscale: each an IEEE float32 operation per element,
     the handlers' order."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
-    k, n = wt.shape
-    f32 = TensorProto.FLOAT
+    k = wt.shape[0]
     nodes, small, weights = [], {"zero": np.zeros((), np.float32)}, {"wscale": wscale}
     chunks = [(k0, min(k, k0 + EXACT_CHUNK)) for k0 in range(0, k, EXACT_CHUNK)]
     for i, (k0, k1) in enumerate(chunks):
@@ -115,6 +178,18 @@ def _linear_model(wt: np.ndarray, wscale: np.ndarray) -> tuple[bytes, dict[str, 
     nodes += [helper.make_node("Add", [total, "zero"], ["ypos"]),
               helper.make_node("Mul", ["ypos", "a"], ["ya"]),
               helper.make_node("Mul", ["ya", "wscale"], ["y"])]
+    return _model(nodes, wt.shape, small, weights)
+
+
+def _model(nodes: list, shape: tuple, small: dict, weights: dict[str, np.ndarray]
+           ) -> tuple[bytes, dict[str, np.ndarray]]:
+    """The serialised graph of `nodes` (inputs x [rows, K] and a [rows, 1], output y
+    [rows, N]): `small` constants inline, `weights` as external initialisers whose data is
+    handed over in memory."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = shape
+    f32 = TensorProto.FLOAT
     graph = helper.make_graph(
         nodes, "flowc_linear", [helper.make_tensor_value_info("x", f32, ["rows", k]),
                                 helper.make_tensor_value_info("a", f32, ["rows", 1])],
@@ -122,7 +197,7 @@ def _linear_model(wt: np.ndarray, wscale: np.ndarray) -> tuple[bytes, dict[str, 
         [numpy_helper.from_array(v, name) for name, v in small.items()])
     for name, v in weights.items():  # declared here, the data handed over in memory
         t = graph.initializer.add()
-        t.name, t.data_type = name, f32
+        t.name, t.data_type = name, helper.np_dtype_to_tensor_dtype(v.dtype)
         t.dims.extend(v.shape)
         t.data_location = TensorProto.EXTERNAL
         for key, value in (("location", "flowc-memory"), ("offset", "0"), ("length", str(v.nbytes))):

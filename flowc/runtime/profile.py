@@ -113,7 +113,7 @@ def gemm_floor(interp: Interpreter, state: State, rounds: int = ROUNDS) -> float
         wt = interp.dense_weight(ld_tile.w, *step.nm, float_chunks=chunks)
         xk = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=wt.dtype)
         k = xk.shape[-1]
-        if chunks and fused.MLAS and xk.size * wt.shape[1] > fused.MLAS_MIN and k <= mlas.MAX_K:
+        if chunks and fused.MLAS and xk.size * wt.shape[1] > fused.MLAS_MIN and k <= mlas.max_k():
             threads = 1 if xk.size * wt.shape[1] <= fused.SMALL_GEMM else torch.get_num_threads()
             run = mlas.linear_session(wt[:k], np.ones(wt.shape[1], np.float32), threads)
             products.append(lambda run=run, xk=xk: run(xk, np.ones(len(xk), np.float32)))

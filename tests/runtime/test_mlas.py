@@ -33,20 +33,52 @@ def operands(k: int, rows: int = 7, n: int = 9, seed: int = 0):
     return xf, w.astype(np.float32), a, wscale, want
 
 
-@pytest.mark.parametrize("k", [64, 1024, 1500, 2048])
-def test_mlas_session_equals_the_handlers_bits(k):
+def graph(integer: bool) -> bool:
+    if integer and not mlas.integer_exact():
+        pytest.skip("MLAS's uint8 GEMM failed the exactness probe on this host: the plan "
+                    "uses the float-chunk graph")
+    return integer
+
+
+@pytest.mark.parametrize(("k", "integer"), [(k, True) for k in (64, 1024, 1500, 2048, 5000)]
+                         + [(k, False) for k in (64, 1024, 1500, 2048)])
+def test_mlas_session_equals_the_handlers_bits(k, integer):
     x, w, a, wscale, want = operands(k)
     assert np.abs(exact_int_matmul(x.astype(np.int8), w.astype(np.int8))).max() > 2 ** 24 \
-        or k <= 1024  # the two-chunk sum is past float32's exact integers
+        or k <= 1024  # the sum is past float32's exact integers: one rounding, as the cast
     for threads in (1, 2):
-        product = mlas.linear_session(w, wscale, threads)
+        product = mlas.linear_session(w, wscale, threads, integer=graph(integer))
+        assert product.integer == integer
         for _ in range(2):
             assert np.array_equal(bits(product(x, a)), bits(want))
 
 
-def test_mlas_session_refuses_three_chunks():
-    with pytest.raises(ValueError, match="two exact chunks"):
-        mlas.linear_session(np.zeros((mlas.MAX_K + 1, 4), np.float32), np.ones(4, np.float32), 1)
+@pytest.mark.parametrize("integer", [True, False], ids=["integer", "float-chunks"])
+def test_mlas_session_refuses_past_its_k(integer):
+    limit = mlas.INTEGER_MAX_K if integer else mlas.FLOAT_MAX_K
+    with pytest.raises(ValueError, match=f"past the {limit}"):
+        mlas.linear_session(np.zeros((limit + 1, 4), np.float32), np.ones(4, np.float32), 1,
+                            integer=integer)
+
+
+def test_the_probe_rejects_a_kernel_that_saturates(monkeypatch):
+    """A uint8 x int8 product whose 16-bit pair sums saturate (what MLAS does on AVX2) fails
+    the probe, so the plan's default graph is then the float chunks."""
+    def saturating(wt, wscale, threads, integer=None):
+        def product(x, a):
+            xu, w = (x + 128).astype(np.int64), wt.astype(np.int64)  # uint8 x int8 pairs
+            k = (len(w) // 2) * 2
+            pairs = xu[:, 0:k:2, None] * w[None, 0:k:2] + xu[:, 1:k:2, None] * w[None, 1:k:2]
+            s = np.clip(pairs, -2 ** 15, 2 ** 15 - 1).sum(1) - 128 * w.sum(0)
+            return (s.astype(np.float32) * a[:, None] * wscale).astype(np.float32)
+        return product
+
+    monkeypatch.setattr(mlas, "linear_session", saturating)
+    assert not mlas._probe()
+    monkeypatch.undo()
+    monkeypatch.setattr(mlas, "_INTEGER_EXACT", [False])
+    assert mlas.max_k() == mlas.FLOAT_MAX_K
+    assert not mlas.linear_session(np.ones((8, 4), np.float32), np.ones(4, np.float32), 1).integer
 
 
 @pytest.mark.parametrize("engine", ["mlas", "small", "packed", "plain"])
@@ -65,7 +97,7 @@ def test_linear_product_engines_equal_the_handlers_bits(monkeypatch, engine, k):
     for _ in range(3):
         assert np.array_equal(bits(product(x, a)), bits(want))
     built = [s for s in product.mlas.values() if s is not None]
-    assert len(built) == (engine == "mlas" and k <= mlas.MAX_K)
+    assert len(built) == (engine == "mlas" and k <= mlas.max_k())
 
 
 def test_profile_floor_runs_the_plan_engine(compiled, monkeypatch):
@@ -77,7 +109,7 @@ def test_profile_floor_runs_the_plan_engine(compiled, monkeypatch):
     monkeypatch.setattr(fused, "MLAS_MIN", 0)
     built = []
     real = mlas.linear_session
-    monkeypatch.setattr(mlas, "linear_session", lambda *a: built.append(a[0].shape) or real(*a))
+    monkeypatch.setattr(mlas, "linear_session", lambda *a, **kw: built.append(a[0].shape) or real(*a, **kw))
     image = compiled("mlp", (2, 4))
     prof = profile.profile_image(image, list(image.samples), interp=Interpreter(image), ort=False)
     loops = sum(1 for s in Interpreter(image).plan().steps if s.nm is not None)
