@@ -35,7 +35,7 @@ import torch
 from flowc.errors import ExecutionError
 from flowc.runtime import mlas
 from flowc.runtime.gemm import EXACT_CHUNK
-from flowc.runtime.vector import TINY, one_thread
+from flowc.runtime.vector import TINY, nan_to_zero, one_thread
 
 QMAX = 127
 SMALL_GEMM = 1 << 23  # rows x K x N at most this: one thread (see _small_product)
@@ -59,6 +59,8 @@ def quantise(x: torch.Tensor, dim: int, inplace: bool = False,
     q = x.div_(scale.unsqueeze(dim)) if inplace else x / scale.unsqueeze(dim)
     q.round_()
     a = amax.numpy()
+    if not np.isfinite(a).all():  # NaN quotients quantise to 0 (vector.quantise_per_token)
+        q.nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)
     nonzero = a[a > 0]
     if nonzero.size and not (nonzero.min() >= NORMAL and nonzero.max() <= BIG):
         q.clamp_(-QMAX, QMAX)
@@ -382,6 +384,8 @@ def quantise_np(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = np.where(amax > 0, np.maximum(amax / QMAX, TINY), 1.0).astype(np.float32)
     q = np.divide(x, scale[..., None])
     np.rint(q, out=q)
+    if not np.isfinite(amax).all():  # NaN quotients quantise to 0 (vector.quantise_per_token)
+        q = nan_to_zero(q)
     nonzero = amax[amax > 0]
     if nonzero.size and not (nonzero.min() >= NORMAL and nonzero.max() <= BIG):
         np.clip(q, -QMAX, QMAX, out=q)

@@ -22,6 +22,10 @@ BLOCK_ELEMENTS = 1 << 22  # one attention block: 16 MB of float32 (L3-resident h
 # attention scores below this many elements: the handlers (SmolLM2, 128 tokens: 79 against
 # 119 ms of fused steps over 30 layers; 512 tokens: 1,559 against 948 ms)
 SMALL_ATTENTION = 1 << 20
+SKIP_ROWS = 128  # rows per block when masked columns are skipped (heads fill the block)
+LIVE_GAP = 2.0 ** 20  # mask values this far below their row's top count as live, always
+EXP_ZERO = 200.0  # exp(-x) is exactly +0.0 in float32 for x above ~104: the margin kept
+ROUNDING = 2.4e-7  # relative error of the <= 4 float32 roundings between mask and softmax
 
 
 @dataclass
@@ -165,32 +169,48 @@ def _attention(it, a, b, v, ops, chain: Chain, others: dict, pending: dict) -> n
     qa, sa, qb, sb = flat(qa, (m, k)), flat(sa, (m,)), flat(qb, (k, n)), flat(sb, (n,))
     qv, sv = flat(qv, (n, dv)), flat(sv, (dv,))
     out = torch.empty((nb, m, dv), dtype=torch.float32)
-    heads = max(1, BLOCK_ELEMENTS // max(1, m * n))
-    rows = m if heads > 1 or m * n <= BLOCK_ELEMENTS else max(1, BLOCK_ELEMENTS // max(1, n))
-    scratch = torch.empty((2, min(nb, heads) * min(m, rows) * n), dtype=torch.float32)
     # softmax maps -0.0 and +0.0 alike (exp(x - max)): before one, a zero's sign is moot
     softmax = any(ins.mnemonic == "v.softmax" for ins in ops)
     last_softmax = bool(ops) and ops[-1].mnemonic == "v.softmax"
+    extents = masked_extents(it, ops, chain, others, batch, (m, n, k), sa, sb) \
+        if last_softmax else None
+    if extents is not None:  # row blocks, so that each skips the columns its rows mask
+        rows = min(m, SKIP_ROWS)
+        heads = max(1, BLOCK_ELEMENTS // max(1, rows * n))
+    else:
+        heads = max(1, BLOCK_ELEMENTS // max(1, m * n))
+        rows = m if heads > 1 or m * n <= BLOCK_ELEMENTS else max(1, BLOCK_ELEMENTS // max(1, n))
+    scratch = torch.empty((2, min(nb, heads) * min(m, rows) * n), dtype=torch.float32)
     for h0 in range(0, nb, heads):
         h = slice(h0, min(nb, h0 + heads))
         for r0 in range(0, m, rows):
             r = slice(r0, min(m, r0 + rows))
             shape = (h.stop - h.start, r.stop - r.start, n)
             bufs = [b_[: math.prod(shape)].view(shape) for b_ in scratch]
-            s = exact_product(qa[h, r], qb[h], out=bufs[0], plus_zero=not softmax)
-            s.mul_(sa[h, r, None]).mul_(sb[h, None, :])
+            c = n if extents is None else int(extents[h, r].max())
+            if c == n:
+                s = exact_product(qa[h, r], qb[h], out=bufs[0], plus_zero=not softmax)
+                s.mul_(sa[h, r, None])
+            else:  # columns >= c: every row's score there is far below its max (masked_extents)
+                s = torch.mul(exact_product(qa[h, r], qb[h, :, :c], plus_zero=not softmax),
+                              sa[h, r, None], out=bufs[0][..., :c])
+            s.mul_(sb[h, None, :c])
             for ins, j in zip(ops, chain.ops, strict=True):
                 if ins.mnemonic == "v.scale":
                     s.mul_(float(np.float32(ins.s)))
                 elif ins.mnemonic == "v.softmax":  # torch.softmax's kernel, into scratch
+                    if c < n:  # exp(x - max) of those scores is exactly 0: so is it of -inf
+                        bufs[0][..., c:].fill_(-math.inf)
+                        s = bufs[0]
                     target = bufs[1] if s.data_ptr() == bufs[0].data_ptr() else bufs[0]
                     s = torch.ops.aten._softmax.out(s, -1, False, out=target)
                 elif ins.mnemonic == "v.add":
-                    s.add_(ext[j][h, r])
+                    s.add_(ext[j][h, r, :c])
                 else:
-                    s.mul_(ext[j][h, r])
+                    s.mul_(ext[j][h, r, :c])
             qp, sp = quantise(s, -1, inplace=True, nonnegative=last_softmax)
-            y = exact_product(qp, qv[h])
+            # the masked columns' probabilities are +0.0 and quantise to 0: no term of the sum
+            y = exact_product(qp[..., :c], qv[h, :c])
             out[h, r] = y.mul_(sp[..., None]).mul_(sv[h, None, :])
     size = nb * m * n
     pending[chain.first] = it.act_gemm_sizes(tuple(a.shape), tuple(b.shape), tuple(s_shape))
@@ -200,3 +220,90 @@ def _attention(it, a, b, v, ops, chain: Chain, others: dict, pending: dict) -> n
     pending[chain.last] = it.act_gemm_sizes(tuple(s_shape), tuple(v.shape),
                                             tuple(batch) + (m, dv))
     return out.reshape(tuple(batch) + (m, dv)).numpy()
+
+
+# -- masked columns -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MaskRows:
+    """Per row of an additive mask [..., m, n]: `extent`, 1 + the last column within
+    LIVE_GAP of the row's `top` (its largest value); past it, `hi` (the largest value,
+    -inf when there is none) and `deep` (the largest finite |value|). Rows whose top is not
+    finite get extent n (nothing past it)."""
+
+    top: torch.Tensor  # float64 [..., m]
+    extent: torch.Tensor  # int64 [..., m]
+    hi: torch.Tensor  # float64 [..., m]
+    deep: torch.Tensor  # float64 [..., m]
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> MaskRows:
+        n = mask.shape[-1]
+        top = mask.amax(-1).double()
+        column = torch.arange(1, n + 1)
+        near = mask.double() > (top - LIVE_GAP).unsqueeze(-1)
+        extent = torch.where(torch.isfinite(top), (near * column).amax(-1), n)
+        past = column > extent.unsqueeze(-1)
+        hi = torch.where(past, mask, -math.inf).amax(-1).double()
+        finite = past & torch.isfinite(mask)
+        deep = torch.where(finite, mask.abs(), 0.0).amax(-1).double()
+        return cls(top, extent, hi, deep)
+
+
+_MASKS: dict[int, tuple[np.ndarray, MaskRows]] = {}  # id(const tensor) -> (it, its rows)
+
+
+def mask_rows(it, mask: np.ndarray, const: str) -> MaskRows:
+    """MaskRows of a chain's v.add operand; a constant's once per image tensor."""
+    if not const:
+        return MaskRows.of(_t(mask))
+    source = it.image.tensors[const]
+    hit = _MASKS.get(id(source))
+    if hit is None or hit[0] is not source:
+        if len(_MASKS) > 64:
+            _MASKS.clear()
+        hit = _MASKS[id(source)] = (source, MaskRows.of(_t(mask)))
+    return hit[1]
+
+
+def masked_extents(it, ops, chain: Chain, others: dict, batch: tuple, mnk: tuple,
+                   sa: torch.Tensor, sb: torch.Tensor) -> torch.Tensor | None:
+    """Per (head, row) of the scores, how many leading columns must be computed; None when
+    no column may be skipped. A chain qualifies when its ops are v.scale, then one v.add of
+    an additive mask, then v.scale by positive factors, then v.softmax (the last op). A
+    column past a row's extent is skipped when the handlers' score there provably sits
+    EXP_ZERO or more below the row's max: with |QK| <= k * 127 * 127 * max(sa) * max(sb)
+    * |scales before| = B and C the scales after, (top - hi - 2B) C minus the roundings'
+    error must reach EXP_ZERO. exp of that is +0.0 in the handlers' softmax, as it is of
+    the -inf the skipped columns get, so the softmax row is bit for bit the same, and those
+    probabilities quantise to 0, which the exact P @ V sum does not miss."""
+    m, n, k = mnk
+    adds = [i for i, ins in enumerate(ops) if ins.mnemonic == "v.add"]
+    if len(adds) != 1 or ops[-1].mnemonic != "v.softmax":
+        return None
+    a = adds[0]
+    before, after = ops[:a], ops[a + 1:-1]
+    if any(ins.mnemonic != "v.scale" for ins in before + after):
+        return None
+    factors_before = [abs(float(np.float32(ins.s))) for ins in before]
+    after_c = math.prod(float(np.float32(ins.s)) for ins in after)
+    if not (0 < after_c < math.inf) or any(ins.s <= 0 for ins in after) \
+            or not all(math.isfinite(f) for f in factors_before):
+        return None
+    j = chain.ops[a]
+    bound = k * 127.0 * 127.0 * float(sa.max()) * float(sb.max()) * math.prod(factors_before)
+    bound *= 1 + 1e-6
+    if not bound < 1e37:
+        return None
+    rows = mask_rows(it, others[j], chain.other[j][1])
+    skips = rows.extent < n
+    if not bool(skips.any()):
+        return None
+    top = rows.top
+    if not bool(((top.abs() + bound) * after_c < 1e37)[skips].all()):
+        return None  # a live score might not be finite
+    margin = (top - rows.hi - 2 * bound) * after_c \
+        - ROUNDING * (rows.deep + top.abs() + 2 * bound) * after_c
+    if not bool((margin >= EXP_ZERO)[skips].all()):
+        return None
+    nb = math.prod(batch)
+    return rows.extent.broadcast_to(batch + (m,)).reshape(nb, m)

@@ -26,11 +26,20 @@ def _sizes(out: np.ndarray, *ins: np.ndarray) -> dict:
 
 
 def quantise_per_token(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per token: scale = max(max|x_t| / 127, TINY) (1 for an all-zero token)."""
+    """Symmetric int8 per token: scale = max(max|x_t| / 127, TINY) (1 for an all-zero token).
+    A token with a NaN (or an infinity: inf / inf) quantises its NaN quotients to 0, stated
+    here rather than left to the float -> int8 cast, which C leaves undefined for NaN."""
     amax = np.abs(x).max(axis=-1)
     scale = np.where(amax > 0, np.maximum(amax / QMAX, TINY), 1.0).astype(np.float32)
-    q = np.clip(np.rint(x / scale[..., None]), -QMAX, QMAX).astype(np.int8)
-    return q, scale
+    q = np.rint(x / scale[..., None])
+    if not np.isfinite(amax).all():
+        q = nan_to_zero(q)
+    return np.clip(q, -QMAX, QMAX).astype(np.int8), scale
+
+
+def nan_to_zero(q: np.ndarray) -> np.ndarray:
+    """NaN quotients of quantisation as 0 (finite values and infinities unchanged)."""
+    return np.where(np.isnan(q), np.float32(0.0), q).astype(q.dtype, copy=False)
 
 
 def register(handles) -> None:  # noqa: C901  (a flat table of small handlers)

@@ -146,6 +146,11 @@ def test_llama_attention_fused_equals_the_reference_bits(monkeypatch, small):
 
     monkeypatch.setattr(fused_attention, "SMALL_ATTENTION", small)
     monkeypatch.setattr(fused_attention, "BLOCK_ELEMENTS", 64)  # several blocks even at 8 tokens
+    monkeypatch.setattr(fused_attention, "SKIP_ROWS", 2)  # row blocks that skip masked columns
+    skips = []
+    real = fused_attention.masked_extents
+    monkeypatch.setattr(fused_attention, "masked_extents",
+                        lambda *a: skips.append(real(*a) is not None) or real(*a))
     image = compile_captured(load_hf("hf:tiny-llama", seq_len=8, calib_batches=1),
                              CompileOptions(nm=(2, 4)), progress=None)
     it = Interpreter(image)
@@ -154,6 +159,8 @@ def test_llama_attention_fused_equals_the_reference_bits(monkeypatch, small):
     assert chains > 0 and it.plan().fused >= chains
     ref = Interpreter(image, mode="reference").run(list(image.samples))
     assert all(np.array_equal(bits(a), bits(b)) for a, b in zip(out, ref, strict=True))
+    assert not small or not skips  # through the handlers: no blocks at all
+    assert small or (skips and all(skips))  # the causal mask's columns skipped in every layer
 
 
 def test_subnormal_rows_quantise_to_finite_values(recwarn):
@@ -176,3 +183,72 @@ def test_subnormal_rows_quantise_to_finite_values(recwarn):
     assert np.array_equal(bits(ts.numpy()), bits(s))
     assert np.array_equal(tq.numpy(), q.astype(np.float32))  # values (int8 has no -0.0)
 
+
+
+def _masks(t: int) -> dict:
+    lo = np.finfo(np.float32).min
+    causal = np.triu(np.ones((t, t), bool), 1)
+    rng = np.random.default_rng(11)
+    alibi = -np.abs(np.arange(t)[None, :] - np.arange(t)[:, None]).astype(np.float32) * 0.5
+    one_row = np.where(causal, -np.inf, 0).astype(np.float32)
+    one_row[0] = -np.inf  # a row masked whole: its softmax is NaN, its row block skips nothing
+    return {
+        "causal finfo.min": np.where(causal, lo, 0).astype(np.float32)[None, None],
+        "causal -inf": np.where(causal, -np.inf, 0).astype(np.float32)[None, None],
+        "padding [1,1,1,n]": np.where(np.arange(t) >= t - 7, lo, 0).astype(np.float32)[None, None, None],
+        "alibi + causal": np.where(causal, lo, alibi).astype(np.float32),
+        "-10000 (too shallow for large scores)": np.where(causal, -1e4, 0).astype(np.float32),
+        "a row masked whole": one_row,
+        "random (nothing to skip)": rng.standard_normal((t, t)).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_masks(40)))
+def test_masked_columns_are_skipped_with_the_handlers_bits(monkeypatch, kind):
+    """Row blocks of 8: columns every row of a block masks are not multiplied, their scores
+    are -inf for the softmax and their probabilities no term of P @ V; the bits are the
+    handlers' for every mask, and the skip happens exactly where it is provably exact."""
+    monkeypatch.setattr(fused_attention, "SMALL_ATTENTION", 0)
+    monkeypatch.setattr(fused_attention, "SKIP_ROWS", 8)
+    rng = np.random.default_rng(5)
+    t, h, d = 40, 3, 16
+    scale = 40.0 if kind.startswith("-10000") else 1.0  # |QK| bound far past 10,000
+    q = rng.standard_normal((1, h, t, d), dtype=np.float32) * np.float32(scale)
+    kt = rng.standard_normal((1, h, d, t), dtype=np.float32) * np.float32(scale)
+    v = rng.standard_normal((1, h, t, d), dtype=np.float32)
+    mask = _masks(t)[kind]
+    want, s_shape = _reference_chain(q, kt, v, mask, 0.25)
+    ops = [NS(mnemonic="v.scale", s=0.25), NS(mnemonic="v.add"), NS(mnemonic="v.softmax")]
+    chain = fused_attention.Chain(0, [1, 2, 3], 4, {2: ("mask", "")})
+    it = Interpreter.__new__(Interpreter)
+    it.geometry = {"subarrays": 4, "rows": 8, "cols": 16}
+    widths = []
+    real = fused_attention.exact_product
+    monkeypatch.setattr(fused_attention, "exact_product",
+                        lambda x, w, **kw: widths.append(w.shape[-1]) or real(x, w, **kw))
+    got = fused_attention._attention(it, q, kt, v, ops, chain, {2: mask}, {})
+    assert np.array_equal(bits(got), bits(want))
+    skipped = any(wd < t for wd in widths[::2])  # QK^T products narrower than the rows
+    expect = kind in ("causal finfo.min", "causal -inf", "padding [1,1,1,n]", "alibi + causal",
+                      "a row masked whole")  # (its other row blocks)
+    assert skipped == expect
+    if kind == "a row masked whole":  # softmax NaN; NaN quantises to 0 in every path
+        assert (want[0, :, 0] == 0).all()
+
+
+def test_a_masked_chain_skips_nothing_unless_it_ends_in_softmax():
+    """v.mul anywhere, a second v.add, a negative scale after the mask, or no softmax last:
+    masked_extents refuses (the full rows are computed)."""
+    mask = _masks(16)["causal -inf"]
+    sa, sb = torch.ones(1, 16), torch.ones(1, 16)
+    chain = fused_attention.Chain(0, [1, 2, 3], 4, {2: ("mask", "")})
+
+    def extents(ops):
+        return fused_attention.masked_extents(None, ops, chain, {2: mask}, (1, 1), (16, 16, 8),
+                                              sa, sb)
+
+    scale, add, soft = NS(mnemonic="v.scale", s=0.5), NS(mnemonic="v.add"), NS(mnemonic="v.softmax")
+    assert extents([scale, add, soft]) is not None
+    assert extents([scale, add, NS(mnemonic="v.scale", s=-1.0), soft]) is None
+    assert extents([NS(mnemonic="v.mul"), add, soft]) is None
+    assert extents([scale, add, scale]) is None
