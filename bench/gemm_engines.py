@@ -99,4 +99,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from flowc.host import keep_big_blocks
+
+    keep_big_blocks()  # glibc keeps activation-sized blocks, as the CLI does
     main()

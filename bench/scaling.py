@@ -230,4 +230,7 @@ def _write_section(path: Path, text: str, args) -> None:
 
 
 if __name__ == "__main__":
+    from flowc.host import keep_big_blocks
+
+    keep_big_blocks()  # glibc keeps activation-sized blocks, as the CLI does
     main()
