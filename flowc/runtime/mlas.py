@@ -101,16 +101,7 @@ def linear_session(wt: np.ndarray, wscale: np.ndarray, threads: int,
                          f"{'integer' if integer else 'float-chunk'} graph multiplies exactly")
     scale = np.ascontiguousarray(wscale, np.float32).reshape(n)
     model, weights = (_integer_model if integer else _linear_model)(wt, scale)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    # idle workers sleep: spinning ones starve torch's threads on a 2-core host (check.py)
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # no arena per session: one per weight would keep its largest intermediates for good
-    # (SmolLM2 at 2,048 tokens: 6.9 GB after two runs with arenas, measured)
-    opts.enable_cpu_mem_arena = False
-    opts.enable_mem_pattern = False
+    opts = _options(threads)
     values = {name: ort.OrtValue.ortvalue_from_numpy(v) for name, v in weights.items()}
     opts.add_external_initializers(list(values), list(values.values()))
     try:
@@ -132,6 +123,97 @@ def linear_session(wt: np.ndarray, wscale: np.ndarray, threads: int,
     product.keep = (weights, values, sess)  # type: ignore[attr-defined]  # ORT reads them in place
     product.integer = integer  # type: ignore[attr-defined]
     return product
+
+
+def _options(threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    # idle workers sleep: spinning ones starve torch's threads on a 2-core host (check.py)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # no arena per session: one per weight would keep its largest intermediates for good
+    # (SmolLM2 at 2,048 tokens: 6.9 GB after two runs with arenas, measured)
+    opts.enable_cpu_mem_arena = False
+    opts.enable_mem_pattern = False
+    return opts
+
+
+# -- activation x activation (attention's products) ------------------------------------------
+_ACT: dict[tuple[bool, int], Callable | None] = {}
+
+
+def act_product(nonnegative: bool, threads: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    """The exact int32 product of two batched int8-valued float32 operands (a [..., m, k],
+    b [..., k, n], contiguous; None where ONNX Runtime is missing or its kernel failed the
+    probe), as one MatMulInteger per call:
+    - signed a (attention's Q K^T): both + 128 as uint8 with zero points 128;
+    - `nonnegative` a in [0, 127] (a quantised softmax, P V): a as uint8, b as int8. MLAS's
+      uint8 x int8 kernel, which saturates 16-bit pair sums on AVX2 for a above 127, cannot
+      saturate here (2 * 127 * 128 < 2**15), and it is the faster one (bench/gemm_engines.py).
+    Built and probed once per process and kind."""
+    key = (nonnegative, threads)
+    if key not in _ACT:
+        _ACT[key] = None
+        if available():
+            try:
+                product = _act_session(nonnegative, threads)
+                _ACT[key] = product if _act_probe(product, nonnegative) else None
+            except RuntimeError:
+                pass
+    return _ACT[key]
+
+
+def _act_session(nonnegative: bool, threads: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    f32, u8 = TensorProto.FLOAT, TensorProto.UINT8
+    if nonnegative:
+        nodes = [helper.make_node("Cast", ["a"], ["au"], to=u8),
+                 helper.make_node("Cast", ["b"], ["bu"], to=TensorProto.INT8),
+                 helper.make_node("MatMulInteger", ["au", "bu"], ["y"])]
+        small = {}
+    else:
+        nodes = [helper.make_node("Add", ["a", "offset"], ["ao"]),
+                 helper.make_node("Cast", ["ao"], ["au"], to=u8),
+                 helper.make_node("Add", ["b", "offset"], ["bo"]),
+                 helper.make_node("Cast", ["bo"], ["bu"], to=u8),
+                 helper.make_node("MatMulInteger", ["au", "bu", "zero_point", "zero_point"], ["y"])]
+        small = {"offset": np.array(OFFSET, np.float32), "zero_point": np.array(OFFSET, np.uint8)}
+    graph = helper.make_graph(
+        nodes, "flowc_act", [helper.make_tensor_value_info("a", f32, ["batch", "m", "k"]),
+                             helper.make_tensor_value_info("b", f32, ["batch", "k", "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, ["batch", "m", "n"])],
+        [numpy_helper.from_array(v, name) for name, v in small.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), _options(threads),
+                                    providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's errors derive from Exception only
+        raise RuntimeError(f"mlas: onnxruntime refuses the activation product: {exc}") from exc
+
+    def product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return sess.run(None, {"a": a, "b": b})[0]
+
+    return product
+
+
+def _act_probe(product: Callable, nonnegative: bool) -> bool:
+    """Extreme operands against numpy's int64 sums (a saturating kernel fails)."""
+    k = 300
+    rng = np.random.default_rng(1)
+    lo = 0 if nonnegative else -128
+    a = np.stack([np.full(k, 127), np.full(k, lo), np.tile([127, lo], k // 2),
+                  rng.integers(lo, 128, k)]).astype(np.float32)
+    b = np.stack([np.full(k, -128), np.full(k, 127), np.tile([127, -128], k // 2),
+                  rng.integers(-128, 128, k)], 1).astype(np.float32)
+    a, b = np.stack([a, a[::-1]]), np.stack([b, b[:, ::-1]])  # a batch of two
+    want = np.matmul(a.astype(np.int64), b.astype(np.int64))
+    return bool(np.array_equal(product(a, b).astype(np.int64), want))
 
 
 def _integer_model(wt: np.ndarray, wscale: np.ndarray) -> tuple[bytes, dict[str, np.ndarray]]:
