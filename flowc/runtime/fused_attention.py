@@ -16,16 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from flowc.runtime import mlas
 from flowc.runtime.fused import Usage, exact_product, later_sizes, loud, quantise, vector_sizes
 
 BLOCK_ELEMENTS = 1 << 22  # one attention block: 16 MB of float32 (L3-resident here: 32 MB)
 # attention scores below this many elements: the handlers (SmolLM2, 128 tokens: 79 against
 # 119 ms of fused steps over 30 layers; 512 tokens: 1,559 against 948 ms)
 SMALL_ATTENTION = 1 << 20
-# blocks of at least this many multiply-adds multiply on MLAS's integer kernels (measured,
-# 9 x 128 x 2,048 blocks with K = 64: Q K^T 1.6 against 3.5 ms in torch, P V 2.4 against 4.4)
-ACT_MIN = 1 << 22
 SKIP_ROWS = 128  # rows per block when masked columns are skipped (heads fill the block)
 LIVE_GAP = 2.0 ** 20  # mask values this far below their row's top count as live, always
 EXP_ZERO = 200.0  # exp(-x) is exactly +0.0 in float32 for x above ~104: the margin kept
@@ -139,18 +135,6 @@ def _attention_step(it, items, chain: Chain, pending: dict) -> Callable:
     return run
 
 
-def act(nonnegative: bool, work: int) -> Callable | None:
-    """ONNX Runtime's exact integer product for a block of `work` multiply-adds (None:
-    torch's float32 chunks, for small blocks or where MLAS is not exact; same bits)."""
-    if work < ACT_MIN or not mlas.available():
-        return None
-    return mlas.act_product(nonnegative, torch.get_num_threads())
-
-
-def _np(x: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(x.numpy())
-
-
 def _t(x: np.ndarray) -> torch.Tensor:
     x = np.ascontiguousarray(x)
     return torch.from_numpy(x if x.flags.writeable else x.copy())
@@ -205,11 +189,7 @@ def _attention(it, a, b, v, ops, chain: Chain, others: dict, pending: dict) -> n
             bufs = [b_[: math.prod(shape)].view(shape) for b_ in scratch]
             c = n if extents is None else int(extents[h, r].max())
             # columns >= c: every row's score there is far below its max (masked_extents)
-            qk = act(False, math.prod(shape) * k)
-            if qk is not None:  # int32 sums; * sa casts them to float32 first, as the handler
-                s = torch.mul(torch.from_numpy(qk(_np(qa[h, r]), _np(qb[h, :, :c]))),
-                              sa[h, r, None], out=bufs[0][..., :c])
-            elif c == n:
+            if c == n:
                 s = exact_product(qa[h, r], qb[h], out=bufs[0], plus_zero=not softmax)
                 s.mul_(sa[h, r, None])
             else:
@@ -231,12 +211,8 @@ def _attention(it, a, b, v, ops, chain: Chain, others: dict, pending: dict) -> n
                     s.mul_(ext[j][h, r, :c])
             qp, sp = quantise(s, -1, inplace=True, nonnegative=last_softmax)
             # the masked columns' probabilities are +0.0 and quantise to 0: no term of the sum
-            pv = act(last_softmax, math.prod(shape[:2]) * c * dv)
-            if pv is not None:
-                y = torch.mul(torch.from_numpy(pv(_np(qp[..., :c]), _np(qv[h, :c]))), sp[..., None])
-            else:
-                y = exact_product(qp[..., :c], qv[h, :c]).mul_(sp[..., None])
-            out[h, r] = y.mul_(sv[h, None, :])
+            y = exact_product(qp[..., :c], qv[h, :c])
+            out[h, r] = y.mul_(sp[..., None]).mul_(sv[h, None, :])
     size = nb * m * n
     pending[chain.first] = it.act_gemm_sizes(tuple(a.shape), tuple(b.shape), tuple(s_shape))
     for j in chain.ops:

@@ -147,7 +147,6 @@ def test_llama_attention_fused_equals_the_reference_bits(monkeypatch, small):
     monkeypatch.setattr(fused_attention, "SMALL_ATTENTION", small)
     monkeypatch.setattr(fused_attention, "BLOCK_ELEMENTS", 64)  # several blocks even at 8 tokens
     monkeypatch.setattr(fused_attention, "SKIP_ROWS", 2)  # row blocks that skip masked columns
-    monkeypatch.setattr(fused_attention, "ACT_MIN", 0)  # their products on MLAS's integer kernels
     skips = []
     real = fused_attention.masked_extents
     monkeypatch.setattr(fused_attention, "masked_extents",
@@ -204,16 +203,13 @@ def _masks(t: int) -> dict:
     }
 
 
-@pytest.mark.parametrize("engine", ["torch", "mlas"])
 @pytest.mark.parametrize("kind", list(_masks(40)))
-def test_masked_columns_are_skipped_with_the_handlers_bits(monkeypatch, kind, engine):
+def test_masked_columns_are_skipped_with_the_handlers_bits(monkeypatch, kind):
     """Row blocks of 8: columns every row of a block masks are not multiplied, their scores
     are -inf for the softmax and their probabilities no term of P @ V; the bits are the
-    handlers' for every mask, with the products in torch's float32 chunks or on MLAS's
-    integer kernels, and the skip happens exactly where it is provably exact."""
+    handlers' for every mask, and the skip happens exactly where it is provably exact."""
     monkeypatch.setattr(fused_attention, "SMALL_ATTENTION", 0)
     monkeypatch.setattr(fused_attention, "SKIP_ROWS", 8)
-    monkeypatch.setattr(fused_attention, "ACT_MIN", 0 if engine == "mlas" else 1 << 62)
     rng = np.random.default_rng(5)
     t, h, d = 40, 3, 16
     scale = 40.0 if kind.startswith("-10000") else 1.0  # |QK| bound far past 10,000
@@ -226,16 +222,16 @@ def test_masked_columns_are_skipped_with_the_handlers_bits(monkeypatch, kind, en
     chain = fused_attention.Chain(0, [1, 2, 3], 4, {2: ("mask", "")})
     it = Interpreter.__new__(Interpreter)
     it.geometry = {"subarrays": 4, "rows": 8, "cols": 16}
-    extents, used = [], []
-    real, real_act = fused_attention.masked_extents, fused_attention.act
+    extents, widths = [], []
+    real, product = fused_attention.masked_extents, fused_attention.exact_product
     monkeypatch.setattr(fused_attention, "masked_extents",
                         lambda *a: extents.append(real(*a)) or extents[-1])
-    monkeypatch.setattr(fused_attention, "act", lambda *a: used.append(real_act(*a)) or used[-1])
+    monkeypatch.setattr(fused_attention, "exact_product",
+                        lambda x, w, **kw: widths.append(w.shape[-1]) or product(x, w, **kw))
     got = fused_attention._attention(it, q, kt, v, ops, chain, {2: mask}, {})
     assert np.array_equal(bits(got), bits(want))
     e = extents[0]
-    assert all((p is not None) == (engine == "mlas") for p in used)
-    assert len(used) == 2 * (5 if e is not None else 1)  # two products per row block
+    assert len(widths) == 2 * (5 if e is not None else 1)  # two products per row block
     skipped = e is not None and any(int(e[:, r0:r0 + 8].max()) < t for r0 in range(0, t, 8))
     expect = kind in ("causal finfo.min", "causal -inf", "padding [1,1,1,n]", "alibi + causal",
                       "a row masked whole")  # (its other row blocks)
