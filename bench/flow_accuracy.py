@@ -15,14 +15,13 @@ comparison (bench/hw_compare.py --flow-json).
 
 glibc's default malloc returns big activation buffers to the OS after every op, and page
 faults are very slow on this kind of VM (a 512-token SmolLM2 forward takes 12 s instead of
-1 s); the script re-executes itself once with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ set.
+1 s); the script keeps such blocks in the heap (flowc.host.keep_big_blocks), as the CLI does.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,13 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+from flowc.host import keep_big_blocks  # noqa: E402
+
 HEADING = "## FLOW accuracy on SmolLM2 (issue 3)"
-
-
-def _reexec_with_malloc_env() -> None:
-    if sys.platform.startswith("linux") and not all(k in os.environ for k in MALLOC_ENV):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
 
 
 def main_rows(target: float):
@@ -229,7 +224,7 @@ def main() -> int:
     if args.from_json:
         data = json.loads(args.from_json.read_text(encoding="utf-8"))
     else:
-        _reexec_with_malloc_env()
+        keep_big_blocks()  # glibc keeps activation-sized blocks, as the CLI does
         data = run(args)
     body = table(data)
     print(body)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import replace
@@ -38,15 +37,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+from flowc.host import keep_big_blocks  # noqa: E402
+
 HEADING = "## N:M selection on SmolLM2 (issue 9)"
 BEGIN, END = "<!-- selection-accuracy:begin -->", "<!-- selection-accuracy:end -->"
 PREFILL_TOKENS = 128
-
-
-def _reexec_with_malloc_env() -> None:
-    if sys.platform.startswith("linux") and not all(k in os.environ for k in MALLOC_ENV):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
 
 
 def rows_for(target: float, update: str, search: str):
@@ -321,7 +316,7 @@ def main() -> int:
         tmp.replace(path)
 
     if args.timing:
-        _reexec_with_malloc_env()
+        keep_big_blocks()  # glibc keeps activation-sized blocks, as the CLI does
         data = timing(args)
         path = args.out / "selection_timing.json"
         path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
@@ -334,7 +329,7 @@ def main() -> int:
     if args.from_json:
         data = json.loads(args.from_json.read_text(encoding="utf-8"))
     else:
-        _reexec_with_malloc_env()
+        keep_big_blocks()  # glibc keeps activation-sized blocks, as the CLI does
         data = json.loads(path.read_text()) if args.resume and path.exists() \
             else {"results": []}
         data = run(args, data, save)

@@ -21,17 +21,23 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (mal
 
 
 def keep_big_blocks() -> bool:
-    """Set glibc's thresholds for this process (what MALLOC_MMAP_THRESHOLD_ and
-    MALLOC_TRIM_THRESHOLD_ in the environment do at start-up, which still win when set).
-    Returns whether they were set: False off Linux/glibc, or when the environment chose."""
-    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    """Set glibc's thresholds for this process, the values of MALLOC_MMAP_THRESHOLD_ and
+    MALLOC_TRIM_THRESHOLD_ when the environment has them (glibc reads those only at start-up,
+    so a script that puts them into os.environ later still gets them here), else
+    MMAP_THRESHOLD and TRIM_THRESHOLD. Returns whether both were set (False off glibc)."""
+    if not sys.platform.startswith("linux"):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    done = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-        done = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and done
-    return done
+    done = mallopt(_M_MMAP_THRESHOLD, _env("MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD)) == 1
+    return mallopt(_M_TRIM_THRESHOLD, _env("MALLOC_TRIM_THRESHOLD_", TRIM_THRESHOLD)) == 1 and done
+
+
+def _env(name: str, default: int) -> int:
+    try:
+        return int(os.environ[name])
+    except (KeyError, ValueError):  # unset, or a value glibc would not parse either
+        return default

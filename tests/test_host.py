@@ -1,5 +1,5 @@
-"""flowc.host.keep_big_blocks: glibc's malloc thresholds set for the process, the
-environment's own choice left alone."""
+"""flowc.host.keep_big_blocks: glibc's malloc thresholds set for the process, observed by
+where a 4 MB block comes from (the heap below the program break, or its own mapping)."""
 
 import os
 import subprocess
@@ -7,16 +7,28 @@ import sys
 
 import pytest
 
-CALL = "from flowc.host import keep_big_blocks; print(keep_big_blocks())"
+PROBE = """
+import ctypes, sys
+libc = ctypes.CDLL(None)
+libc.malloc.restype = libc.sbrk.restype = ctypes.c_void_p
+libc.malloc.argtypes, libc.sbrk.argtypes = [ctypes.c_size_t], [ctypes.c_long]
+if sys.argv[1] == "call":
+    from flowc.host import keep_big_blocks
+    assert keep_big_blocks()
+block = libc.malloc(4 << 20)
+print("heap" if block < libc.sbrk(0) else "mapped")
+"""
 
 
-def run(env: dict) -> str:
-    return subprocess.run([sys.executable, "-c", CALL], env=env, capture_output=True,
-                          text=True, check=True).stdout.strip()
+def where(env: dict, call: bool) -> str:
+    return subprocess.run([sys.executable, "-c", PROBE, "call" if call else "no"], env=env,
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux's")
-def test_thresholds_are_set_unless_the_environment_chose():
+def test_big_blocks_come_from_the_heap_and_the_environment_wins():
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    assert run(clean) == "True"  # mallopt accepted both thresholds
-    assert run({**clean, "MALLOC_MMAP_THRESHOLD_": "65536"}) == "False"
+    assert where(clean, call=False) == "mapped"  # glibc's default: 4 MB get their own mmap
+    assert where(clean, call=True) == "heap"  # 32 MB threshold: reused from the heap
+    # a threshold the environment names (here 64 kB, set before or after start) is kept
+    assert where({**clean, "MALLOC_MMAP_THRESHOLD_": "65536"}, call=True) == "mapped"

@@ -175,8 +175,7 @@ def _attention(it, a, b, v, ops, chain: Chain, others: dict, pending: dict) -> n
     # softmax maps -0.0 and +0.0 alike (exp(x - max)): before one, a zero's sign is moot
     softmax = any(ins.mnemonic == "v.softmax" for ins in ops)
     last_softmax = bool(ops) and ops[-1].mnemonic == "v.softmax"
-    extents = masked_extents(it, ops, chain, others, batch, (m, n, k), sa, sb) \
-        if last_softmax else None
+    extents = masked_extents(it, ops, chain, others, batch, (m, n, k), sa, sb)
     if extents is not None:  # row blocks of every head, so that each skips what its rows mask
         rows = min(m, max(SKIP_ROWS, BLOCK_ELEMENTS // max(1, nb * n)))
         heads = max(1, BLOCK_ELEMENTS // max(1, rows * n))
