@@ -183,16 +183,19 @@ def _attention(it, a, b, v, ops, chain: Chain, others: dict, pending: dict) -> n
         heads = max(1, BLOCK_ELEMENTS // max(1, m * n))
         rows = m if heads > 1 or m * n <= BLOCK_ELEMENTS else max(1, BLOCK_ELEMENTS // max(1, n))
     scratch = torch.empty((2, min(nb, heads) * min(m, rows) * n), dtype=torch.float32)
+    short = extents is not None and short_rows_exact()
     for h0 in range(0, nb, heads):
         h = slice(h0, min(nb, h0 + heads))
         for r0 in range(0, m, rows):
             r = slice(r0, min(m, r0 + rows))
-            shape = (h.stop - h.start, r.stop - r.start, n)
-            bufs = [b_[: math.prod(shape)].view(shape) for b_ in scratch]
             c = n if extents is None else int(extents[h, r].max())
             # columns >= c: every row's score there is far below its max (masked_extents)
-            if c == n:
-                s = exact_product(qa[h, r], qb[h], out=bufs[0], plus_zero=not softmax)
+            if short:  # rows of c columns (softmax of the live prefix: short_rows_exact)
+                c = min(n, -(-c // PREFIX) * PREFIX)
+            shape = (h.stop - h.start, r.stop - r.start, c if short else n)
+            bufs = [b_[: math.prod(shape)].view(shape) for b_ in scratch]
+            if c == shape[-1]:
+                s = exact_product(qa[h, r], qb[h, :, :c], out=bufs[0], plus_zero=not softmax)
                 s.mul_(sa[h, r, None])
             else:
                 s = torch.mul(exact_product(qa[h, r], qb[h, :, :c], plus_zero=not softmax),
@@ -202,7 +205,7 @@ def _attention(it, a, b, v, ops, chain: Chain, others: dict, pending: dict) -> n
                 if ins.mnemonic == "v.scale":
                     s.mul_(float(np.float32(ins.s)))
                 elif ins.mnemonic == "v.softmax":  # torch.softmax's kernel, into scratch
-                    if c < n:  # exp(x - max) of those scores is exactly 0: so is it of -inf
+                    if c < shape[-1]:  # exp(x - max) of those scores is exactly 0: so is it of -inf
                         bufs[0][..., c:].fill_(-math.inf)
                         s = bufs[0]
                     target = bufs[1] if s.data_ptr() == bufs[0].data_ptr() else bufs[0]
@@ -223,6 +226,43 @@ def _attention(it, a, b, v, ops, chain: Chain, others: dict, pending: dict) -> n
     pending[chain.last] = it.act_gemm_sizes(tuple(s_shape), tuple(v.shape),
                                             tuple(batch) + (m, dv))
     return out.reshape(tuple(batch) + (m, dv)).numpy()
+
+
+# -- short rows ---------------------------------------------------------------------------------
+# a skipping block's rows are cut to a multiple of this many columns: the softmax of such a
+# prefix equals the full row's (its tail's exps are +0.0) when the kernel's sums assign
+# elements to vector lanes by position, which short_rows_exact checks
+PREFIX = 32
+_SHORT: dict[int, bool] = {}
+
+
+def short_rows_exact() -> bool:
+    """Whether torch's softmax of a row's first c columns (c a multiple of PREFIX) is bit for
+    bit its softmax of the whole row when the rest is -inf, on this build (probed once per
+    process). The sums inside a softmax are order-sensitive, so rows of values over a wide
+    range at many lengths catch any kernel whose association depends on the row length; if
+    one differs, blocks compute their rows in full (the -inf tail) as before."""
+    if PREFIX not in _SHORT:
+        _SHORT[PREFIX] = _probe_short(PREFIX)
+    return _SHORT[PREFIX]
+
+
+def _probe_short(align: int) -> bool:
+    gen = torch.Generator().manual_seed(3)
+    lengths = [align * i + d for i in (1, 2, 3, 5) for d in (0, 1, 7, align // 2)] + [2049]
+    with torch.no_grad():
+        for n in lengths:
+            x = torch.randn((4, n), generator=gen) * 40  # exps over ~100 binades
+            for c in {align, 2 * align, 3 * align, n // align * align}:
+                if not 0 < c < n:
+                    continue
+                full = x.clone()
+                full[:, c:] = -math.inf
+                whole = torch.softmax(full, -1)[:, :c]
+                prefix = torch.softmax(x[:, :c].contiguous(), -1)
+                if not torch.equal(whole.view(torch.int32), prefix.view(torch.int32)):
+                    return False
+    return True
 
 
 # -- masked columns -------------------------------------------------------------------------------

@@ -203,11 +203,15 @@ def _masks(t: int) -> dict:
     }
 
 
+@pytest.mark.parametrize("short", [True, False], ids=["short rows", "-inf tails"])
 @pytest.mark.parametrize("kind", list(_masks(40)))
-def test_masked_columns_are_skipped_with_the_handlers_bits(monkeypatch, kind):
-    """Row blocks of 8: columns every row of a block masks are not multiplied, their scores
-    are -inf for the softmax and their probabilities no term of P @ V; the bits are the
-    handlers' for every mask, and the skip happens exactly where it is provably exact."""
+def test_masked_columns_are_skipped_with_the_handlers_bits(monkeypatch, kind, short):
+    """Row blocks of 8: columns every row of a block masks are not multiplied and their
+    probabilities are no term of P @ V; the softmax runs over rows cut to the live prefix
+    (short rows) or over full rows whose skipped scores are -inf. The bits are the handlers'
+    for every mask, and the skip happens exactly where it is provably exact."""
+    monkeypatch.setattr(fused_attention, "PREFIX", 8)
+    monkeypatch.setattr(fused_attention, "short_rows_exact", lambda: short)
     monkeypatch.setattr(fused_attention, "SMALL_ATTENTION", 0)
     monkeypatch.setattr(fused_attention, "SKIP_ROWS", 8)
     monkeypatch.setattr(fused_attention, "BLOCK_ELEMENTS", 3 * 8 * 40)  # 3 heads x 8 rows
@@ -228,7 +232,7 @@ def test_masked_columns_are_skipped_with_the_handlers_bits(monkeypatch, kind):
     monkeypatch.setattr(fused_attention, "masked_extents",
                         lambda *a: extents.append(real(*a)) or extents[-1])
     monkeypatch.setattr(fused_attention, "exact_product",
-                        lambda x, w, **kw: widths.append(w.shape[-1]) or product(x, w, **kw))
+                        lambda x, w, **kw: widths.append((w.shape[-1], x)) or product(x, w, **kw))
     got = fused_attention._attention(it, q, kt, v, ops, chain, {2: mask}, {})
     assert np.array_equal(bits(got), bits(want))
     e = extents[0]
@@ -237,8 +241,26 @@ def test_masked_columns_are_skipped_with_the_handlers_bits(monkeypatch, kind):
     expect = kind in ("causal finfo.min", "causal -inf", "padding [1,1,1,n]", "alibi + causal",
                       "a row masked whole")  # (its other row blocks)
     assert skipped == expect
+    # P @ V of a block that skips reads short rows (contiguous) or full ones (a column slice)
+    pv = widths[1::2]
+    cuts = [] if e is None else [int(e[:, r0:r0 + 8].max()) for r0 in range(0, t, 8)]
+    cuts = [min(t, -(-c // 8) * 8) if short else c for c in cuts]  # short rows: whole vectors
+    assert [x.shape[-1] for _, x in pv] == (cuts or [t] * len(pv))
+    assert all(x.is_contiguous() == (short or x.shape[-1] == t) for _, x in pv)
     if kind == "a row masked whole":  # softmax NaN; NaN quantises to 0 in every path
         assert (want[0, :, 0] == 0).all()
+
+
+def test_the_short_row_probe_tells_prefix_exact_lengths_from_others(monkeypatch):
+    """torch's softmax sums by vector lane (8 or 16 floats): prefixes of whole vectors give
+    the full row's bits, and the probe says so; prefixes of 4 columns take the kernel's
+    short-row path, sum in another order, and the probe catches it."""
+    for align, exact in ((32, True), (8, True), (4, False)):
+        monkeypatch.setattr(fused_attention, "_SHORT", {})
+        assert fused_attention._probe_short(align) == exact, align
+    monkeypatch.setattr(fused_attention, "_SHORT", {})
+    monkeypatch.setattr(fused_attention, "PREFIX", 4)
+    assert not fused_attention.short_rows_exact()
 
 
 def test_a_masked_chain_skips_nothing_unless_it_ends_in_softmax():
