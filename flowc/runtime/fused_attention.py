@@ -176,6 +176,10 @@ def _attention(it, a, b, v, ops, chain: Chain, others: dict, pending: dict) -> n
     softmax = any(ins.mnemonic == "v.softmax" for ins in ops)
     last_softmax = bool(ops) and ops[-1].mnemonic == "v.softmax"
     extents = masked_extents(it, ops, chain, others, batch, (m, n, k), sa, sb)
+    folded = folded_scales(ops, sa, sb, k)
+    sbf = sb
+    for ins in ops[:folded]:  # exact: a power of two, every product a normal float
+        sbf = sbf * float(np.float32(ins.s))
     if extents is not None:  # row blocks of every head, so that each skips what its rows mask
         rows = min(m, max(SKIP_ROWS, BLOCK_ELEMENTS // max(1, nb * n)))
         heads = max(1, BLOCK_ELEMENTS // max(1, rows * n))
@@ -188,7 +192,8 @@ def _attention(it, a, b, v, ops, chain: Chain, others: dict, pending: dict) -> n
         h = slice(h0, min(nb, h0 + heads))
         for r0 in range(0, m, rows):
             r = slice(r0, min(m, r0 + rows))
-            c = n if extents is None else int(extents[h, r].max())
+            c = n if extents is None else int(extents.extent[h, r].max())
+            z = 0 if extents is None else min(c, int(extents.zeros[h, r].min()))
             # columns >= c: every row's score there is far below its max (masked_extents)
             if short:  # rows of c columns (softmax of the live prefix: short_rows_exact)
                 c = min(n, -(-c // PREFIX) * PREFIX)
@@ -200,8 +205,8 @@ def _attention(it, a, b, v, ops, chain: Chain, others: dict, pending: dict) -> n
             else:
                 s = torch.mul(exact_product(qa[h, r], qb[h, :, :c], plus_zero=not softmax),
                               sa[h, r, None], out=bufs[0][..., :c])
-            s.mul_(sb[h, None, :c])
-            for ins, j in zip(ops, chain.ops, strict=True):
+            s.mul_(sbf[h, None, :c])
+            for ins, j in zip(ops[folded:], chain.ops[folded:], strict=True):
                 if ins.mnemonic == "v.scale":
                     s.mul_(float(np.float32(ins.s)))
                 elif ins.mnemonic == "v.softmax":  # torch.softmax's kernel, into scratch
@@ -210,8 +215,9 @@ def _attention(it, a, b, v, ops, chain: Chain, others: dict, pending: dict) -> n
                         s = bufs[0]
                     target = bufs[1] if s.data_ptr() == bufs[0].data_ptr() else bufs[0]
                     s = torch.ops.aten._softmax.out(s, -1, False, out=target)
-                elif ins.mnemonic == "v.add":
-                    s.add_(ext[j][h, r, :c])
+                elif ins.mnemonic == "v.add":  # (with a skip: x + 0.0 = x but for -0.0,
+                    # which the softmax after it maps as +0.0)
+                    s[..., z:].add_(ext[j][h, r, z:c])
                 else:
                     s.mul_(ext[j][h, r, :c])
             qp, sp = quantise(s, -1, inplace=True, nonnegative=last_softmax)
@@ -226,6 +232,30 @@ def _attention(it, a, b, v, ops, chain: Chain, others: dict, pending: dict) -> n
     pending[chain.last] = it.act_gemm_sizes(tuple(s_shape), tuple(v.shape),
                                             tuple(batch) + (m, dv))
     return out.reshape(tuple(batch) + (m, dv)).numpy()
+
+
+def folded_scales(ops, sa: torch.Tensor, sb: torch.Tensor, k: int) -> int:
+    """How many of the leading v.scale ops may multiply the column scales sb instead of the
+    scores, with the same bits: each factor f a power of two, sb * f a normal float32, and
+    every nonzero score |fl(fl(p sa) sb)| (p a nonzero integer, |p| <= k 127 127) a normal
+    float32 before and after each factor. Scaling a normal float by a power of two is exact
+    and commutes with rounding, so fl(x fl(sb f)) = fl(x sb) f; zeros keep their sign
+    rule. Scales that are NaN or infinite fold nothing."""
+    normal, top = 2.0 ** -126, 2.0 ** 127
+    lo = float(sa.min()) * float(sb.min()) * (1 - 1e-6)  # scales are positive
+    hi = k * 127.0 * 127.0 * float(sa.max()) * float(sb.max()) * (1 + 1e-6)
+    b_lo, b_hi = float(sb.min()), float(sb.max())
+    folded = 0
+    while lo >= normal and hi < top and b_lo >= normal and b_hi < top:  # (False for NaN)
+        ins = ops[folded] if folded < len(ops) else None
+        f = abs(float(np.float32(ins.s))) if ins is not None and ins.mnemonic == "v.scale" else 0.0
+        if not (f > 0 and math.isfinite(f) and math.frexp(f)[0] == 0.5):
+            break
+        lo, hi, b_lo, b_hi = lo * f, hi * f, b_lo * f, b_hi * f
+        if not (lo >= normal and hi < top and b_lo >= normal and b_hi < top):
+            break
+        folded += 1
+    return folded
 
 
 # -- short rows ---------------------------------------------------------------------------------
@@ -271,12 +301,14 @@ class MaskRows:
     """Per row of an additive mask [..., m, n]: `extent`, 1 + the last column within
     LIVE_GAP of the row's `top` (its largest value); past it, `hi` (the largest value,
     -inf when there is none) and `deep` (the largest finite |value|). Rows whose top is not
-    finite get extent n (nothing past it)."""
+    finite get extent n (nothing past it). `zeros`: how many leading columns are +-0.0 (a
+    causal mask's visible keys), where adding the mask changes no score but a -0.0."""
 
     top: torch.Tensor  # float64 [..., m]
     extent: torch.Tensor  # int64 [..., m]
     hi: torch.Tensor  # float64 [..., m]
     deep: torch.Tensor  # float64 [..., m]
+    zeros: torch.Tensor  # int64 [..., m]
 
     @classmethod
     def of(cls, mask: torch.Tensor) -> MaskRows:
@@ -288,7 +320,9 @@ class MaskRows:
         past = column > extent.unsqueeze(-1)
         hi = torch.where(past, mask, -math.inf).amax(-1).double()
         deep = torch.where(past & torch.isfinite(mask), mask.abs(), 0.0).amax(-1).double()
-        return cls(top, extent, hi, deep)
+        nonzero = mask != 0  # (NaN too)
+        zeros = torch.where(nonzero.any(-1), nonzero.to(torch.uint8).argmax(-1), n)
+        return cls(top, extent, hi, deep, zeros)
 
 
 _MASKS: dict[int, tuple[np.ndarray, MaskRows]] = {}  # id(const tensor) -> (it, its rows)
@@ -307,17 +341,27 @@ def mask_rows(it, mask: np.ndarray, const: str) -> MaskRows:
     return hit[1]
 
 
+@dataclass(frozen=True)
+class Skip:
+    """Per (head, row) of the scores: how many leading columns must be computed (`extent`)
+    and how many of those the mask leaves unchanged (`zeros`: it adds +-0.0 there)."""
+
+    extent: torch.Tensor  # int64 [heads, m]
+    zeros: torch.Tensor  # int64 [heads, m]
+
+
 def masked_extents(it, ops, chain: Chain, others: dict, batch: tuple, mnk: tuple,
-                   sa: torch.Tensor, sb: torch.Tensor) -> torch.Tensor | None:
-    """Per (head, row) of the scores, how many leading columns must be computed; None when
-    no column may be skipped. A chain qualifies when its ops are v.scale, then one v.add of
-    an additive mask, then v.scale by positive factors, then v.softmax (the last op). A
-    column past a row's extent is skipped when the handlers' score there provably sits
-    EXP_ZERO or more below the row's max: with |QK| <= k * 127 * 127 * max(sa) * max(sb)
-    * |scales before| = B and C the scales after, (top - hi - 2B) C minus the roundings'
-    error must reach EXP_ZERO. exp of that is +0.0 in the handlers' softmax, as it is of
-    the -inf the skipped columns get, so the softmax row is bit for bit the same, and those
-    probabilities quantise to 0, which the exact P @ V sum does not miss."""
+                   sa: torch.Tensor, sb: torch.Tensor) -> Skip | None:
+    """Per (head, row) of the scores, how many leading columns must be computed and how many of
+    them the mask leaves as they are; None when no column may be skipped. A chain qualifies
+    when its ops are v.scale, then one v.add of an additive mask, then v.scale by positive
+    factors, then v.softmax (the last op). A column past a row's extent is skipped when the
+    handlers' score there provably sits EXP_ZERO or more below the row's max: with |QK| <= k
+    * 127 * 127 * max(sa) * max(sb) * |scales before| = B and C the scales after, (top - hi
+    - 2B) C minus the roundings' error must reach EXP_ZERO. exp of that is +0.0 in the
+    handlers' softmax, as it is of the -inf the skipped columns get, so the softmax row is
+    bit for bit the same, and those probabilities quantise to 0, which the exact P @ V sum
+    does not miss."""
     m, n, k = mnk
     adds = [i for i, ins in enumerate(ops) if ins.mnemonic == "v.add"]
     if len(adds) != 1 or ops[-1].mnemonic != "v.softmax":
@@ -348,4 +392,4 @@ def masked_extents(it, ops, chain: Chain, others: dict, batch: tuple, mnk: tuple
     if not bool((margin >= EXP_ZERO)[skips].all()):
         return None
     nb = math.prod(batch)
-    return rows.extent.broadcast_to(batch + (m,)).reshape(nb, m)
+    return Skip(*(x.broadcast_to(batch + (m,)).reshape(nb, m) for x in (rows.extent, rows.zeros)))

@@ -235,7 +235,7 @@ def test_masked_columns_are_skipped_with_the_handlers_bits(monkeypatch, kind, sh
                         lambda x, w, **kw: widths.append((w.shape[-1], x)) or product(x, w, **kw))
     got = fused_attention._attention(it, q, kt, v, ops, chain, {2: mask}, {})
     assert np.array_equal(bits(got), bits(want))
-    e = extents[0]
+    e = extents[0] and extents[0].extent
     assert e is None or len(widths) == 2 * 5  # skipping: 5 row blocks of all 3 heads
     skipped = e is not None and any(int(e[:, r0:r0 + 8].max()) < t for r0 in range(0, t, 8))
     expect = kind in ("causal finfo.min", "causal -inf", "padding [1,1,1,n]", "alibi + causal",
@@ -261,6 +261,41 @@ def test_the_short_row_probe_tells_prefix_exact_lengths_from_others(monkeypatch)
     monkeypatch.setattr(fused_attention, "_SHORT", {})
     monkeypatch.setattr(fused_attention, "PREFIX", 4)
     assert not fused_attention.short_rows_exact()
+
+
+def test_scales_fold_into_the_column_scales_only_where_exact(monkeypatch):
+    """A leading v.scale by a power of two multiplies sb instead of the scores, unless a
+    score could leave the normal range (subnormal or past float32), a factor is not a power
+    of two, or a scale is not finite; in every case the blocked chain keeps the handlers'
+    bits."""
+    fold = fused_attention.folded_scales
+    scale, add, soft = NS(mnemonic="v.scale", s=0.125), NS(mnemonic="v.add"), NS(mnemonic="v.softmax")
+    ones = torch.ones(2, 4)
+    assert fold([scale, add, soft], ones, ones, 64) == 1
+    assert fold([scale, NS(mnemonic="v.scale", s=-2.0), add], ones, ones, 64) == 2
+    assert fold([NS(mnemonic="v.scale", s=0.3), add], ones, ones, 64) == 0
+    assert fold([add, scale], ones, ones, 64) == 0
+    assert fold([scale], ones * 5e-38, ones, 64) == 0  # 5e-38 / 8: subnormal
+    assert fold([scale], ones * 1e25, ones * 1e4, 64) == 1
+    assert fold([NS(mnemonic="v.scale", s=2.0 ** 12)], ones * 1e25, ones * 1e4, 64) == 0  # overflow
+    assert fold([scale], ones * float("nan"), ones, 64) == 0
+    rng = np.random.default_rng(2)
+    folds, real = [], fold
+    monkeypatch.setattr(fused_attention, "SMALL_ATTENTION", 0)
+    monkeypatch.setattr(fused_attention, "folded_scales",
+                        lambda *a: folds.append(real(*a)) or folds[-1])
+    it = Interpreter.__new__(Interpreter)
+    it.geometry = {"subarrays": 4, "rows": 8, "cols": 16}
+    chain = fused_attention.Chain(0, [1, 2, 3], 4, {2: ("mask", "")})
+    mask = _masks(16)["causal finfo.min"]
+    for size in (1.0, 1e-18):  # scores ~1 (folded) and ~1e-36 * 0.125 (subnormal: not folded)
+        q = rng.standard_normal((1, 2, 16, 8), dtype=np.float32) * np.float32(size)
+        kt = rng.standard_normal((1, 2, 8, 16), dtype=np.float32) * np.float32(size)
+        v = rng.standard_normal((1, 2, 16, 8), dtype=np.float32)
+        want, _ = _reference_chain(q, kt, v, mask, 0.125)
+        got = fused_attention._attention(it, q, kt, v, [scale, add, soft], chain, {2: mask}, {})
+        assert folds.pop() == (1 if size == 1.0 else 0)
+        assert np.array_equal(bits(got), bits(want))
 
 
 def test_a_masked_chain_skips_nothing_unless_it_ends_in_softmax():
