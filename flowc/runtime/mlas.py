@@ -7,8 +7,9 @@ once by MLAS, as ONNX Runtime does for any model's constant weights), in one of 
 
 - **integer** (the default): `MatMulInteger` on uint8 operands with zero point 128 (the
   int8 values + 128, the activations' made in numpy by `offset_uint8`), i.e. the exact
-  int32 sum, then Cast to float32 (one correct
-  rounding, +0.0 for a zero sum, as the handlers' cast), * a, * wscale. On this project's
+  int32 sum, written in place into a numpy array; then, outside the session
+  (`dequantise`), the cast to float32 (one correct rounding, +0.0 for a zero sum, as the
+  handlers' cast), * a, * wscale. On this project's
   AVX2 host MLAS's uint8 x uint8 kernel took 0.65-0.75x the time of its float32 GEMM on
   SmolLM2's products (bench/gemm_engines.py). uint8 x int8 would be faster still, but
   MLAS computes it with a saturating 16-bit multiply-add on AVX2 (wrong sums, measured),
@@ -22,7 +23,7 @@ Which one runs is decided once per process by a probe (`integer_exact`): a produ
 extreme operands (every sum pattern a saturating kernel gets wrong) must equal numpy's
 int64 sum, or the float graph is used. Every node is one correctly rounded float32 (or
 exact integer) operation per element in the handlers' order, so the result is the
-handlers' bit for bit (tests/runtime/test_mlas.py), written in place into a numpy array.
+handlers' bit for bit (tests/runtime/test_mlas.py).
 Graph optimisations are off, so the session runs exactly these nodes.
 """
 
@@ -31,8 +32,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from flowc.runtime.gemm import EXACT_CHUNK
+from flowc.runtime.vector import ONE_THREAD
 
 FLOAT_MAX_K = 2 * EXACT_CHUNK  # two exact chunks: their float32 sum is the one rounding
 INTEGER_MAX_K = 32768  # uint8 x uint8 sums: 255 * 255 * K < 2**31
@@ -101,6 +104,7 @@ def linear_session(wt: np.ndarray, wscale: np.ndarray, threads: int,
         raise ValueError(f"mlas: K = {k} is past the {limit} the "
                          f"{'integer' if integer else 'float-chunk'} graph multiplies exactly")
     scale = np.ascontiguousarray(wscale, np.float32).reshape(n)
+    scale_t = torch.from_numpy(scale)
     model, weights = (_integer_model if integer else _linear_model)(wt, scale)
     opts = _options(threads)
     values = {name: ort.OrtValue.ortvalue_from_numpy(v) for name, v in weights.items()}
@@ -113,9 +117,15 @@ def linear_session(wt: np.ndarray, wscale: np.ndarray, threads: int,
 
     def product(x: np.ndarray, a: np.ndarray) -> np.ndarray:
         rows = x.shape[0]
-        y = np.empty((rows, n), np.float32)
         bind = sess.io_binding()
-        bind.bind_cpu_input("x", offset_uint8(x) if integer else x)
+        if integer:
+            sums = np.empty((rows, n), np.int32)
+            bind.bind_cpu_input("x", offset_uint8(x))
+            bind.bind_output("y", "cpu", 0, np.int32, sums.shape, sums.ctypes.data)
+            sess.run_with_iobinding(bind)
+            return dequantise(sums, a, scale, scale_t)
+        y = np.empty((rows, n), np.float32)
+        bind.bind_cpu_input("x", x)
         bind.bind_cpu_input("a", a.reshape(rows, 1))
         bind.bind_output("y", "cpu", 0, np.float32, y.shape, y.ctypes.data)  # written in place
         sess.run_with_iobinding(bind)
@@ -124,6 +134,22 @@ def linear_session(wt: np.ndarray, wscale: np.ndarray, threads: int,
     product.keep = (weights, values, sess)  # type: ignore[attr-defined]  # ORT reads them in place
     product.integer = integer  # type: ignore[attr-defined]
     return product
+
+
+def dequantise(sums: np.ndarray, a: np.ndarray, wscale: np.ndarray,
+               wscale_t: torch.Tensor) -> np.ndarray:
+    """float32(sums) * a[:, None] * wscale, the handlers' v.deq (each a correctly rounded
+    float32 operation, so any engine gives the same bits): in numpy below
+    vector.ONE_THREAD elements (per-call costs), else in torch on its threads (ONNX
+    Runtime's Cast and two Muls took 89 against 78 ms for one SmolLM2 layer's seven products
+    at 2,048 tokens, median of 21, and about the same as numpy at 128)."""
+    if sums.size < ONE_THREAD:
+        y = sums.astype(np.float32)
+        y *= a.reshape(-1, 1)
+        y *= wscale
+        return y
+    y = torch.from_numpy(sums).float()
+    return y.mul_(torch.from_numpy(a).reshape(-1, 1)).mul_(wscale_t).numpy()
 
 
 def offset_uint8(x: np.ndarray) -> np.ndarray:
@@ -154,19 +180,16 @@ def _options(threads: int):
 
 def _integer_model(wt: np.ndarray, wscale: np.ndarray) -> tuple[bytes, dict[str, np.ndarray]]:
     """MatMulInteger of x + 128 (uint8, made by offset_uint8) with W^T + 128 (zero points
-    128: the exact int32 sum of the int8 values), Cast to float32, * a, * wscale."""
+    128): the exact int32 sums of the int8 values, dequantised by `dequantise`."""
     from onnx import TensorProto, helper
 
     wu = np.add(wt, OFFSET, dtype=np.float32)
     if wu.size and (wu.min() < 0 or wu.max() > 255):
         raise ValueError("mlas: weights outside int8")
     small = {"zero_point": np.array(OFFSET, np.uint8)}
-    nodes = [helper.make_node("MatMulInteger", ["x", "w", "zero_point", "zero_point"], ["psum"]),
-             helper.make_node("Cast", ["psum"], ["psumf"], to=TensorProto.FLOAT),
-             helper.make_node("Mul", ["psumf", "a"], ["ya"]),
-             helper.make_node("Mul", ["ya", "wscale"], ["y"])]
-    return _model(nodes, wt.shape, small, {"w": wu.astype(np.uint8), "wscale": wscale},
-                  x_type=TensorProto.UINT8)
+    nodes = [helper.make_node("MatMulInteger", ["x", "w", "zero_point", "zero_point"], ["y"])]
+    return _model(nodes, wt.shape, small, {"w": wu.astype(np.uint8)},
+                  x_type=TensorProto.UINT8, y_type=TensorProto.INT32)
 
 
 def _linear_model(wt: np.ndarray, wscale: np.ndarray) -> tuple[bytes, dict[str, np.ndarray]]:
@@ -199,18 +222,22 @@ def _linear_model(wt: np.ndarray, wscale: np.ndarray) -> tuple[bytes, dict[str, 
 
 
 def _model(nodes: list, shape: tuple, small: dict, weights: dict[str, np.ndarray],
-           x_type: int | None = None) -> tuple[bytes, dict[str, np.ndarray]]:
-    """The serialised graph of `nodes` (inputs x [rows, K] of `x_type`, float32 unless given,
-    and a [rows, 1], output y [rows, N]): `small` constants inline, `weights` as external
-    initialisers whose data is handed over in memory."""
+           x_type: int | None = None, y_type: int | None = None
+           ) -> tuple[bytes, dict[str, np.ndarray]]:
+    """The serialised graph of `nodes` (input x [rows, K] of `x_type`, float32 unless given,
+    and when y is float32 the row scales a [rows, 1]; output y [rows, N] of `y_type`):
+    `small` constants inline, `weights` as external initialisers whose data is handed over
+    in memory."""
     from onnx import TensorProto, helper, numpy_helper
 
     k, n = shape
     f32 = TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info("x", x_type or f32, ["rows", k])]
+    if (y_type or f32) == f32:
+        inputs.append(helper.make_tensor_value_info("a", f32, ["rows", 1]))
     graph = helper.make_graph(
-        nodes, "flowc_linear", [helper.make_tensor_value_info("x", x_type or f32, ["rows", k]),
-                                helper.make_tensor_value_info("a", f32, ["rows", 1])],
-        [helper.make_tensor_value_info("y", f32, ["rows", n])],
+        nodes, "flowc_linear", inputs,
+        [helper.make_tensor_value_info("y", y_type or f32, ["rows", n])],
         [numpy_helper.from_array(v, name) for name, v in small.items()])
     for name, v in weights.items():  # declared here, the data handed over in memory
         t = graph.initializer.add()

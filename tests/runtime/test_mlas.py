@@ -53,6 +53,17 @@ def test_mlas_session_equals_the_handlers_bits(k, integer):
             assert np.array_equal(bits(product(x, a)), bits(want))
 
 
+def test_large_outputs_dequantise_in_torch_with_the_handlers_bits():
+    """An output past vector.ONE_THREAD elements is dequantised in torch, a small one in
+    numpy: the same float32 operations in the same order, the same bits."""
+    graph(True)
+    x, w, a, wscale, want = operands(1500, rows=300, n=900)
+    assert want.size >= mlas.ONE_THREAD
+    product = mlas.linear_session(w, wscale, 2, integer=True)
+    assert np.array_equal(bits(product(x, a)), bits(want))
+    assert np.array_equal(bits(product(x[:7], a[:7])), bits(want[:7]))
+
+
 @pytest.mark.parametrize("integer", [True, False], ids=["integer", "float-chunks"])
 def test_mlas_session_refuses_past_its_k(integer):
     limit = mlas.INTEGER_MAX_K if integer else mlas.FLOAT_MAX_K
