@@ -107,9 +107,10 @@ def _attention_step(it, items, chain: Chain, pending: dict) -> Callable:
 
     def operand(state, j: int) -> np.ndarray:
         """An outside operand; a v.const's (it runs later in program order) from the image,
-        as the v.const handler makes it."""
+        as the v.const handler makes it (without its copy when the tensor is float32: the
+        chain only reads it, and a causal mask at 2,048 tokens is 16 MB a layer)."""
         buf, const = chain.other[j]
-        return tensors[const].astype(np.float32) if const else state.bufs[buf]
+        return np.asarray(tensors[const], dtype=np.float32) if const else state.bufs[buf]
 
     def by_handlers(state) -> dict:
         """The chain through the handlers, here at once (operands not float32, or shapes the
