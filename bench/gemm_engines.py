@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see run_vs_ort.py)
+from flowc.host import openmp_waiting  # noqa: E402
+
+openmp_waiting(spin=True)  # before torch loads (see run_vs_ort.py)
 
 import argparse
 import statistics

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see run_vs_ort.py)
+from flowc.host import openmp_waiting  # noqa: E402
+
+openmp_waiting(spin=True)  # before torch loads (see run_vs_ort.py)
 os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "33554432")
 os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "1073741824")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -18,11 +18,12 @@ processes cannot inflate; plus the pricing time in finish() alone) and the .fcim
 
 from __future__ import annotations
 
-import os
+# Before torch loads: OpenMP workers wait as flowrun's do (flowc/host.py: a bounded spin on
+# an idle host, sleeping otherwise; spinning workers starve the other core of a busy 2-core
+# machine), unless the environment says otherwise.
+from flowc.host import openmp_waiting  # noqa: E402
 
-# Must be set before torch loads: OpenMP workers that spin after each parallel region starve
-# the other core on a 2-core machine (the CLI sets the same default).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+openmp_waiting(spin=True)
 
 import argparse
 import statistics

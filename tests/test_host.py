@@ -32,3 +32,24 @@ def test_big_blocks_come_from_the_heap_and_the_environment_wins():
     assert where(clean, call=True) == "heap"  # 32 MB threshold: reused from the heap
     # a threshold the environment names (here 64 kB, set before or after start) is kept
     assert where({**clean, "MALLOC_MMAP_THRESHOLD_": "65536"}, call=True) == "mapped"
+
+
+def test_openmp_waiting_spins_only_for_flowrun_on_an_idle_host(monkeypatch):
+    """A bounded spin when asked for on an idle host, sleeping workers otherwise, and an
+    explicit setting in the environment always kept."""
+    from flowc import host
+
+    env: dict[str, str] = {}
+    monkeypatch.setattr(host.os, "environ", env)
+    monkeypatch.setattr(host, "host_idle", lambda: True)
+    assert host.openmp_waiting(spin=True) == "bounded spin"
+    assert env == {"GOMP_SPINCOUNT": str(host.SPIN_COUNT)}
+    assert host.openmp_waiting(spin=False) == "as set" and len(env) == 1
+    env.clear()
+    assert host.openmp_waiting(spin=False) == "passive" and env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env.clear()
+    monkeypatch.setattr(host, "host_idle", lambda: False)
+    assert host.openmp_waiting(spin=True) == "passive"
+    env.clear()
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    assert host.openmp_waiting(spin=True) == "as set" and env == {"OMP_WAIT_POLICY": "ACTIVE"}

@@ -5,6 +5,10 @@ SmolLM2 layer at 2,048 tokens) ~15 times, each pass into a freshly mapped array.
 chain runs per block of heads (or rows) small enough to stay in the last-level cache, and
 the scores are never materialised; each step is the handlers' float32 operation in their
 order and the integer GEMMs are exact in any blocking, so the bits are the handlers'.
+Where a mask provably zeroes columns (masked_extents), a block computes only its rows' live
+prefix, multiple of PREFIX columns wide; a leading power-of-two v.scale multiplies the column
+scales instead of the scores where that is exact (folded_scales); the mask is added only
+past the columns where it is +-0.0.
 """
 
 from __future__ import annotations
@@ -360,8 +364,9 @@ def masked_extents(it, ops, chain: Chain, others: dict, batch: tuple, mnk: tuple
     handlers' score there provably sits EXP_ZERO or more below the row's max: with |QK| <= k
     * 127 * 127 * max(sa) * max(sb) * |scales before| = B and C the scales after, (top - hi
     - 2B) C minus the roundings' error must reach EXP_ZERO. exp of that is +0.0 in the
-    handlers' softmax, as it is of the -inf the skipped columns get, so the softmax row is
-    bit for bit the same, and those probabilities quantise to 0, which the exact P @ V sum
+    handlers' softmax, as it is of the -inf the skipped columns get (or, in rows cut to the
+    live prefix, the term is absent: short_rows_exact), so the softmax row is bit for bit
+    the same, and those probabilities quantise to 0, which the exact P @ V sum
     does not miss."""
     m, n, k = mnk
     adds = [i for i, ins in enumerate(ops) if ins.mnemonic == "v.add"]
