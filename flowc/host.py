@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import time
 
 MMAP_THRESHOLD = 32 << 20  # bytes: blocks up to this come from the heap (reused)
 TRIM_THRESHOLD = 1 << 30  # bytes of free heap top kept before trimming
@@ -56,8 +57,8 @@ def _env(name: str, default: int) -> int:
 def openmp_waiting(spin: bool) -> str:
     """How torch's OpenMP workers will wait between parallel regions; call before torch
     loads (later calls change nothing torch sees). An explicit OMP_WAIT_POLICY or
-    GOMP_SPINCOUNT in the environment is kept ("as set"). Else, with `spin` on a host whose
-    1-minute load average is below half its cores, workers spin SPIN_COUNT times before they
+    GOMP_SPINCOUNT in the environment is kept ("as set"). Else, with `spin` on a host where
+    other processes leave half the cores free (host_idle), workers spin SPIN_COUNT times before they
     sleep ("bounded spin": one SmolLM2 layer's attention at 2,048 tokens took 12 % less
     wall time than with sleeping workers, four alternating pairs; a whole 2,048-token run
     8.7 against 10.0 s); otherwise they sleep at once ("passive")."""
@@ -70,9 +71,22 @@ def openmp_waiting(spin: bool) -> str:
     return "passive"
 
 
-def host_idle() -> bool:
-    """Whether the 1-minute load average is below half the host's cores."""
+def host_idle(samples: int = 10) -> bool:
+    """Whether other processes leave at least half the host's cores free now: the kernel's
+    count of runnable tasks (/proc/loadavg, less this process's reading thread), median of
+    `samples` readings 1 ms apart (the load averages lag by a minute: right after another
+    run they still count it); without /proc, the 1-minute load average."""
+    cores = os.cpu_count() or 1
     try:
-        return os.getloadavg()[0] < 0.5 * (os.cpu_count() or 1)
-    except OSError:  # no load average on this platform: assume a busy host
-        return False
+        counts = []
+        for _ in range(samples):
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]) - 1)
+            time.sleep(0.001)
+        others = float(sorted(counts)[len(counts) // 2])
+    except (OSError, ValueError, IndexError):
+        try:
+            others = os.getloadavg()[0]
+        except OSError:  # no load figures at all: assume a busy host
+            return False
+    return others < 0.5 * cores

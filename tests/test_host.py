@@ -53,3 +53,26 @@ def test_openmp_waiting_spins_only_for_flowrun_on_an_idle_host(monkeypatch):
     env.clear()
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     assert host.openmp_waiting(spin=True) == "as set" and env == {"OMP_WAIT_POLICY": "ACTIVE"}
+
+
+def test_host_idle_reads_the_runnable_tasks(monkeypatch, tmp_path):
+    """Busy when other runnable tasks take half the cores or more (this process's reading
+    thread not counted), per the median reading."""
+    from flowc import host
+
+    monkeypatch.setattr(host.os, "cpu_count", lambda: 2)
+    real_open = open
+
+    def fake(runnable):
+        def opener(path, *a, **kw):
+            if path == "/proc/loadavg":
+                p = tmp_path / "loadavg"
+                p.write_text(f"3.00 2.00 1.00 {runnable}/300 12345\n")
+                return real_open(p, *a, **kw)
+            return real_open(path, *a, **kw)
+        return opener
+
+    monkeypatch.setattr("builtins.open", fake(1))
+    assert host.host_idle(samples=3)
+    monkeypatch.setattr("builtins.open", fake(2))
+    assert not host.host_idle(samples=3)
