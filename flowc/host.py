@@ -90,3 +90,12 @@ def host_idle(samples: int = 10) -> bool:
         except OSError:  # no load figures at all: assume a busy host
             return False
     return others < 0.5 * cores
+
+
+def openmp_wait_mode() -> str:
+    """How the environment this process started with has torch's OpenMP workers wait (as
+    libgomp reads it when torch loads): for reports."""
+    policy, spins = os.environ.get("OMP_WAIT_POLICY", ""), os.environ.get("GOMP_SPINCOUNT")
+    if policy:
+        return f"OMP_WAIT_POLICY={policy}" + (f", GOMP_SPINCOUNT={spins}" if spins else "")
+    return f"spin {spins} times, then sleep" if spins else "libgomp's default (spin, then sleep)"

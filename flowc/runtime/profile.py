@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from flowc.backend.image import Image
+from flowc.host import openmp_wait_mode
 from flowc.runtime.interpreter import Interpreter, State, gc_paused
 
 ROUNDS = 3  # every timing is the fastest of this many (noise on a shared machine only adds)
@@ -41,6 +42,7 @@ class Profile:
     gemm_floor: float  # the same GEMMs alone
     ort: dict[str, float] = field(default_factory=dict)  # reference graph -> seconds
     threads: int = 0
+    waiting: str = ""  # how torch's OpenMP workers wait (flowc.host.openmp_wait_mode)
 
     @property
     def run(self) -> float:
@@ -53,7 +55,7 @@ class Profile:
 
         head = (f"profile: a run with accounting {self.run * 1e3:.1f} ms (fastest of {ROUNDS}) "
                 f"(plan preparation, once per image: {self.prepare * 1e3:.0f} ms; "
-                f"torch threads {self.threads})")
+                f"torch threads {self.threads}; OpenMP workers {self.waiting})")
         rows = [[LABELS[k], f"{self.spent.get(k, 0.0) * 1e3:.1f}",
                  f"{100 * self.spent.get(k, 0.0) / self.run:.1f} %"] for k in CLASSES]
         floors = [("the same GEMMs alone", self.gemm_floor),
@@ -90,7 +92,8 @@ def profile_image(image: Image, inputs: Sequence[np.ndarray], numerics: str = "i
         if best is None or sum(spent.values()) < sum(best.values()):
             best = spent
     floor = gemm_floor(interp, state)
-    prof = Profile(prepare, best, floor, threads=torch.get_num_threads())
+    prof = Profile(prepare, best, floor, threads=torch.get_num_threads(),
+                   waiting=openmp_wait_mode())
     if ort and image.reference_onnx is not None:
         prof.ort = ort_times(image, inputs, numerics)
     return prof
