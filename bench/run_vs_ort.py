@@ -29,7 +29,7 @@ import os
 # Before torch loads: OpenMP workers wait as flowrun's do (flowc/host.py: a bounded spin on
 # an idle host, sleeping otherwise; spinning workers starve the other core of a busy 2-core
 # machine), unless the environment says otherwise.
-from flowc.host import openmp_waiting  # noqa: E402
+from flowc.host import openmp_wait_mode, openmp_waiting  # noqa: E402
 
 openmp_waiting(spin=True)
 
@@ -201,7 +201,8 @@ def main() -> None:
     shapes = [tuple(s.shape) for s in calls.samples]
     load0 = os.getloadavg()
     med, paired = in_process(calls, args.repeat)
-    print(f"model {args.model} at {args.nm}, inputs {shapes}; load average {load0[0]:.2f} "
+    print(f"model {args.model} at {args.nm}, inputs {shapes}; OpenMP workers: "
+          f"{openmp_wait_mode()}; load average {load0[0]:.2f} "
           f"before, {os.getloadavg()[0]:.2f} after")
     report(f"one process, a fresh interpreter per flowrun call, {args.repeat} alternating "
            "samples, median:", med, paired)

@@ -21,11 +21,12 @@ from __future__ import annotations
 # Before torch loads: OpenMP workers wait as flowrun's do (flowc/host.py: a bounded spin on
 # an idle host, sleeping otherwise; spinning workers starve the other core of a busy 2-core
 # machine), unless the environment says otherwise.
-from flowc.host import openmp_waiting  # noqa: E402
+from flowc.host import openmp_wait_mode, openmp_waiting  # noqa: E402
 
 openmp_waiting(spin=True)
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -109,6 +110,7 @@ def main() -> None:
     for k, v in med.items():
         print(f"  {k:28s} {v * 1e3:9.1f} ms   (min {min(times[k]) * 1e3:.1f})")
     ort_t = min(med["onnxruntime 1 thread"], med["onnxruntime 2 threads"])
+    print(f"OpenMP workers: {openmp_wait_mode()}; load average {os.getloadavg()[0]:.2f}")
     print(f"ratio flowrun/ORT (with accounting): {med['flowrun (with accounting)'] / ort_t:.2f}x")
     print(f"ratio flowrun/ORT (functional):      {med['flowrun (functional)'] / ort_t:.2f}x")
     for label, key in (("warm memo", "flowrun (with accounting)"),
