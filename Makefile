@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 # torch's OpenMP workers sleep instead of spinning: on a small shared machine spinning starves
-# every other thread (flowc's CLI sets the same default)
+# every other thread (flowc's CLI sets the same default; flowrun alone, started by hand on an
+# idle host, lets them spin a bounded while: flowc/host.py)
 export OMP_WAIT_POLICY ?= PASSIVE
 # glibc's default malloc thresholds made a SmolLM2 forward take ~12 s instead of ~1 s here
 # (large activations mmapped and unmapped every op); keep big blocks in the heap.
