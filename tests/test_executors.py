@@ -252,6 +252,33 @@ def test_worker_scratch_outside_an_executor_is_an_error():
         worker_scratch()
 
 
+def _wait_then_scratch(events, item):
+    inside, release = events
+    inside.set()
+    release.wait(10)
+    return worker_scratch().is_dir()
+
+
+def test_a_serial_binding_is_seen_only_by_the_thread_running_the_item():
+    """An item running in-process in one thread (as a sweep's head-start helper runs its
+    chunks) does not make worker_scratch() valid in another thread."""
+    import threading
+
+    inside, release, out = threading.Event(), threading.Event(), []
+    with SerialExecutor() as ex:
+        helper = threading.Thread(
+            target=lambda: out.append(ex.map(_wait_then_scratch, [0], shared=(inside, release))))
+        helper.start()
+        assert inside.wait(10)
+        try:
+            with pytest.raises(UsageError, match="outside a function run by a flowc executor"):
+                worker_scratch()
+        finally:
+            release.set()
+            helper.join()
+    assert out == [[True]]
+
+
 @pytest.mark.slow  # two workers import torch (~2 s each on an idle machine)
 def test_pool_workers_run_torch_single_threaded():
     with LocalPoolExecutor(2) as ex:

@@ -12,9 +12,9 @@ import pickle
 import shutil
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -144,16 +144,19 @@ class _BindingBase:
 # -- worker side --------------------------------------------------------------------------------
 
 
-@dataclass
-class _WorkerState:
-    """What a worker process holds for the current binding (module global, one per process)."""
+class _WorkerState(threading.local):
+    """What a worker holds for the current binding: one per thread, so that a serial binding
+    installed while an item runs in one thread (a sweep's head-start helper, say) is not
+    seen by code running in another (a pool or Ray worker runs its items in the thread that
+    loaded the binding)."""
 
-    key: str | None = None  # binding id whose shared value is loaded
-    shared: Any = None
-    scratch_root: str | None = None
-    scratch: Path | None = None
-    threads: int | None = None  # torch threads to pin, None: leave alone (serial)
-    pinned: bool = False
+    def __init__(self) -> None:
+        self.key: str | None = None  # binding id whose shared value is loaded
+        self.shared: Any = None
+        self.scratch_root: str | None = None
+        self.scratch: Path | None = None
+        self.threads: int | None = None  # torch threads to pin, None: leave alone (serial)
+        self.pinned = False
 
 
 _WORKER = _WorkerState()
