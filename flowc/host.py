@@ -58,10 +58,11 @@ def openmp_waiting(spin: bool) -> str:
     """How torch's OpenMP workers will wait between parallel regions; call before torch
     loads (later calls change nothing torch sees). An explicit OMP_WAIT_POLICY or
     GOMP_SPINCOUNT in the environment is kept ("as set"). Else, with `spin` on a host where
-    other processes leave half the cores free (host_idle), workers spin SPIN_COUNT times before they
-    sleep ("bounded spin": one SmolLM2 layer's attention at 2,048 tokens took 12 % less
-    wall time than with sleeping workers, four alternating pairs; a whole 2,048-token run
-    8.7 against 10.0 s); otherwise they sleep at once ("passive")."""
+    other processes leave half the cores free (host_idle), workers spin SPIN_COUNT times
+    before they sleep ("bounded spin": one SmolLM2 layer's attention at 2,048 tokens took
+    12 % less wall time than with sleeping workers over four alternating pairs; whole
+    2,048-token runs, three pairs, 8.7 / 10.2 / 8.5 s against 10.0 / 10.5 / 11.9 s: docs/
+    results.md, "Fourth round"); otherwise they sleep at once ("passive")."""
     if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         return "as set"
     if spin and host_idle():
@@ -80,9 +81,10 @@ def host_idle(samples: int = 10) -> bool:
     try:
         counts = []
         for _ in range(samples):
+            if counts:
+                time.sleep(0.001)
             with open("/proc/loadavg") as f:
                 counts.append(int(f.read().split()[3].split("/")[0]) - 1)
-            time.sleep(0.001)
         others = float(sorted(counts)[len(counts) // 2])
     except (OSError, ValueError, IndexError):
         try:
@@ -93,8 +95,8 @@ def host_idle(samples: int = 10) -> bool:
 
 
 def openmp_wait_mode() -> str:
-    """How the environment this process started with has torch's OpenMP workers wait (as
-    libgomp reads it when torch loads): for reports."""
+    """How this process's environment has torch's OpenMP workers wait (libgomp reads it when
+    torch loads; openmp_waiting writes its choice there before): for reports."""
     policy, spins = os.environ.get("OMP_WAIT_POLICY", ""), os.environ.get("GOMP_SPINCOUNT")
     if policy:
         return f"OMP_WAIT_POLICY={policy}" + (f", GOMP_SPINCOUNT={spins}" if spins else "")

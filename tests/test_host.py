@@ -76,3 +76,26 @@ def test_host_idle_reads_the_runnable_tasks(monkeypatch, tmp_path):
     assert host.host_idle(samples=3)
     monkeypatch.setattr("builtins.open", fake(2))
     assert not host.host_idle(samples=3)
+
+
+from flowc.host import SPIN_COUNT  # noqa: E402
+
+WIRING = """
+import sys
+sys.argv[0] = sys.argv[1]
+import flowc.host
+flowc.host.host_idle = lambda samples=10: True
+import os, flowc.cli
+print(os.environ.get("GOMP_SPINCOUNT"), os.environ.get("OMP_WAIT_POLICY"))
+"""
+
+
+@pytest.mark.parametrize(("program", "want"), [("/venv/bin/flowrun", f"{SPIN_COUNT} None"),
+                                               ("/venv/bin/flowc", "None PASSIVE")])
+def test_the_cli_lets_only_flowrun_spin(program, want):
+    """Importing the CLI decides before torch loads: the flowrun program spins on an idle
+    host, flowc sleeps (the environment of the test has neither variable)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", WIRING, program], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert " ".join(out) == want
