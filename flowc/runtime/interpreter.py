@@ -222,14 +222,25 @@ class Interpreter:
         """Decompressed W^T [K_pad, N_pad], unpacked once: int8 values (int8 numerics; as
         float32 with `float_chunks`, the operand of the exact float32-chunk GEMM) or the
         float32 weights (fp32 numerics)."""
-        fp32 = self.numerics == "fp32"
-        dtype = np.float32 if fp32 or float_chunks else np.int8
-        key = f"{name}/{self.numerics}/{keep_n}:{group_m}/{np.dtype(dtype).name}"
+        key = self._dense_key(name, keep_n, group_m, float_chunks)
         if key not in self._dense:
+            fp32 = self.numerics == "fp32"
+            dtype = np.float32 if fp32 or float_chunks else np.int8
             vals = self.image.tensors[f"{name}.{'fvalues' if fp32 else 'values'}"]
             self._dense[key] = dense_wt(vals, self.image.tensors[f"{name}.meta"], keep_n,
                                         group_m, dtype)
         return self._dense[key]
+
+    def forget_dense(self, name: str, keep_n: int, group_m: int,
+                     float_chunks: bool = False) -> None:
+        """Drop dense_weight's unpacked copy (a fused step that holds its own copy of the
+        weight frees this one; asking again unpacks it anew)."""
+        self._dense.pop(self._dense_key(name, keep_n, group_m, float_chunks), None)
+
+    def _dense_key(self, name: str, keep_n: int, group_m: int, float_chunks: bool) -> str:
+        fp32 = self.numerics == "fp32"
+        dtype = np.float32 if fp32 or float_chunks else np.int8
+        return f"{name}/{self.numerics}/{keep_n}:{group_m}/{np.dtype(dtype).name}"
 
     def embed_table(self, name: str, p: int) -> np.ndarray:
         """float32 [rows_pad, K_pad] of an embedding table packed densely at p:p (row r is

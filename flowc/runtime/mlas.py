@@ -29,7 +29,7 @@ Graph optimisations are off, so the session runs exactly these nodes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -115,7 +115,8 @@ def linear_session(wt: np.ndarray, wscale: np.ndarray, threads: int,
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise RuntimeError(f"mlas: onnxruntime refuses a {k} x {n} linear session: {first}") from exc
 
-    def product(x: np.ndarray, a: np.ndarray) -> np.ndarray:
+    def product(x: np.ndarray, a: np.ndarray, bounds: Sequence[int] | None = None):
+        """[rows, N]; with `bounds` (column offsets), its column blocks (column_blocks)."""
         rows = x.shape[0]
         bind = sess.io_binding()
         if integer:
@@ -123,13 +124,17 @@ def linear_session(wt: np.ndarray, wscale: np.ndarray, threads: int,
             bind.bind_cpu_input("x", offset_uint8(x))
             bind.bind_output("y", "cpu", 0, np.int32, sums.shape, sums.ctypes.data)
             sess.run_with_iobinding(bind)
-            return dequantise(sums, a, scale, scale_t)
+            if bounds is None:
+                return dequantise(sums, a, scale, scale_t)
+            # each block dequantised on its own: the cast writes it contiguous, no extra copy
+            return [dequantise(sums[:, b0:b1], a, scale[b0:b1], scale_t[b0:b1])
+                    for b0, b1 in zip(bounds, [*bounds[1:], n], strict=True)]
         y = np.empty((rows, n), np.float32)
         bind.bind_cpu_input("x", x)
         bind.bind_cpu_input("a", a.reshape(rows, 1))
         bind.bind_output("y", "cpu", 0, np.float32, y.shape, y.ctypes.data)  # written in place
         sess.run_with_iobinding(bind)
-        return y
+        return y if bounds is None else column_blocks(y, bounds)
 
     product.keep = (weights, values, sess)  # type: ignore[attr-defined]  # ORT reads them in place
     product.integer = integer  # type: ignore[attr-defined]
@@ -150,6 +155,13 @@ def dequantise(sums: np.ndarray, a: np.ndarray, wscale: np.ndarray,
         return y
     y = torch.from_numpy(sums).float()
     return y.mul_(torch.from_numpy(a).reshape(-1, 1)).mul_(wscale_t).numpy()
+
+
+def column_blocks(y: np.ndarray, bounds: Sequence[int]) -> list[np.ndarray]:
+    """y's columns [b_i, b_i+1) for the offsets `bounds` (0 first; the last block ends at
+    y's last column), each copied into its own C-contiguous array."""
+    ends = [*bounds[1:], y.shape[1]]
+    return [np.ascontiguousarray(y[:, b0:b1]) for b0, b1 in zip(bounds, ends, strict=True)]
 
 
 def offset_uint8(x: np.ndarray) -> np.ndarray:

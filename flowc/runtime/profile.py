@@ -101,28 +101,27 @@ def profile_image(image: Image, inputs: Sequence[np.ndarray], numerics: str = "i
 
 def gemm_floor(interp: Interpreter, state: State, rounds: int = ROUNDS) -> float:
     """Seconds of every tile loop's GEMM alone (fastest of `rounds`), on operands prepared
-    beforehand (the loop's input as the GEMM's dtype, the unpacked weight), in the plan's
-    order, on the engine the plan picks for its size (fused.LinearProduct: ONNX Runtime's
-    MLAS with the weight prepacked, dequantisation included, or torch)."""
-    from flowc.runtime import fused, mlas
-
+    beforehand, in the plan's order: the fused steps' products as the plan runs them
+    (fused.LinearProduct on the engine it picks for the size, dequantisation included;
+    sibling loops as one product), the other loops' GEMMs on the loop's input as the GEMM's
+    dtype and the unpacked weight."""
+    plan = interp.plan()
     products = []
-    chunks = interp.gemm_backend() == "float32-chunks"
-    for step in interp.plan().steps:
-        if step.nm is None:  # not a batched GEMM loop
+    for src, product, bounds in plan.products:
+        x = state.bufs[src]
+        xk = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+        ones = np.ones(len(xk), np.float32)
+        products.append(partial(product, xk, ones, bounds))
+    for j, step in enumerate(plan.steps):
+        if step.nm is None or j in plan.fused_loops:  # not a batched GEMM loop, or timed above
             continue
         ld_tile, ld_act = step.item.body[0], step.item.body[1]
         x = state.bufs[ld_act.src]
-        wt = interp.dense_weight(ld_tile.w, *step.nm, float_chunks=chunks)
+        wt = interp.dense_weight(ld_tile.w, *step.nm,
+                                 float_chunks=interp.gemm_backend() == "float32-chunks")
         xk = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=wt.dtype)
-        k = xk.shape[-1]
-        if chunks and fused.MLAS and xk.size * wt.shape[1] > fused.MLAS_MIN and k <= mlas.max_k():
-            threads = 1 if xk.size * wt.shape[1] <= fused.SMALL_GEMM else torch.get_num_threads()
-            run = mlas.linear_session(wt[:k], np.ones(wt.shape[1], np.float32), threads)
-            products.append(lambda run=run, xk=xk: run(xk, np.ones(len(xk), np.float32)))
-        else:
-            mm = torch._int_mm if interp.gemm_backend() == "int_mm" else torch.matmul
-            products.append(partial(mm, torch.from_numpy(xk), torch.from_numpy(wt[:k])))
+        mm = torch._int_mm if interp.gemm_backend() == "int_mm" else torch.matmul
+        products.append(partial(mm, torch.from_numpy(xk), torch.from_numpy(wt[:xk.shape[-1]])))
     best = None
     for _ in range(rounds):
         t0 = time.perf_counter()

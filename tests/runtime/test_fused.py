@@ -136,6 +136,70 @@ def test_every_gemm_engine_equals_the_reference_bits(compiled, monkeypatch, engi
         assert all(np.array_equal(bits(a), bits(b)) for a, b in zip(out, ref, strict=True))
 
 
+class _Siblings(torch.nn.Module):
+    """Three projections of one input (gate and up of a gated MLP, and a narrower one beside
+    them), as a transformer's q, k and v or gate and up are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.gate, self.up = torch.nn.Linear(64, 96), torch.nn.Linear(64, 96)
+        self.side, self.down = torch.nn.Linear(64, 40), torch.nn.Linear(96, 16)
+
+    def forward(self, x):
+        return self.down(torch.nn.functional.silu(self.gate(x)) * self.up(x)) + self.side(x)[..., :16]
+
+
+@pytest.mark.parametrize("engine", ["mlas", "packed", "plain", "small"])
+def test_sibling_products_run_as_one_with_the_reference_bits(monkeypatch, engine):
+    """Loops on the same activations and scales share one product of their weights side by
+    side, split into each loop's columns; on every engine the outputs equal the
+    tile-by-tile reference's bits, and each split output is its own contiguous array."""
+    from flowc.frontend.load import capture
+    from flowc.studies.compiler import CompileOptions, compile_captured
+
+    small = 1 << 40 if engine == "small" else 0
+    monkeypatch.setattr(fused, "MLAS", engine == "mlas" and fused.MLAS)
+    monkeypatch.setattr(fused, "MLAS_MIN", 0)
+    monkeypatch.setattr(fused, "PACKED", engine == "packed" and fused.PACKED)
+    monkeypatch.setattr(fused, "SMALL_GEMM", small)
+    x = torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(1))
+    image = compile_captured(capture(_Siblings().eval(), (x,), source="test:siblings"),
+                             CompileOptions(nm=(2, 4)), progress=None)
+    it = Interpreter(image)
+    plan = it.plan()
+    grouped = [(b, p.wt.shape[1]) for _, p, b in plan.products if b is not None]
+    assert grouped == [([0, 96, 192], 232)]  # gate, up and side: 96 + 96 + 40 columns
+    assert len(plan.products) == 2 and len(plan.fused_loops) == 4  # and down alone
+    ref = Interpreter(image, mode="reference").run(list(image.samples))
+    for _ in range(3):  # MLAS sessions are built on the second run
+        out = it.run(list(image.samples))
+        assert all(np.array_equal(bits(a), bits(b)) for a, b in zip(out, ref, strict=True))
+    product = next(p for _, p, b in plan.products if b is not None)
+    xq = np.random.default_rng(2).integers(-127, 128, (5, 64)).astype(np.float32)
+    a = np.linspace(0.01, 2, 5, dtype=np.float32)
+    for _ in range(3):
+        whole, parts = product(xq, a), product(xq, a, [0, 96, 192])
+        assert [p.shape[1] for p in parts] == [96, 96, 40]
+        assert all(p.flags.c_contiguous for p in parts)
+        assert np.array_equal(bits(np.concatenate(parts, axis=1)), bits(whole))
+
+
+def test_siblings_split_where_their_activations_are_written_again():
+    """Two loops on one buffer form one product only if no write of the buffer (or of its
+    scales) comes after the first of them."""
+    def lin(j, src="x.q", scale="x.s"):
+        step = NS(item=NS(body=[NS(w=f"w{j}"), NS(src=src)]), nm=(2, 4))
+        return fused._Linear(j - 1, j, j + 1, None, NS(ascale=scale, cols=8), step, None)
+
+    it = NS(dense_weight=lambda *a, **kw: np.zeros((64, 8), np.float32))
+    found = [lin(3), lin(7), lin(9, scale="y.s"), lin(12)]
+    once = fused.Usage(written={"x.q": [0], "x.s": [0], "y.s": [0]})
+    assert [[g.j for g in grp] for grp in fused._siblings(it, found, once)] == [[3, 7, 12], [9]]
+    again = fused.Usage(written={"x.q": [0, 5], "x.s": [0], "y.s": [0]})
+    assert [[g.j for g in grp] for grp in fused._siblings(it, found, again)] == [[3], [7, 12], [9]]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("small", [0, 1 << 40])
 def test_llama_attention_fused_equals_the_reference_bits(monkeypatch, small):
