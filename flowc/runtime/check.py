@@ -126,11 +126,12 @@ class CheckResult:
         return d
 
 
-def ort_session(onnx_bytes: bytes, threads: int = 0, lean: bool = False):
+def ort_session(onnx_bytes: bytes, threads: int = 0, lean: bool = False, spin: bool = False):
     """An ONNX Runtime session on the CPU. `lean`: no arena and no memory pattern, so the
     memory of every intermediate goes back as soon as it is dead and nothing outlives the run
     (a check runs each reference once; SmolLM2 at 2,048 tokens: flowrun's whole command
-    peaked at 6.95 GB with ONNX Runtime's defaults). Timing baselines keep the defaults."""
+    peaked at 6.95 GB with ONNX Runtime's defaults). Timing baselines keep the defaults.
+    `spin`: idle workers spin before they sleep (ONNX Runtime's default; off otherwise)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -142,7 +143,7 @@ def ort_session(onnx_bytes: bytes, threads: int = 0, lean: bool = False):
     opts.log_severity_level = 3
     # ORT's worker threads spin after a run by default; on a 2-core machine that starves
     # numpy's BLAS threads in the same process (measured: the simulator ran 20x slower).
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     try:
         return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # the model comes from the .fcim: a bad file, not a bug

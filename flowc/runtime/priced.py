@@ -267,7 +267,8 @@ class FastCostListener(CostListener):
     def _finish(self) -> list:
         grouped: dict[str, tuple[list, list]] = {}
         exact = self.tensors is not None and self.model.machine.pair_select == "row-shared"
-        loaded, signature = self.loaded, _signature
+        loaded = self.loaded
+        names: dict[type, str] = {}  # instruction class -> mnemonic (see _name)
         layer, sigs, items = None, [], []  # consecutive events mostly share their layer
         for ev in self._trace:
             if ev.layer != layer:
@@ -278,15 +279,19 @@ class FastCostListener(CostListener):
                     entry = grouped[layer] = ([], [])
                 sigs, items = entry
             if type(ev) is LoopEvent:
+                body = ev.body
                 weight = loop_weight(ev)
                 fresh = weight is None or weight not in loaded
                 if weight is not None:
                     loaded.add(weight)
+                # a loop's body events share their sizes (Interpreter.loop_event): the body's
+                # mnemonics and the first event's sizes are the whole body's signature
                 sigs.append(("loop", ev.n_tiles, ev.k_tiles, fresh, weight if exact else None,
-                             tuple([signature(b) for b in ev.body])))
+                             tuple([_name(b.instr, names) for b in body]),
+                             body[0][2:] if body else ()))
                 items.append(_PricedLoop(ev, weight, fresh))
             else:
-                sigs.append(signature(ev))
+                sigs.append((_name(ev[0], names),) + ev[2:])
                 items.append(ev)
         self._trace.clear()
         for name, (sigs, items) in grouped.items():
@@ -321,10 +326,16 @@ class _PricedLoop(NamedTuple):
     fresh: bool  # its weight is loaded for the first time in this run: setup counts
 
 
-def _signature(ev) -> tuple:
-    """What an instruction's cost depends on: its mnemonic and sizes (never buffer names)."""
-    name = getattr(ev.instr, "mnemonic", None)  # flowc.isa instructions: a class attribute
-    return (name if isinstance(name, str) else mnemonic(ev.instr),) + ev[2:]
+def _name(instr, names: dict) -> str:
+    """An instruction's mnemonic, memoised per class in `names` (flowc.isa instructions carry
+    it as a class attribute; cost.mnemonic reads any other)."""
+    cls = type(instr)
+    name = names.get(cls)
+    if name is None:
+        if not isinstance(getattr(cls, "mnemonic", None), str):  # not the class's: per object
+            return mnemonic(instr)
+        name = names[cls] = cls.mnemonic
+    return name
 
 
 def priced_layers(interp: Interpreter, model) -> list[LayerCost]:
