@@ -11,7 +11,8 @@ alternating rounds of: flowrun with accounting (a fresh cost listener and memo p
 every run prices its events afresh as one `flowrun` call does; the events themselves are
 replayed by the plan), flowrun functional (plan mode, the interpreter reused, weights
 unpacked once like a loaded model), ORT on the embedded fp32 reference with 1 and with 2
-intra-op threads (no spinning; the faster is the baseline).
+intra-op threads (no spinning) and with 2 whose workers spin (ONNX Runtime's default); the
+fastest is the baseline.
 Medians are printed, the ratio flowrun-with-accounting / ORT per size, and per workload the
 growth exponent b of time ~ size^b fitted by least squares on log-log (flowrun and ORT).
 Peak RSS of the child is read after flowrun's warm-up runs (flowrun alone: image, plan and
@@ -107,14 +108,15 @@ def measure(workload: str, size: int, repeat: int, compile_only: bool = False) -
         fn()
     rss_flowrun = _peak_rss_gb()
     onnx_bytes = materialise(image)
-    sessions = {t: ort_session(onnx_bytes, threads=t) for t in (1, 2)}
-    ort = {f"ORT {t} thread": (lambda s=s: run_reference(onnx_bytes, samples, session=s))
-           for t, s in sessions.items()}
+    sessions = {f"ORT {t} thread{', spinning' * spin}": ort_session(onnx_bytes, threads=t, spin=spin)
+                for t, spin in ((1, False), (2, False), (2, True))}
+    ort = {name: (lambda s=s: run_reference(onnx_bytes, samples, session=s))
+           for name, s in sessions.items()}
     times: dict[str, list[float]] = {}
     # tiny workloads: many rounds (each takes a millisecond), large ones: `repeat`
     _rounds({**flow, **ort}, times, repeat * 50 if workload == "mlp" else repeat)
     med = {k: statistics.median(v) for k, v in times.items()}
-    ort_best = min(med["ORT 1 thread"], med["ORT 2 thread"])
+    ort_best = min(v for k, v in med.items() if k.startswith("ORT"))
     return {"workload": workload, "size": size, "median_s": med, "ort_s": ort_best,
             "ratio_accounted": med["flowrun accounted"] / ort_best,
             "ratio_functional": med["flowrun functional"] / ort_best,
