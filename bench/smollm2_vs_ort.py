@@ -1,6 +1,7 @@
 """flowrun vs ONNX Runtime on SmolLM2-135M (128-token prompt), side by side in one run.
 
     python bench/smollm2_vs_ort.py [--fcim out/smollm2-135m.fcim] [--nm 2:4] [--repeat 15]
+                                   [--processes K]
 
 Without --fcim (or if the file is missing) it first compiles `hf:smollm2-135m` at --nm into
 that path (about two minutes). Then it times, alternating so machine noise hits all alike:
@@ -13,6 +14,9 @@ whose workers spin between operators (ONNX Runtime's default; measured faster he
 fastest of the three is the baseline. The order rotates every round. Every timed run is one
 full inference after a warm-up run (the decompressed weights and ORT's arenas are built once,
 like a loaded model).
+With `--processes K`, each contender instead runs alone in its own process, K rounds of
+processes in rotating order (each warms up, then times --repeat runs): in one process, what
+ORT's runs leave behind slowed flowrun's next run by ~1 s at 2,048 tokens (measured).
 Prints medians, the flowrun/ORT ratio, the accounting overhead three ways (wall-time ratio of
 medians, median paired difference, and the main thread's added CPU time, which other
 processes cannot inflate; plus the pricing time in finish() alone) and the .fcim size ratio.
@@ -53,15 +57,86 @@ def ensure_fcim(path: Path, nm: str) -> None:
     save(image, path)
 
 
+# one process per contender (--processes): what one leaves behind in a process (ONNX
+# Runtime's arena, ~5 GB at 2,048 tokens; caches) slowed the other's next run there by ~1 s
+CONTENDERS = ("flowrun", "onnxruntime 1 thread", "onnxruntime 2 threads",
+              "onnxruntime 2 thr, spinning")
+
+
+def child(path: Path, contender: str, repeat: int) -> None:
+    """Time `repeat` runs of one contender after its warm-up; print the seconds as JSON."""
+    import json
+
+    image = load(path)
+    samples = list(image.samples)
+    if contender == "flowrun":  # with accounting, priced afresh each run (a fresh memo)
+        _, model = cost_model_for(image)
+        interp = Interpreter(image)
+
+        def once():
+            listener = FastCostListener(model, image.layers, image.tensors)
+            interp.listeners = [listener]
+            interp.run(samples)
+            listener.finish()
+    else:
+        onnx_bytes = materialise(image)
+        sess = ort_session(onnx_bytes, threads=1 if "1 thread" in contender else 2,
+                           spin="spinning" in contender)
+
+        def once():
+            run_reference(onnx_bytes, samples, session=sess)
+    for _ in range(2):  # flowrun: the plan's first run and the MLAS sessions' build
+        once()
+    secs = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        once()
+        secs.append(time.perf_counter() - t0)
+    print(json.dumps(secs))
+
+
+def alone(path: Path, rounds: int, repeat: int) -> None:
+    """`rounds` rounds of one child process per contender, in rotating order; medians of all
+    runs per contender and the ratio to the fastest ORT configuration."""
+    import json
+    import subprocess
+
+    times: dict[str, list[float]] = {c: [] for c in CONTENDERS}
+    for i in range(rounds):
+        for c in CONTENDERS[i % len(CONTENDERS):] + CONTENDERS[: i % len(CONTENDERS)]:
+            print(f"[bench] round {i + 1}/{rounds}: {c} ...", file=sys.stderr, flush=True)
+            out = subprocess.run([sys.executable, __file__, "--fcim", str(path), "--child", c,
+                                  "--repeat", str(repeat)], check=True, capture_output=True,
+                                 text=True).stdout
+            times[c] += json.loads(out.strip().splitlines()[-1])
+    med = {c: statistics.median(v) for c, v in times.items()}
+    print(f"SmolLM2-135M {path.name}, one process per contender, {rounds} rounds x {repeat} "
+          "runs after each process's warm-up, median wall time:")
+    for c, v in med.items():
+        print(f"  {c + (' (with accounting)' if c == 'flowrun' else ''):28s} {v * 1e3:9.1f} ms "
+              f"  (min {min(times[c]) * 1e3:.1f})")
+    ort_t = min(v for c, v in med.items() if c.startswith("onnxruntime"))
+    print(f"OpenMP workers: {openmp_wait_mode()}; load average {os.getloadavg()[0]:.2f}")
+    print(f"ratio flowrun/ORT (with accounting): {med['flowrun'] / ort_t:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fcim", default="out/smollm2-135m.fcim")
     ap.add_argument("--nm", default="2:4", help="pattern used when the .fcim must be compiled")
     ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--processes", type=int, default=0, metavar="K",
+                    help="instead: K rounds of one process per contender, alternating "
+                         "(each warms up, then times --repeat runs alone)")
+    ap.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     path = Path(args.fcim)
     ensure_fcim(path, args.nm)
+    if args.child:
+        return child(path, args.child, args.repeat)
+    if args.processes:
+        return alone(path, args.processes, args.repeat)
     print(f"[bench] loading {path} ...", file=sys.stderr, flush=True)
     image = load(path)
     samples = list(image.samples)
