@@ -2,7 +2,7 @@
 
     python bench/gemm_engines.py [--rows 32,128,512,2048] [--repeat 15]
 
-A fused linear step (flowc.runtime.fused.LinearProduct) computes (x @ W^T + 0.0) * a * w of
+A fused linear step (flowc.runtime.fused_linear.LinearProduct) computes (x @ W^T + 0.0) * a * w of
 int8-valued float32 operands in exact K chunks, so every engine gives the same bits; this
 bench checks that (uint32 views) and times, alternating every round, per product shape
 (rows x K x N of SmolLM2-135M: q/o 576 x 576, k/v 576 x 192, gate/up 576 x 1,536, down
@@ -33,7 +33,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from flowc.runtime import fused, mlas
+from flowc.runtime import fused, fused_linear, mlas
 from flowc.runtime.gemm import EXACT_CHUNK
 
 SHAPES = [(576, 576), (576, 192), (576, 1536), (1536, 576), (576, 49152)]
@@ -41,7 +41,7 @@ SHAPES = [(576, 576), (576, 192), (576, 1536), (1536, 576), (576, 49152)]
 
 def engines(w: np.ndarray, wscale: np.ndarray) -> dict[str, Callable]:
     wt, ws = torch.from_numpy(w), torch.from_numpy(wscale)
-    packed = fused._packed_product(wt)
+    packed = fused_linear._packed_product(wt)
 
     def scaled(y: torch.Tensor, a: np.ndarray) -> np.ndarray:
         return y.mul_(torch.from_numpy(a).reshape(-1, 1)).mul_(ws).numpy()

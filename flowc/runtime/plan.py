@@ -69,7 +69,7 @@ class Plan:
         self.steps = self._prepare(interp.steps)
         # fused steps (flowc.runtime.fused) skip intermediates: not when every buffer is kept
         self.keeps_buffers = interp.keep_buffers
-        # set by fuse: (activation buffer, fused.LinearProduct, column blocks or None) per
+        # set by fuse: (activation buffer, fused_linear.LinearProduct, column blocks or None) per
         # product, and the indices of the loops they replace (profile.gemm_floor times them)
         self.products: list[tuple] = []
         self.fused_loops: set[int] = set()

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from flowc.backend.image import Image, PricedCosts
 from flowc.backend.priced_doc import PRICED_FORMAT, machine_hash
-from flowc.runtime import fused_attention  # noqa: F401  (loaded before the digest below)
+from flowc.runtime import fused_attention, fused_linear  # noqa: F401  (loaded before the digest)
 from flowc.runtime.cost import mnemonic
 from flowc.runtime.events import LoopEvent
 from flowc.runtime.interpreter import Interpreter, gc_paused
@@ -36,8 +36,8 @@ from flowc.runtime.report import CostListener, LayerCost, loop_weight
 PRICED_SOURCES = (
     "runtime/cost.py", "runtime/report.py", "runtime/events.py", "runtime/priced.py",
     "runtime/interpreter.py", "runtime/plan.py", "runtime/vector.py", "runtime/vector_masks.py",
-    "runtime/fused.py", "runtime/fused_attention.py", "machine/config.py", "machine/energy.py",
-    "isa/flexcim.isa", "isa/instructions.py", "isa/definition.py",
+    "runtime/fused.py", "runtime/fused_linear.py", "runtime/fused_attention.py",
+    "machine/config.py", "machine/energy.py", "isa/flexcim.isa", "isa/instructions.py", "isa/definition.py",
 )
 # `flowc compile --price auto` prices programs of at most this many operations (the verifier's
 # work estimate of one run): there pricing is a large share of a run (the 784-512-256-10 MLP

@@ -103,7 +103,7 @@ def profile_image(image: Image, inputs: Sequence[np.ndarray], numerics: str = "i
 def gemm_floor(interp: Interpreter, state: State, rounds: int = ROUNDS) -> float:
     """Seconds of every tile loop's GEMM alone (fastest of `rounds`), on operands prepared
     beforehand, in the plan's order: the fused steps' products as the plan runs them
-    (fused.LinearProduct on the engine it picks for the size, dequantisation included;
+    (fused_linear.LinearProduct on the engine it picks for the size, dequantisation included;
     sibling loops as one product), the other loops' GEMMs on the loop's input as the GEMM's
     dtype and the unpacked weight."""
     plan = interp.plan()

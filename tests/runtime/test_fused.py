@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowc.runtime import fused, fused_attention, vector
+from flowc.runtime import fused, fused_attention, fused_linear, vector
 from flowc.runtime.gemm import exact_int_matmul
 from flowc.runtime.interpreter import Interpreter, quantise_columns
 
@@ -56,9 +56,9 @@ def test_exact_product_rounds_the_exact_sum_once(k):
     got = fused.exact_product(torch.from_numpy(a.astype(np.float32)),
                               torch.from_numpy(b.astype(np.float32))).numpy()
     assert np.array_equal(bits(got), bits(want))
-    if fused.PACKED:  # oneDNN on prepacked weights, 2-D: one batch entry at a time
+    if fused_linear.PACKED:  # oneDNN on prepacked weights, 2-D: one batch entry at a time
         for i in range(2):
-            product = fused._packed_product(torch.from_numpy(b[i].astype(np.float32)))
+            product = fused_linear._packed_product(torch.from_numpy(b[i].astype(np.float32)))
             for _ in range(2):  # the first call multiplies unpacked, the second reorders
                 got = product(torch.from_numpy(a[i].astype(np.float32))).numpy()
                 assert np.array_equal(bits(got), bits(want[i]))
@@ -122,10 +122,10 @@ def test_every_gemm_engine_equals_the_reference_bits(compiled, monkeypatch, engi
     """The block example with every product on one engine (MLAS, oneDNN reordered, plain
     torch, torch on one thread), v.quant and attention in torch or numpy alike."""
     small = 1 << 40 if engine == "small" else 0
-    monkeypatch.setattr(fused, "MLAS", engine == "mlas" and fused.MLAS)
-    monkeypatch.setattr(fused, "MLAS_MIN", 0)
-    monkeypatch.setattr(fused, "PACKED", engine == "packed" and fused.PACKED)
-    monkeypatch.setattr(fused, "SMALL_GEMM", small)
+    monkeypatch.setattr(fused_linear, "MLAS", engine == "mlas" and fused_linear.MLAS)
+    monkeypatch.setattr(fused_linear, "MLAS_MIN", 0)
+    monkeypatch.setattr(fused_linear, "PACKED", engine == "packed" and fused_linear.PACKED)
+    monkeypatch.setattr(fused_linear, "SMALL_GEMM", small)
     monkeypatch.setattr(fused, "SMALL", small)  # v.quant likewise
     monkeypatch.setattr(fused_attention, "SMALL_ATTENTION", small)  # attention: blocked / handlers
     image = compiled("block", (2, 4))
@@ -159,10 +159,10 @@ def test_sibling_products_run_as_one_with_the_reference_bits(monkeypatch, engine
     from flowc.studies.compiler import CompileOptions, compile_captured
 
     small = 1 << 40 if engine == "small" else 0
-    monkeypatch.setattr(fused, "MLAS", engine == "mlas" and fused.MLAS)
-    monkeypatch.setattr(fused, "MLAS_MIN", 0)
-    monkeypatch.setattr(fused, "PACKED", engine == "packed" and fused.PACKED)
-    monkeypatch.setattr(fused, "SMALL_GEMM", small)
+    monkeypatch.setattr(fused_linear, "MLAS", engine == "mlas" and fused_linear.MLAS)
+    monkeypatch.setattr(fused_linear, "MLAS_MIN", 0)
+    monkeypatch.setattr(fused_linear, "PACKED", engine == "packed" and fused_linear.PACKED)
+    monkeypatch.setattr(fused_linear, "SMALL_GEMM", small)
     x = torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(1))
     image = compile_captured(capture(_Siblings().eval(), (x,), source="test:siblings"),
                              CompileOptions(nm=(2, 4)), progress=None)
@@ -190,14 +190,14 @@ def test_siblings_split_where_their_activations_are_written_again():
     scales) comes after the first of them."""
     def lin(j, src="x.q", scale="x.s"):
         step = NS(item=NS(body=[NS(w=f"w{j}"), NS(src=src)]), nm=(2, 4))
-        return fused._Linear(j - 1, j, j + 1, None, NS(ascale=scale, cols=8), step, None)
+        return fused_linear._Linear(j - 1, j, j + 1, None, NS(ascale=scale, cols=8), step, None)
 
     it = NS(dense_weight=lambda *a, **kw: np.zeros((64, 8), np.float32))
     found = [lin(3), lin(7), lin(9, scale="y.s"), lin(12)]
     once = fused.Usage(written={"x.q": [0], "x.s": [0], "y.s": [0]})
-    assert [[g.j for g in grp] for grp in fused._siblings(it, found, once)] == [[3, 7, 12], [9]]
+    assert [[g.j for g in grp] for grp in fused_linear._siblings(it, found, once)] == [[3, 7, 12], [9]]
     again = fused.Usage(written={"x.q": [0, 5], "x.s": [0], "y.s": [0]})
-    assert [[g.j for g in grp] for grp in fused._siblings(it, found, again)] == [[3], [7, 12], [9]]
+    assert [[g.j for g in grp] for grp in fused_linear._siblings(it, found, again)] == [[3], [7, 12], [9]]
 
 
 @pytest.mark.slow

@@ -1,11 +1,11 @@
 """Linear products on ONNX Runtime's MLAS (flowc.runtime.mlas) and every other engine of
-fused.LinearProduct give the handlers' bits: int32 sum -> float32 -> * a * w."""
+fused_linear.LinearProduct give the handlers' bits: int32 sum -> float32 -> * a * w."""
 
 import numpy as np
 import pytest
 import torch
 
-from flowc.runtime import fused, mlas
+from flowc.runtime import fused_linear, mlas
 from flowc.runtime.gemm import exact_int_matmul
 
 pytestmark = pytest.mark.skipif(not mlas.available(), reason="onnxruntime does not import")
@@ -97,14 +97,14 @@ def test_the_probe_rejects_a_kernel_that_saturates(monkeypatch):
 def test_linear_product_engines_equal_the_handlers_bits(monkeypatch, engine, k):
     """Each engine LinearProduct can pick (MLAS from the second call on; torch on one thread;
     oneDNN on reordered weights; plain chunked torch), three calls each, same bits."""
-    monkeypatch.setattr(fused, "MLAS", engine == "mlas")
-    monkeypatch.setattr(fused, "MLAS_MIN", 0)
-    monkeypatch.setattr(fused, "SMALL_GEMM", 1 << 40 if engine == "small" else 0)
-    monkeypatch.setattr(fused, "PACKED", engine == "packed" and fused.PACKED)
+    monkeypatch.setattr(fused_linear, "MLAS", engine == "mlas")
+    monkeypatch.setattr(fused_linear, "MLAS_MIN", 0)
+    monkeypatch.setattr(fused_linear, "SMALL_GEMM", 1 << 40 if engine == "small" else 0)
+    monkeypatch.setattr(fused_linear, "PACKED", engine == "packed" and fused_linear.PACKED)
     x, w, a, wscale, want = operands(k, rows=5, n=11, seed=1)
     wt = np.zeros((k + 64, 11), np.float32)  # a padded W^T, as the plan's dense weights are
     wt[:k] = w
-    product = fused.LinearProduct(torch.from_numpy(wt), wscale)
+    product = fused_linear.LinearProduct(torch.from_numpy(wt), wscale)
     for _ in range(3):
         assert np.array_equal(bits(product(x, a)), bits(want))
     built = [s for s in product.mlas.values() if s is not None]
@@ -117,7 +117,7 @@ def test_profile_floor_runs_the_plan_engine(compiled, monkeypatch):
     from flowc.runtime import profile
     from flowc.runtime.interpreter import Interpreter
 
-    monkeypatch.setattr(fused, "MLAS_MIN", 0)
+    monkeypatch.setattr(fused_linear, "MLAS_MIN", 0)
     built = []
     real = mlas.linear_session
     monkeypatch.setattr(mlas, "linear_session", lambda *a, **kw: built.append(a[0].shape) or real(*a, **kw))
@@ -145,10 +145,10 @@ def test_without_onnxruntime_the_plan_stays_on_torch(monkeypatch):
         raise RuntimeError("mlas: refused")
 
     monkeypatch.setattr(mlas, "linear_session", refuse)
-    monkeypatch.setattr(fused, "MLAS", True)
-    monkeypatch.setattr(fused, "MLAS_MIN", 0)
+    monkeypatch.setattr(fused_linear, "MLAS", True)
+    monkeypatch.setattr(fused_linear, "MLAS_MIN", 0)
     x, w, a, wscale, want = operands(700, seed=2)
-    product = fused.LinearProduct(torch.from_numpy(w), wscale)
+    product = fused_linear.LinearProduct(torch.from_numpy(w), wscale)
     for _ in range(3):
         assert np.array_equal(bits(product(x, a)), bits(want))
     assert tries == [(700, 9)] and product.failed == {700}
