@@ -68,7 +68,7 @@ def find_chain(items, i: int, usage: Usage, keep: set) -> Chain | None:
             if o in consts:
                 other[j] = (o, consts[o])
             elif usage.before(o, i):
-                other[j] = (o, "")
+                other[j] = (o, const_source(items, usage, o))
             else:
                 return None
         else:
@@ -85,6 +85,16 @@ def find_chain(items, i: int, usage: Usage, keep: set) -> Chain | None:
     if usage.named.get(items[last].dst, [last])[0] != last:
         return None
     return Chain(i, ops, last, other)
+
+
+def const_source(items, usage: Usage, name: str) -> str:
+    """The image tensor whose values buffer `name` holds when its one write in the program is
+    a v.const (e.g. a causal mask made once and read by every layer), else "". Its mask rows
+    are then computed once per image (mask_rows), not once per layer and run."""
+    writes = usage.written.get(name, [])
+    if len(writes) != 1 or getattr(items[writes[0]], "mnemonic", "") != "v.const":
+        return ""
+    return items[writes[0]].t
 
 
 def fuse_attention(it, items, steps, usage: Usage, keep: set, pending: dict) -> int:
@@ -110,9 +120,10 @@ def _attention_step(it, items, chain: Chain, pending: dict) -> Callable:
     tensors = it.image.tensors
 
     def operand(state, j: int) -> np.ndarray:
-        """An outside operand; a v.const's (it runs later in program order) from the image,
-        as the v.const handler makes it (without its copy when the tensor is float32: the
-        chain only reads it, and a causal mask at 2,048 tokens is 16 MB a layer)."""
+        """An outside operand; a v.const's (run later in program order, or earlier as the
+        buffer's one write: const_source) from the image, as the v.const handler makes it
+        (without its copy when the tensor is float32: the chain only reads it, and a causal
+        mask at 2,048 tokens is 16 MB a layer)."""
         buf, const = chain.other[j]
         return np.asarray(tensors[const], dtype=np.float32) if const else state.bufs[buf]
 
