@@ -211,13 +211,18 @@ def test_llama_attention_fused_equals_the_reference_bits(monkeypatch, small):
     monkeypatch.setattr(fused_attention, "SMALL_ATTENTION", small)
     monkeypatch.setattr(fused_attention, "BLOCK_ELEMENTS", 64)  # several blocks even at 8 tokens
     monkeypatch.setattr(fused_attention, "SKIP_ROWS", 2)  # row blocks that skip masked columns
-    skips = []
+    skips, masks = [], []
     real = fused_attention.masked_extents
     monkeypatch.setattr(fused_attention, "masked_extents",
                         lambda *a: skips.append(real(*a) is not None) or real(*a))
+    rows_of = fused_attention.MaskRows.of
+    monkeypatch.setattr(fused_attention.MaskRows, "of",
+                        classmethod(lambda cls, m: masks.append(m.shape) or rows_of(m)))
+    monkeypatch.setattr(fused_attention, "_MASKS", {})
     image = compile_captured(load_hf("hf:tiny-llama", seq_len=8, calib_batches=1),
                              CompileOptions(nm=(2, 4)), progress=None)
     it = Interpreter(image)
+    it.run(list(image.samples))
     out = it.run(list(image.samples))
     chains = sum(1 for i in image.program.instructions if i.mnemonic == "mm.act") // 2
     assert chains > 0 and it.plan().fused >= chains
@@ -225,6 +230,24 @@ def test_llama_attention_fused_equals_the_reference_bits(monkeypatch, small):
     assert all(np.array_equal(bits(a), bits(b)) for a, b in zip(out, ref, strict=True))
     assert not small or not skips  # through the handlers: no blocks at all
     assert small or (skips and all(skips))  # the causal mask's columns skipped in every layer
+    # one v.const makes the mask, every layer reads its buffer: its rows are computed once
+    # per image, not per layer or run (const_source)
+    assert small or len(masks) == 1
+
+
+def test_a_buffer_written_once_by_a_v_const_is_that_constant():
+    """const_source: a buffer whose only write is a v.const names its tensor; written twice,
+    by another op, or never (an input), it is not a constant."""
+    from types import SimpleNamespace as NS
+
+    items = [NS(mnemonic="v.const", dst="mask", t="const.mask"),
+             NS(mnemonic="v.const", dst="twice", t="const.a"),
+             NS(mnemonic="v.add", dst="twice", a="x", b="y"),
+             NS(mnemonic="v.add", dst="sum", a="x", b="y")]
+    usage = fused.Usage(written={"mask": [0], "twice": [1, 2], "sum": [3]})
+    assert fused_attention.const_source(items, usage, "mask") == "const.mask"
+    assert [fused_attention.const_source(items, usage, n) for n in ("twice", "sum", "x")] \
+        == ["", "", ""]
 
 
 def test_subnormal_rows_quantise_to_finite_values(recwarn):
