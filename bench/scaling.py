@@ -11,8 +11,9 @@ alternating rounds of: flowrun with accounting (a fresh cost listener and memo p
 every run prices its events afresh as one `flowrun` call does; the events themselves are
 replayed by the plan), flowrun functional (plan mode, the interpreter reused, weights
 unpacked once like a loaded model), ORT on the embedded fp32 reference with 1 and with 2
-intra-op threads (no spinning) and with 2 whose workers spin (ONNX Runtime's default); the
-fastest is the baseline.
+intra-op threads (no spinning) and with 2 whose workers spin (ONNX Runtime's default), with
+and without its memory arena (off: as flowrun's own check runs ORT); the fastest is the
+baseline.
 Medians are printed, the ratio flowrun-with-accounting / ORT per size, and per workload the
 growth exponent b of time ~ size^b fitted by least squares on log-log (flowrun and ORT).
 Peak RSS of the child is read after flowrun's warm-up runs (flowrun alone: image, plan and
@@ -108,8 +109,10 @@ def measure(workload: str, size: int, repeat: int, compile_only: bool = False) -
         fn()
     rss_flowrun = _peak_rss_gb()
     onnx_bytes = materialise(image)
-    sessions = {f"ORT {t} thread{', spinning' * spin}": ort_session(onnx_bytes, threads=t, spin=spin)
-                for t, spin in ((1, False), (2, False), (2, True))}
+    sessions = {f"ORT {t} thread{', spinning' * spin}{', no arena' * lean}":
+                ort_session(onnx_bytes, threads=t, spin=spin, lean=lean)
+                for t, spin, lean in ((1, False, False), (2, False, False), (2, True, False),
+                                      (2, True, True))}
     ort = {name: (lambda s=s: run_reference(onnx_bytes, samples, session=s))
            for name, s in sessions.items()}
     times: dict[str, list[float]] = {}

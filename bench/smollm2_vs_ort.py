@@ -10,13 +10,17 @@ memo shared across runs as in a serving loop, "cold": a fresh memo per run, as o
 call has), the simulator without it (functional only; the same Interpreter object, so the
 same decompressed weights), and ORT running the embedded reference model on the same inputs
 with 1 and with 2 intra-op threads (spinning off, as in check.ort_session), and with 2 threads
-whose workers spin between operators (ONNX Runtime's default; measured faster here); the
-fastest of the three is the baseline. The order rotates every round. Every timed run is one
-full inference after a warm-up run (the decompressed weights and ORT's arenas are built once,
-like a loaded model).
+whose workers spin between operators (ONNX Runtime's default; measured faster here), and
+with those 2 spinning threads but no memory arena (check.ort_session's `lean`, as flowrun's
+own check runs ORT); the fastest of the four is the baseline. The order rotates every
+round. Every timed run is one full inference after a warm-up run (the decompressed weights
+and ORT's arenas are built once, like a loaded model).
 With `--processes K`, each contender instead runs alone in its own process, K rounds of
 processes in rotating order (each warms up, then times --repeat runs): in one process, what
-ORT's runs leave behind slowed flowrun's next run by ~1 s at 2,048 tokens (measured).
+ORT's runs leave behind slowed flowrun's next run by ~1 s at 2,048 tokens (measured: with
+ORT's arena on, flowrun's resident memory grew by 0.4-0.9 GB a run, from 4.25 to 8.07 GB
+over six runs and two of ORT's, and its runs took 9.1-11.0 s against 7.4 s before; with
+the arena off it stayed at 4.28 GB and 6.9-8.3 s, ORT itself 7.3-7.6 s either way).
 Prints medians, the flowrun/ORT ratio, the accounting overhead three ways (wall-time ratio of
 medians, median paired difference, and the main thread's added CPU time, which other
 processes cannot inflate; plus the pricing time in finish() alone) and the .fcim size ratio.
@@ -60,7 +64,7 @@ def ensure_fcim(path: Path, nm: str) -> None:
 # one process per contender (--processes): what one leaves behind in a process (ONNX
 # Runtime's arena, ~5 GB at 2,048 tokens; caches) slowed the other's next run there by ~1 s
 CONTENDERS = ("flowrun", "onnxruntime 1 thread", "onnxruntime 2 threads",
-              "onnxruntime 2 thr, spinning")
+              "onnxruntime 2 thr, spinning", "onnxruntime 2 spin, no arena")
 
 
 def child(path: Path, contender: str, repeat: int) -> None:
@@ -81,7 +85,7 @@ def child(path: Path, contender: str, repeat: int) -> None:
     else:
         onnx_bytes = materialise(image)
         sess = ort_session(onnx_bytes, threads=1 if "1 thread" in contender else 2,
-                           spin="spinning" in contender)
+                           spin="spin" in contender, lean="no arena" in contender)
 
         def once():
             run_reference(onnx_bytes, samples, session=sess)
@@ -145,6 +149,7 @@ def main() -> None:
     onnx_bytes = materialise(image)
     sess1, sess2 = ort_session(onnx_bytes, threads=1), ort_session(onnx_bytes, threads=2)
     spinning = ort_session(onnx_bytes, threads=2, spin=True)  # ONNX Runtime's own default
+    no_arena = ort_session(onnx_bytes, threads=2, spin=True, lean=True)
 
     warm = MemoCostModel(cost_model)  # one memo for the whole bench, like a serving loop
     pricing: dict[bool, list[float]] = {False: [], True: []}  # finish() wall time: warm, cold
@@ -168,7 +173,9 @@ def main() -> None:
             "onnxruntime 1 thread": lambda: run_reference(onnx_bytes, samples, session=sess1),
             "onnxruntime 2 threads": lambda: run_reference(onnx_bytes, samples, session=sess2),
             "onnxruntime 2 thr, spinning": lambda: run_reference(onnx_bytes, samples,
-                                                                 session=spinning)}
+                                                                 session=spinning),
+            "onnxruntime 2 spin, no arena": lambda: run_reference(onnx_bytes, samples,
+                                                                  session=no_arena)}
     print("[bench] warm-up ...", file=sys.stderr, flush=True)
     outs = {k: fn() for k, fn in runs.items()}
     times: dict[str, list[float]] = {k: [] for k in runs}
