@@ -165,17 +165,17 @@ def _attention(it, a, b, v, ops, chain: Chain, others: dict, pending: dict) -> n
     if b.shape[-2] != k or v.shape[-2] != n or a.size // max(1, k) * n < SMALL_ATTENTION:
         return None  # shapes the blocks do not take, or small: numpy's handlers are faster
     ta, tb, tv = _t(a), _t(b), _t(v)
-    try:
-        batch = torch.broadcast_shapes(ta.shape[:-2], tb.shape[:-2])
-        if torch.broadcast_shapes(batch, tv.shape[:-2]) != batch:
+    try:  # numpy's shape rule (torch.broadcast_shapes imports sympy: ~1 s on first use)
+        batch = tuple(np.broadcast_shapes(ta.shape[:-2], tb.shape[:-2]))
+        if tuple(np.broadcast_shapes(batch, tv.shape[:-2])) != batch:
             return None
         s_shape = batch + (m, n)
         ext = {}
         for j, o in others.items():
-            if torch.broadcast_shapes(s_shape, o.shape) != s_shape:
+            if tuple(np.broadcast_shapes(s_shape, o.shape)) != s_shape:
                 return None
             ext[j] = _t(o).broadcast_to(s_shape).reshape(-1, m, n)
-    except RuntimeError:
+    except (ValueError, RuntimeError):  # shapes that do not broadcast
         return None
     qa, sa = quantise(ta, -1)
     qb, sb = quantise(tb, -2)
