@@ -67,6 +67,12 @@ CONTENDERS = ("flowrun", "onnxruntime 1 thread", "onnxruntime 2 threads",
               "onnxruntime 2 thr, spinning", "onnxruntime 2 spin, no arena")
 
 
+def ort_contender(onnx_bytes: bytes, contender: str):
+    """The ORT session of one of CONTENDERS[1:] (its name says threads, spinning, arena)."""
+    return ort_session(onnx_bytes, threads=1 if "1 thread" in contender else 2,
+                       spin="spin" in contender, lean="no arena" in contender)
+
+
 def child(path: Path, contender: str, repeat: int) -> None:
     """Time `repeat` runs of one contender after its warm-up; print the seconds as JSON."""
     import json
@@ -84,8 +90,7 @@ def child(path: Path, contender: str, repeat: int) -> None:
             listener.finish()
     else:
         onnx_bytes = materialise(image)
-        sess = ort_session(onnx_bytes, threads=1 if "1 thread" in contender else 2,
-                           spin="spin" in contender, lean="no arena" in contender)
+        sess = ort_contender(onnx_bytes, contender)
 
         def once():
             run_reference(onnx_bytes, samples, session=sess)
@@ -147,9 +152,7 @@ def main() -> None:
     _, cost_model = cost_model_for(image)
     interp = Interpreter(image)  # one interpreter (one set of decompressed weights) for all
     onnx_bytes = materialise(image)
-    sess1, sess2 = ort_session(onnx_bytes, threads=1), ort_session(onnx_bytes, threads=2)
-    spinning = ort_session(onnx_bytes, threads=2, spin=True)  # ONNX Runtime's own default
-    no_arena = ort_session(onnx_bytes, threads=2, spin=True, lean=True)
+    sessions = {c: ort_contender(onnx_bytes, c) for c in CONTENDERS[1:]}
 
     warm = MemoCostModel(cost_model)  # one memo for the whole bench, like a serving loop
     pricing: dict[bool, list[float]] = {False: [], True: []}  # finish() wall time: warm, cold
@@ -170,12 +173,8 @@ def main() -> None:
     runs = {"flowrun (with accounting)": lambda: sim_accounted(warm),
             "flowrun (accounting, cold)": sim_accounted,
             "flowrun (functional)": sim_functional,
-            "onnxruntime 1 thread": lambda: run_reference(onnx_bytes, samples, session=sess1),
-            "onnxruntime 2 threads": lambda: run_reference(onnx_bytes, samples, session=sess2),
-            "onnxruntime 2 thr, spinning": lambda: run_reference(onnx_bytes, samples,
-                                                                 session=spinning),
-            "onnxruntime 2 spin, no arena": lambda: run_reference(onnx_bytes, samples,
-                                                                  session=no_arena)}
+            **{c: (lambda s=s: run_reference(onnx_bytes, samples, session=s))
+               for c, s in sessions.items()}}
     print("[bench] warm-up ...", file=sys.stderr, flush=True)
     outs = {k: fn() for k, fn in runs.items()}
     times: dict[str, list[float]] = {k: [] for k in runs}
