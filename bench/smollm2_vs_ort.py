@@ -12,8 +12,11 @@ same decompressed weights), and ORT running the embedded reference model on the 
 with 1 and with 2 intra-op threads (spinning off, as in check.ort_session), and with 2 threads
 whose workers spin between operators (ONNX Runtime's default; measured faster here), and
 with those 2 spinning threads but no memory arena (check.ort_session's `lean`, as flowrun's
-own check runs ORT); the fastest of the four is the baseline. The order rotates every
-round. Every timed run is one full inference after a warm-up run (the decompressed weights
+own check runs ORT); the fastest of the four is the baseline; and, when the .fcim holds
+prices for this machine and flowc code (`flowc compile --price`, by default for programs
+whose run is at most 2^35 operations, SmolLM2 at 128 tokens among them), what a `flowrun`
+call then does: the same run, recording and pricing nothing, its per-layer rows read from
+the file. The order rotates every round. Every timed run is one full inference after a warm-up run (the decompressed weights
 and ORT's arenas are built once, like a loaded model).
 With `--processes K`, each contender instead runs alone in its own process, K rounds of
 processes in rotating order (each warms up, then times --repeat runs): in one process, what
@@ -46,7 +49,13 @@ from flowc.backend.container import load, save, size_report
 from flowc.backend.reference import materialise
 from flowc.runtime.check import ort_session, run_reference, top1_agreement
 from flowc.runtime.interpreter import Interpreter
-from flowc.runtime.session import FastCostListener, MemoCostModel, cost_model_for
+from flowc.runtime.session import (
+    FastCostListener,
+    MemoCostModel,
+    cost_model_for,
+    simulate,
+    stored_layers,
+)
 
 
 def ensure_fcim(path: Path, nm: str) -> None:
@@ -175,6 +184,15 @@ def main() -> None:
             "flowrun (functional)": sim_functional,
             **{c: (lambda s=s: run_reference(onnx_bytes, samples, session=s))
                for c, s in sessions.items()}}
+    if stored_layers(image, "int8") is not None:
+        # what a flowrun call does when the compile stored this machine's prices: the same
+        # run, recording and pricing nothing, its per-layer rows read from the .fcim
+        runs["flowrun (stored prices)"] = \
+            lambda: simulate(image, samples, interpreter=interp)[0]
+    else:
+        print("[bench] the .fcim holds no prices for this machine and flowc code (`flowc "
+              "compile --price on` stores them): a flowrun call prices its run, as the cold "
+              "memo does", file=sys.stderr, flush=True)
     print("[bench] warm-up ...", file=sys.stderr, flush=True)
     outs = {k: fn() for k, fn in runs.items()}
     times: dict[str, list[float]] = {k: [] for k in runs}
@@ -200,11 +218,14 @@ def main() -> None:
     print(f"ratio flowrun/ORT (with accounting): {med['flowrun (with accounting)'] / ort_t:.2f}x")
     print(f"ratio flowrun/ORT (functional):      {med['flowrun (functional)'] / ort_t:.2f}x")
     for label, key in (("warm memo", "flowrun (with accounting)"),
-                       ("cold memo", "flowrun (accounting, cold)")):
+                       ("cold memo", "flowrun (accounting, cold)"),
+                       ("stored prices", "flowrun (stored prices)")):
+        if key not in med:
+            continue
         over = med[key] / med["flowrun (functional)"] - 1
         paired = statistics.median(a - f for a, f in zip(times[key], times["flowrun (functional)"],
                                                           strict=True))
-        finish = statistics.median(pricing[label.startswith("cold")])
+        finish = statistics.median(pricing[label.startswith("cold")]) if "memo" in label else 0.0
         # accounting is serial Python on this thread: the CPU time it adds is what it adds to
         # the wall time, and CPU time does not advance while another process has the core
         added = statistics.median(cpu[key]) - statistics.median(cpu["flowrun (functional)"])

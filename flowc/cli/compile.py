@@ -53,8 +53,9 @@ def register(subparsers, add_debug: Callable[[argparse.ArgumentParser], None]) -
     p.add_argument("--price", choices=["auto", "on", "off"], default="auto",
                    help="run the program once and store its per-layer costs on the target in "
                         "the .fcim, so flowrun reads them instead of pricing its run: auto "
-                        "(default) when one run is at most 2^30 operations (small programs, "
-                        "where pricing is a large share of a run), on, off")
+                        "(default) when one run is at most 2^35 operations (up to about a "
+                        "second of simulation, e.g. SmolLM2-135M at 128 tokens, where pricing "
+                        "is a few %% of a run or more), on, off")
     add_debug(p)
     p.set_defaults(func=run)
 
@@ -150,7 +151,8 @@ def _price(image, always: bool, progress) -> None:
     work = verify(image).work
     if not always and work > AUTO_PRICE_WORK:
         if progress:
-            progress(f"pricing skipped: one run is ~{work:.2g} operations (> 2^30; flowrun "
+            bound = AUTO_PRICE_WORK.bit_length() - 1
+            progress(f"pricing skipped: one run is ~{work:.2g} operations (> 2^{bound}; flowrun "
                      "prices it, a small share of such a run; --price on stores it)")
         return
     if progress:

@@ -32,7 +32,10 @@ def run(args: argparse.Namespace) -> int:
     failed = report.check is not None and not report.check["passed"]
     if not args.quiet or failed or report.check is None:  # -q: quiet only on a verdict
         print(render_run(report, layers=args.layers))
-        print(f"numerics {raw.numerics}, mode {raw.mode}; simulated in {raw.wall_seconds:.3f} s")
+        prepared = raw.extra.get("prepare_wall_s")
+        print(f"numerics {raw.numerics}, mode {raw.mode}; simulated in {raw.wall_seconds:.3f} s"
+              + ("" if prepared is None else
+                 f" (after preparing the plan in {prepared:.3f} s: weights unpacked)"))
     if args.profile:
         print(raw.extra["profile"])
     return 1 if failed else 0

@@ -40,11 +40,13 @@ PRICED_SOURCES = (
     "machine/config.py", "machine/energy.py", "isa/flexcim.isa", "isa/instructions.py", "isa/definition.py",
 )
 # `flowc compile --price auto` prices programs of at most this many operations (the verifier's
-# work estimate of one run): there pricing is a large share of a run (the 784-512-256-10 MLP
-# at batch 8, 5.3e6: pricing ~0.8 ms beside a ~1 ms run), while a program far above it runs
-# for seconds and pricing is 1-2 % of it (SmolLM2-135M at 128 tokens: 2.3e10, 10-17 ms of
-# ~850 ms), which a compile-time run (plan preparation and one run: seconds) would not repay.
-AUTO_PRICE_WORK = 2**30
+# work estimate of one run), those whose run takes up to about a second on a 2-core host:
+# there pricing is a share of every flowrun call worth moving into the compile (the
+# 784-512-256-10 MLP at batch 8, 5.3e6: ~0.8 ms of pricing beside a ~1 ms run; SmolLM2-135M
+# at 128 tokens, 2.3e10: 15-17 ms of events and pricing beside a ~440 ms run, 3.5 %), and the
+# compile pays one run (plan preparation and one run: seconds). Far above it a run takes
+# many seconds, pricing is ~1 % of it, and the compile would pay that long run.
+AUTO_PRICE_WORK = 2**35
 ROW_FIELDS = ("name", "kind", "cycles", "actions", "macs", "kept_macs", "tokens", "energy_pj",
               "setup_cycles", "setup_actions", "setup_energy_pj")
 

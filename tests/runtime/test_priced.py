@@ -237,3 +237,18 @@ def test_a_machine_edited_in_place_prices_afresh(compiled):
     loaded.machine["residency"] = "resident" if loaded.machine["residency"] != "resident" \
         else "streamed"
     assert stored_layers(loaded, "int8") is None
+
+
+def test_compile_help_states_the_auto_pricing_bound():
+    """`flowc compile --help` (and docs/cli.md, generated from it) names the bound up to which
+    `--price auto` stores prices: it must be the one the compile applies."""
+    import argparse
+
+    from flowc.cli.main import build_flowc_parser
+
+    work = priced.AUTO_PRICE_WORK
+    assert work == 1 << (work.bit_length() - 1)  # a power of two, as the help states it
+    sub = next(a for a in build_flowc_parser()._actions
+               if isinstance(a, argparse._SubParsersAction))
+    price = next(a for a in sub.choices["compile"]._actions if "--price" in a.option_strings)
+    assert f"at most 2^{work.bit_length() - 1} operations" in price.help
