@@ -16,8 +16,8 @@ own check runs ORT); the fastest of the four is the baseline; and, when the .fci
 prices for this machine and flowc code (`flowc compile --price`, by default for programs
 whose run is at most 2^35 operations, SmolLM2 at 128 tokens among them), what a `flowrun`
 call then does: the same run, recording and pricing nothing, its per-layer rows read from
-the file. The order rotates every round. Every timed run is one full inference after a warm-up run (the decompressed weights
-and ORT's arenas are built once, like a loaded model).
+the file. The order rotates every round. Every timed run is one full inference after a
+warm-up run (the decompressed weights and ORT's arenas are built once, like a loaded model).
 With `--processes K`, each contender instead runs alone in its own process, K rounds of
 processes in rotating order (each warms up, then times --repeat runs): in one process, what
 ORT's runs leave behind slowed flowrun's next run by ~1 s at 2,048 tokens (measured: with
