@@ -1,10 +1,12 @@
 """`flowrun --profile`: where a run's wall time goes, and the floor of this machine.
 
-After one functional warm-up run, plan runs with accounting (a fresh listener each: events
-built and priced as in one flowrun call) are timed per instruction class (CiM GEMM loops,
-attention mm.act, embedding, vector ops, control), the listeners' share (building and
-recording events, then pricing them in the listener's finish()) and the walk itself
-(dispatch). The floor is measured right after, in the same process:
+After one functional warm-up run, plan runs with accounting as one flowrun call does it are
+timed per instruction class (CiM GEMM loops, attention mm.act, embedding, vector ops,
+control), the accounting's share and the walk itself (dispatch). The accounting is what the
+call pays: reading the per-layer rows when the .fcim holds prices for this machine, numerics
+and code (flowc.runtime.priced.stored_layers), else a fresh listener per run (building and
+recording events, then pricing them in the listener's finish()). The floor is measured
+right after, in the same process:
 - the same GEMMs alone: every tile loop's product on its prepared operands (the input already
   converted, the weight already unpacked), on the engine the plan uses, nothing else;
 - ONNX Runtime executing the reference graphs the .fcim carries: the fp32 one and the int8
@@ -44,6 +46,7 @@ class Profile:
     ort: dict[str, float] = field(default_factory=dict)  # reference graph -> seconds
     threads: int = 0
     waiting: str = ""  # how torch's OpenMP workers wait (flowc.host.openmp_wait_mode)
+    stored: bool = False  # the accounting read the .fcim's stored prices (nothing priced)
 
     @property
     def run(self) -> float:
@@ -54,7 +57,9 @@ class Profile:
         measured in the same call with flowrun's ratio to each."""
         from flowc.termtable import table
 
-        head = (f"profile: a run with accounting {self.run * 1e3:.1f} ms (fastest of {ROUNDS}) "
+        how = "prices read from the .fcim" if self.stored else "events built and priced"
+        head = (f"profile: a run with accounting ({how}) {self.run * 1e3:.1f} ms "
+                f"(fastest of {ROUNDS}) "
                 f"(plan preparation, once per image: {self.prepare * 1e3:.0f} ms; "
                 f"torch threads {self.threads}; OpenMP workers {self.waiting})")
         rows = [[LABELS[k], f"{self.spent.get(k, 0.0) * 1e3:.1f}",
@@ -71,30 +76,35 @@ def profile_image(image: Image, inputs: Sequence[np.ndarray], numerics: str = "i
                   interp: Interpreter | None = None, ort: bool = True) -> Profile:
     """Profile a plan run; `interp`: a plan-mode interpreter of `image` already used (its
     weights are not unpacked twice; the preparation time is then the one it took)."""
-    from flowc.runtime.session import FastCostListener, cost_model_for
+    from flowc.runtime.priced import FastCostListener, cost_model_for, stored_layers
 
     if interp is None:
         interp = Interpreter(image, numerics=numerics)
     plan = interp.plan()
     prepare = plan.prepare_seconds
     _, model = cost_model_for(image)
+    stored = interp.mode == "plan" and stored_layers(image, numerics) is not None
     interp.listeners = []
     interp.run(inputs)  # warm-up, functional: BLAS and allocator warm, as in a loaded model
     best = None
     for _ in range(ROUNDS):  # the fastest round: a shared machine only ever adds time
-        listener = FastCostListener(model, image.layers, image.tensors)  # cold, per round
+        # cold, per round: a fresh listener, or the stored rows read again (session.simulate)
+        listener = None if stored else FastCostListener(model, image.layers, image.tensors)
         state = State()
         interp._bind_inputs(state, inputs)
         with gc_paused():
-            spent = plan.run_profiled(state, [listener])
+            spent = plan.run_profiled(state, [] if listener is None else [listener])
         t0 = time.perf_counter()
-        listener.finish()
+        if listener is None:
+            stored_layers(image, numerics)
+        else:
+            listener.finish()
         spent["accounting"] += time.perf_counter() - t0
         if best is None or sum(spent.values()) < sum(best.values()):
             best = spent
     floor = gemm_floor(interp, state)
     prof = Profile(prepare, best, floor, threads=torch.get_num_threads(),
-                   waiting=openmp_wait_mode())
+                   waiting=openmp_wait_mode(), stored=stored)
     if ort and image.reference_onnx is not None:
         prof.ort = ort_times(image, inputs, numerics)
     return prof

@@ -252,3 +252,19 @@ def test_compile_help_states_the_auto_pricing_bound():
                if isinstance(a, argparse._SubParsersAction))
     price = next(a for a in sub.choices["compile"]._actions if "--price" in a.option_strings)
     assert f"at most 2^{work.bit_length() - 1} operations" in price.help
+
+
+def test_the_profile_accounts_as_the_flowrun_call_does(compiled):
+    """`flowrun --profile` times the accounting a call pays: with prices stored for this
+    machine, reading them (no event built: the plan records none); without, a fresh
+    listener per run."""
+    from flowc.runtime.profile import profile_image
+
+    image = compiled("mlp", (2, 4))
+    plain = profile_image(image, list(image.samples), ort=False)
+    assert not plain.stored and plain.spent["accounting"] > 0
+    loaded = load_bytes(_priced_file(image))
+    it = Interpreter(loaded)
+    prof = profile_image(loaded, list(loaded.samples), interp=it, ort=False)
+    assert prof.stored and it.plan().events is None  # nothing recorded
+    assert prof.spent["accounting"] > 0 and "prices read from the .fcim" in prof.render()
