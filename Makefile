@@ -24,6 +24,9 @@ MODEL := hf:smollm2-135m
 SKIP := skip=lm_head
 PIPELINE := calibrate,uniform-nm{n=4,m=8,$(SKIP)},nm-prune{update=obs,$(SKIP)},verify-nm,quantize{smooth=0.5}
 CALIB := --calib-batches 16
+# the tests run on this many pytest-xdist workers (each worker's torch then takes
+# cores / workers threads: tests/conftest.py); 0 runs them in this one process
+TEST_WORKERS ?= 2
 
 .PHONY: install run run-mlp test test-fast lint bench bench-smollm2 clean
 
@@ -56,10 +59,10 @@ run-mlp: $(STAMP)
 	$(BIN)/flowrun $(OUT)/mlp.fcim --json $(OUT)/mlp.report.json
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check flowc tests bench

@@ -2,6 +2,21 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist (`make test` runs TEST_WORKERS workers), each worker's torch and BLAS
+    get cores // workers threads, set before anything imports torch: two workers on two
+    cores each run one thread instead of four threads contending for two cores. An explicit
+    OMP_NUM_THREADS in the environment is kept."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ.setdefault(var, threads)
+
+
+_share_the_cores()
+
 import pytest  # noqa: E402
 
 
@@ -53,6 +68,27 @@ def _check_plans_of_compiles() -> None:
 
 
 _check_plans_of_compiles()
+
+
+class _WorkerCounts:
+    """With pytest-xdist: each worker hands its PLAN_CHECKS to the controller, which adds
+    them up before its summary (the workers' own summaries are not shown)."""
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error):
+        for key, n in node.workeroutput.get("plan_checks", {}).items():
+            PLAN_CHECKS[key] += n
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_WorkerCounts(), "flowc-plan-checks")
+
+
+def pytest_sessionfinish(session):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker
+        workeroutput["plan_checks"] = dict(PLAN_CHECKS)
 
 
 def pytest_terminal_summary(terminalreporter):
