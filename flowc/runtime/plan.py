@@ -127,10 +127,6 @@ class Plan:
         # largest first, so no big one is left alone at the end
         tensors = it.image.tensors
         order = sorted(weights, key=lambda s: -getattr(tensors.get(f"{s[0]}.values"), "size", 0))
-        if len(order) < 2:
-            for spec in order:
-                unpack(spec)
-            return
         with ThreadPoolExecutor(UNPACK_THREADS, thread_name_prefix="flowc-unpack") as pool:
             for _ in pool.map(unpack, order):  # re-raises a worker's error here
                 pass
